@@ -12,7 +12,7 @@ Layout written under OUT, per task (`source`, `target`):
     manifest.csv          Kinetics-style: label,youtube_id,time_start,time_end,split
     videos/<id>.mp4       H.264, yuv420p
     annotations/<id>.npz  ground truth: masks (T, H, W/8) bit-packed per frame, scene_id, frame_size
-    scenes.json           scene names (index = scene id); actions.json: action names
+    annotations/scenes.json  scene names (index = scene id); actions.json: action names
 and OUT/benchmark.json with the config and counts.
 """
 
@@ -291,7 +291,7 @@ def generate(cfg: SynthConfig, progress: Callable[[int, int], None] | None = Non
             writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        (task_dir / "scenes.json").write_text(json.dumps(scene_names, indent=1))
+        (task_dir / "annotations" / "scenes.json").write_text(json.dumps(scene_names, indent=1))
         (task_dir / "actions.json").write_text(json.dumps(actions, indent=1))
         counts[spec.name] = {split: len(actions) * n for split, n in spec.splits.items()}
     summary = {"config": to_dict(cfg), "videos": counts}

@@ -15,7 +15,12 @@ import numpy as np
 
 
 class VideoError(RuntimeError):
-    """A video cannot be used; the message is the reason stored in the error table."""
+    """A video cannot be used. `code` is the short category counted in summaries; the message is the
+    readable reason (naming the file) stored in the error table."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -51,14 +56,14 @@ def decode_window(path: str | Path, time_start_s: float = 0.0, time_end_s: float
     """
     path = Path(path)
     if not path.exists():
-        raise VideoError(f"file not found: {path}")
+        raise VideoError("missing_file", f"file not found: {path}")
     if path.stat().st_size == 0:
-        raise VideoError(f"empty file (0 bytes): {path}")
+        raise VideoError("empty_file", f"empty file (0 bytes): {path}")
     frames, indices = [], []
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise VideoError(f"no video stream in {path}")
+                raise VideoError("no_video_stream", f"no video stream in {path}")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             rate = stream.average_rate or stream.guessed_rate
@@ -75,10 +80,10 @@ def decode_window(path: str | Path, time_start_s: float = 0.0, time_end_s: float
         raise
     except (av.error.FFmpegError, ValueError, OSError) as e:
         if not frames:
-            raise VideoError(f"cannot decode {path}: {e}") from None
+            raise VideoError("undecodable", f"cannot decode {path}: {e}") from None
         # A truncated file decodes up to the damage; keep what decoded (the tail is lost, not the video).
     if not frames:
-        raise VideoError(f"no decodable frames in [{time_start_s}, {time_end_s}) s of {path}")
+        raise VideoError("no_frames", f"no decodable frames in [{time_start_s}, {time_end_s}) s of {path}")
     return DecodedVideo(np.stack(frames), fps, np.asarray(indices, dtype=np.int64))
 
 
@@ -107,7 +112,7 @@ def resize_crop(image: np.ndarray, short_side: int, crop_size: int, nearest: boo
 def encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
-        raise VideoError("JPEG encoding failed")
+        raise VideoError("jpeg_failed", "JPEG encoding failed")
     return buf.tobytes()
 
 
@@ -115,7 +120,7 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     """JPEG bytes -> (H, W, 3) uint8 RGB."""
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise VideoError("corrupt JPEG frame")
+        raise VideoError("corrupt_jpeg", "corrupt JPEG frame")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
