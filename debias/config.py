@@ -148,6 +148,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         raise ConfigError(f"{path or 'config'}: {e}") from None
 
 
+def from_dict(cls: type[T], data: dict) -> T:
+    """Rebuild a config from `to_dict` output (how configs travel to Ray workers)."""
+    return _build(cls, data)
+
+
 def to_dict(cfg: Any) -> dict:
     """The config as plain data (what gets written next to every output)."""
     return dataclasses.asdict(cfg)

@@ -62,10 +62,11 @@ class DecodeConfig:
 @dataclass
 class LabelsConfig:
     """Who produces human masks and scene labels. `annotations` reads a dataset's own ground truth
-    (the synthetic benchmark's `annotations/` folder); SAM / Places365 plug in beside it."""
+    (the synthetic benchmark's `annotations/` folder); `none` stores empty masks / no scene label
+    (and says so in every row), for videos that have no labels yet. SAM / Places365 plug in beside them."""
 
-    mask_provider: Literal["annotations"] = "annotations"
-    scene_provider: Literal["annotations"] = "annotations"
+    mask_provider: Literal["annotations", "none"] = "annotations"
+    scene_provider: Literal["annotations", "none"] = "annotations"
     annotations_dir: str = ""  # default: annotations/ beside the manifest
 
 
@@ -210,6 +211,30 @@ class AnnotationScenes:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         return _apply_per_row(batch, self._one, "scenes", {"scene_id": -1, "scene_probs": [], "scene_source": ""})
+
+
+class NoMasks:
+    """Empty masks (no person found): the mask loss skips such clips. Reads: frame_indices, height,
+    width, error. Writes: human_masks, mask_coverage, person_frac, mask_source = "none"."""
+
+    source = "none"
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        def one(row: pd.Series) -> dict:
+            n, empty = len(row.frame_indices), pack_mask(np.zeros((row.height, row.width), bool))
+            return {"human_masks": [empty] * n, "mask_coverage": [0.0] * n, "person_frac": 0.0, "mask_source": self.source}
+        return _apply_per_row(batch, one, "masks", {"human_masks": [], "mask_coverage": [], "person_frac": 0.0, "mask_source": ""})
+
+
+class NoScenes:
+    """No scene label (scene_id -1, empty scene_probs): such shards cannot train the scene loss.
+    Reads: error. Writes: scene_id, scene_probs, scene_source = "none"."""
+
+    source = "none"
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        none = {"scene_id": -1, "scene_probs": [], "scene_source": self.source}
+        return _apply_per_row(batch, lambda row: none, "scenes", {"scene_id": -1, "scene_probs": [], "scene_source": ""})
 
 
 def _apply_per_row(batch: pd.DataFrame, fn: Callable[[pd.Series], dict], stage: str, empty: dict) -> pd.DataFrame:

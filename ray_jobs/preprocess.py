@@ -14,8 +14,8 @@ import ray
 from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
 from debias.config import to_dict
-from debias.curate import (AnnotationMasks, AnnotationScenes, PreprocessConfig, make_decode_fn,
-                           make_finalize_fn, read_manifest, summarize_run)
+from debias.curate import (AnnotationMasks, AnnotationScenes, NoMasks, NoScenes, PreprocessConfig,
+                           make_decode_fn, make_finalize_fn, read_manifest, summarize_run)
 from ray_jobs.common import init_ray, job_parser, load_job_config
 
 
@@ -23,14 +23,17 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     out = Path(cfg.out).resolve()
     t0 = time.perf_counter()
     rows, classes = read_manifest(cfg.input)  # a missing manifest fails here, before any decoding
-    AnnotationScenes(str(cfg.annotations_dir()))  # so do missing scene names (fail before work)
+    annotations = str(cfg.annotations_dir())
+    labels = cfg.labels
+    masks_step = (AnnotationMasks, (annotations, cfg.decode)) if labels.mask_provider == "annotations" else (NoMasks, ())
+    scenes_step = (AnnotationScenes, (annotations,)) if labels.scene_provider == "annotations" else (NoScenes, ())
+    scenes_step[0](*scenes_step[1])  # a provider that cannot load fails here, before any video is decoded
     random.Random(cfg.seed).shuffle(rows)  # shards come out class-mixed, which a streaming reader needs
     for stale in (out / "shards", out / "_errors"):
         shutil.rmtree(stale, ignore_errors=True)  # a rerun replaces, never appends
     out.mkdir(parents=True, exist_ok=True)
     (out / "classes.json").write_text("[\n" + ",\n".join(f' "{c}"' for c in classes) + "\n]\n")
     res = cfg.resources
-    annotations = str(cfg.annotations_dir())
 
     init_ray()
     ds = ray.data.from_items(rows)
@@ -41,10 +44,10 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
                 compute=TaskPoolStrategy(size=res.decode_tasks) if res.decode_tasks else None)
     # 2. human masks, 1:1. A provider is an actor so a model loads once per worker; reading
     #    annotations is light, hence half a CPU each so that it never starves the decoders.
-    ds = ds.map_batches(AnnotationMasks, fn_constructor_args=(annotations, cfg.decode), batch_format="pandas",
+    ds = ds.map_batches(masks_step[0], fn_constructor_args=masks_step[1], batch_format="pandas",
                         batch_size=res.label_batch_size, num_cpus=0.5, compute=ActorPoolStrategy(size=res.label_actors))
     # 3. scene labels, 1:1, same resources and reasons as the masks.
-    ds = ds.map_batches(AnnotationScenes, fn_constructor_args=(annotations,), batch_format="pandas",
+    ds = ds.map_batches(scenes_step[0], fn_constructor_args=scenes_step[1], batch_format="pandas",
                         batch_size=res.label_batch_size, num_cpus=0.5, compute=ActorPoolStrategy(size=res.label_actors))
     # 4. finalize, 1:(0 or 1): error rows go to the error table, good rows are cast to the shard schema.
     #    Arrow-only work: a quarter CPU.
