@@ -1,9 +1,9 @@
 """The shard schema: the one place that defines what a curated Parquet row holds.
 
 One row per video. Frames are JPEG bytes at the stored resolution (`height` x `width`), human masks
-are bit-packed per frame at the same resolution (np.packbits of the (height, width) bool mask), scene
-labels are stored hard (`scene_id`) and soft (`scene_probs`, a distribution over the scene classes).
+are bit-packed per frame at the same resolution, scene labels are stored hard and soft, and
 `mask_source` / `scene_source` name the provider that produced them, so a fallback is never silent.
+The README's schema table is generated from here (`shard_schema_markdown`) and checked by a test.
 """
 
 from __future__ import annotations
@@ -12,42 +12,43 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 1
 
-SHARD_SCHEMA = pa.schema(
-    [
-        pa.field("schema_version", pa.int16(), nullable=False),
-        pa.field("video_id", pa.string(), nullable=False),
-        pa.field("label", pa.string(), nullable=False),
-        pa.field("label_id", pa.int32(), nullable=False),  # index into OUT/classes.json
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("source_path", pa.string(), nullable=False),
-        pa.field("fps", pa.float32(), nullable=False),  # native frame rate of the source video
-        pa.field("frame_indices", pa.list_(pa.int32()), nullable=False),  # decoded-frame index of each stored frame
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("frames", pa.list_(pa.binary()), nullable=False),  # JPEG, RGB
-        pa.field("human_masks", pa.list_(pa.binary()), nullable=False),  # bit-packed (height, width) bool
-        pa.field("mask_coverage", pa.list_(pa.float32()), nullable=False),  # masked share of each frame
-        pa.field("person_frac", pa.float32(), nullable=False),  # share of frames with any person pixel
-        pa.field("mask_source", pa.string(), nullable=False),
-        pa.field("scene_id", pa.int32(), nullable=False),  # hard pseudo label (argmax / annotation)
-        pa.field("scene_probs", pa.list_(pa.float32()), nullable=False),  # soft pseudo label
-        pa.field("scene_source", pa.string(), nullable=False),
-    ]
-)
 
-ERROR_SCHEMA = pa.schema(
-    [
-        pa.field("video_id", pa.string()),
-        pa.field("source_path", pa.string()),
-        pa.field("stage", pa.string()),  # which step rejected it: source, decode, masks, scenes
-        pa.field("reason_code", pa.string()),  # short category, counted in summary.json
-        pa.field("reason", pa.string()),  # readable message naming the file
-    ]
-)
+def _f(name: str, type_: pa.DataType, doc: str) -> pa.Field:
+    return pa.field(name, type_, nullable=False, metadata={"doc": doc})
+
+
+SHARD_SCHEMA = pa.schema([
+    _f("schema_version", pa.int16(), "version of this schema (bumped on any change)"),
+    _f("video_id", pa.string(), "id from the manifest (YouTube id for Kinetics)"),
+    _f("label", pa.string(), "action class name"),
+    _f("label_id", pa.int32(), "index of `label` in OUT/classes.json"),
+    _f("split", pa.string(), "split from the manifest (train, val, ood, test, ...)"),
+    _f("source_path", pa.string(), "the video file the row was decoded from"),
+    _f("fps", pa.float32(), "native frame rate of the source video"),
+    _f("frame_indices", pa.list_(pa.int32()), "decoded-frame index of each stored frame"),
+    _f("height", pa.int32(), "stored frame height in pixels"),
+    _f("width", pa.int32(), "stored frame width in pixels"),
+    _f("frames", pa.list_(pa.binary()), "JPEG bytes per stored frame (RGB)"),
+    _f("human_masks", pa.list_(pa.binary()), "per frame: np.packbits of the (height, width) bool person mask"),
+    _f("mask_coverage", pa.list_(pa.float32()), "per frame: share of pixels masked as person"),
+    _f("person_frac", pa.float32(), "share of frames with any person pixel (the paper keeps >= 0.7)"),
+    _f("mask_source", pa.string(), "provider of the masks: annotations, none (SAM, detector to come)"),
+    _f("scene_id", pa.int32(), "hard scene label (argmax / annotation); -1 = none"),
+    _f("scene_probs", pa.list_(pa.float32()), "soft scene label: distribution over scene classes"),
+    _f("scene_source", pa.string(), "provider of the scene labels: annotations, none (Places365 to come)"),
+])
+
+ERROR_SCHEMA = pa.schema([
+    pa.field("video_id", pa.string()),
+    pa.field("source_path", pa.string()),
+    pa.field("stage", pa.string()),  # which step rejected it: source, decode, masks, scenes
+    pa.field("reason_code", pa.string()),  # short category, counted in summary.json
+    pa.field("reason", pa.string()),  # readable message naming the file
+])
 
 
 def shard_schema_markdown() -> str:
-    """The schema as a markdown table (the README's copy is checked against this in the tests)."""
-    lines = ["| column | type |", "|---|---|"]
-    lines += [f"| `{f.name}` | `{f.type}` |" for f in SHARD_SCHEMA]
+    """The schema as a markdown table (the README holds a copy; a test keeps them equal)."""
+    lines = ["| column | type | meaning |", "|---|---|---|"]
+    lines += [f"| `{f.name}` | `{f.type}` | {f.metadata[b'doc'].decode()} |" for f in SHARD_SCHEMA]
     return "\n".join(lines)

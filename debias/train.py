@@ -22,8 +22,8 @@ from debias.models import SDN, ModelConfig
 
 @dataclass
 class LossConfig:
-    lambda_scene: float = 0.5  # weight of the adversarial scene loss (0 = no scene adversary)
-    lambda_mask: float = 0.5  # weight of the human-mask confusion loss (0 = none); both 0 = baseline
+    lambda_scene: float = 0.2  # weight of the adversarial scene loss (0 = no scene adversary)
+    lambda_mask: float = 1.0  # weight of the human-mask confusion loss (0 = none); both 0 = baseline
     grl_alpha: float = 1.0  # gradient reversal scale: the backbone gets -alpha * lambda_scene * dL_scene
     scene_target: Literal["soft", "hard"] = "soft"
 
@@ -38,7 +38,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     batch_size: int = 32  # per worker
-    epochs: int = 12
+    epochs: int = 30
     schedule: Literal["cosine", "constant"] = "cosine"
 
     def __post_init__(self) -> None:
@@ -52,12 +52,19 @@ class ScalingConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 2.0  # also the torch thread count of a CPU worker
-    clip_cpus: float = 0.5  # CPUs per Ray Data task that decodes JPEGs into clips
     max_failures: int = 0  # worker-group restarts (from the last checkpoint) before the run fails
 
     def __post_init__(self) -> None:
         check(self.num_workers >= 1, "num_workers", "must be >= 1")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+
+
+@dataclass
+class LoaderConfig:
+    cache_rows: bool = True  # hold each split's shard rows (JPEG bytes) in Ray's object store after the
+    #                          first read; for datasets that fit in memory: saves a Parquet scan per epoch
+    clip_cpus: float = 0.5  # CPUs per Ray Data task that decodes JPEGs into clips
+    prefetch_batches: int = 2
 
 
 @dataclass
@@ -72,6 +79,7 @@ class PretrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
 
@@ -201,7 +209,7 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
     metrics_file = Path(cfg.out).resolve() / cfg.name / "metrics.jsonl"
-    iter_args = {"batch_size": cfg.optim.batch_size, "prefetch_batches": 2}
+    iter_args = {"batch_size": cfg.optim.batch_size, "prefetch_batches": cfg.loader.prefetch_batches}
     for epoch in range(start_epoch, cfg.optim.epochs):
         train_shard = ray.train.get_dataset_shard(cfg.train_split)
         metrics: dict = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}

@@ -30,10 +30,13 @@ def clip_dataset(cfg: PretrainConfig, split: str, train: bool) -> ray.data.Datas
     with_masked = cfg.loss.lambda_mask > 0 or not train  # eval always measures the masked-clip entropy
     # 1. read one split, only the columns a clip needs (the filter is pushed into the Parquet scan).
     ds = ray.data.read_parquet(files, columns=CLIP_COLUMNS + ["split"]).filter(expr=col("split") == split)
-    # 2. JPEG decode + window/crop (+ the human-masked twin), 1:1 per row. CPU work beside the
-    #    trainer; a fraction of a CPU each so that it overlaps the step instead of waiting on it.
+    if cfg.loader.cache_rows:  # small data: scan once, then every epoch streams from the object store
+        ds = ds.materialize()
+    # 2. JPEG decode + window/crop (+ the human-masked twin), 1:1 per row, every epoch (fresh random
+    #    windows and crops). CPU work beside the trainer; a fraction of a CPU per task so that it
+    #    overlaps the training step instead of waiting for a whole core.
     return ds.map_batches(make_clip_fn(cfg.clip, train, with_masked, cfg.seed), batch_format="numpy",
-                          batch_size=cfg.optim.batch_size, num_cpus=cfg.scaling.clip_cpus)
+                          batch_size=cfg.optim.batch_size, num_cpus=cfg.loader.clip_cpus)
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict:
