@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
@@ -213,12 +214,15 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, cfg.optim.epochs):
         train_shard = ray.train.get_dataset_shard(cfg.train_split)
         metrics: dict = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
+        t0 = time.perf_counter()
         batches = train_shard.iter_torch_batches(**iter_args, local_shuffle_buffer_size=4 * cfg.optim.batch_size)
         metrics.update({f"train_{k}": v for k, v in train_one_epoch(model, batches, optimizer, cfg.loss, device).items()})
         scheduler.step()
+        t1 = time.perf_counter()
         for split in cfg.eval_splits:
             result = evaluate(core, ray.train.get_dataset_shard(split).iter_torch_batches(**iter_args), device)
             metrics.update({f"{split}_{k}": v for k, v in result.items()})
+        metrics.update(train_time_s=t1 - t0, eval_time_s=time.perf_counter() - t1)
         with tempfile.TemporaryDirectory() as d:
             saved = None
             if rank == 0:
@@ -230,7 +234,7 @@ def train_loop_per_worker(config: dict) -> None:
                 saved = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=saved)
         if rank == 0:
-            shown = {k: round(v, 3) for k, v in metrics.items() if k.endswith(("acc", "loss", "entropy"))}
+            shown = {k: round(v, 3) for k, v in metrics.items() if k.endswith(("acc", "loss", "entropy", "_s"))}
             print(f"[{cfg.name}] epoch {epoch + 1}/{cfg.optim.epochs} {shown}", flush=True)
 
 

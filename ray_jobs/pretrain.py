@@ -48,6 +48,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     classes = json.loads((shards_dir / "classes.json").read_text())
     num_scenes = len(pq.read_table(files[0], columns=["scene_probs"]).column("scene_probs")[0])
     init_ray()
+    # The trainer prints one line per epoch; per-operator bars from three datasets would drown it.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {cfg.train_split: clip_dataset(cfg, cfg.train_split, train=True)}
     datasets.update({s: clip_dataset(cfg, s, train=False) for s in cfg.eval_splits})
     sc = cfg.scaling
