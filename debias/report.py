@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
-    """A markdown table; floats are shown with 3 decimals."""
+    """A markdown table; floats are shown with 3 decimals, None as n/a."""
     def fmt(v: object) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+        return f"{v:.3f}" if isinstance(v, float) else "n/a" if v is None else str(v)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)

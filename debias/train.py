@@ -215,7 +215,8 @@ def train_loop_per_worker(config: dict) -> None:
         train_shard = ray.train.get_dataset_shard(cfg.train_split)
         metrics: dict = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
         t0 = time.perf_counter()
-        batches = train_shard.iter_torch_batches(**iter_args, local_shuffle_buffer_size=4 * cfg.optim.batch_size)
+        batches = train_shard.iter_torch_batches(**iter_args, local_shuffle_buffer_size=4 * cfg.optim.batch_size,
+                                                 local_shuffle_seed=cfg.seed + epoch)
         metrics.update({f"train_{k}": v for k, v in train_one_epoch(model, batches, optimizer, cfg.loss, device).items()})
         scheduler.step()
         t1 = time.perf_counter()

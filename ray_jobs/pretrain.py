@@ -29,7 +29,7 @@ def clip_dataset(cfg: PretrainConfig, split: str, train: bool) -> ray.data.Datas
     files = [str(f) for f in shard_files(Path(cfg.shards) / "shards")]
     with_masked = cfg.loss.lambda_mask > 0 or not train  # eval always measures the masked-clip entropy
     # 1. read one split, only the columns a clip needs (the filter is pushed into the Parquet scan).
-    ds = ray.data.read_parquet(files, columns=CLIP_COLUMNS + ["split"]).filter(expr=col("split") == split)
+    ds = ray.data.read_parquet(files).select_columns(CLIP_COLUMNS + ["split"]).filter(expr=col("split") == split)
     if cfg.loader.cache_rows:  # small data: scan once, then every epoch streams from the object store
         ds = ds.materialize()
     # 2. JPEG decode + window/crop (+ the human-masked twin), 1:1 per row, every epoch (fresh random
@@ -48,8 +48,12 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     classes = json.loads((shards_dir / "classes.json").read_text())
     num_scenes = len(pq.read_table(files[0], columns=["scene_probs"]).column("scene_probs")[0])
     init_ray()
+    ctx = ray.data.DataContext.get_current()
     # The trainer prints one line per epoch; per-operator bars from three datasets would drown it.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ctx.enable_progress_bars = False
+    # Same blocks in the same order every epoch and every run: with the seeded shuffle, a rerun
+    # of a config reproduces its numbers (streaming order otherwise depends on task timing).
+    ctx.execution_options.preserve_order = True
     datasets = {cfg.train_split: clip_dataset(cfg, cfg.train_split, train=True)}
     datasets.update({s: clip_dataset(cfg, s, train=False) for s in cfg.eval_splits})
     sc = cfg.scaling

@@ -1,0 +1,76 @@
+"""`ray job submit` against a real local head started with `ray start`, with token authentication."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A head node on 127.0.0.1 in its own HOME, so its auth token never touches the user's ~/.ray."""
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), RAY_AUTH_MODE="token")
+    subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    dashboard_port = _free_port()
+    start = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+                            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4",
+                            "--include-dashboard=true", "--disable-usage-stats"],
+                           env=env, capture_output=True, text=True)
+    assert start.returncode == 0, start.stderr[-3000:]
+    yield env, f"http://127.0.0.1:{dashboard_port}"
+    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
+
+
+def test_job_submit_runs_the_demo_driver_and_succeeds(ray_head, tmp_path):
+    env, address = ray_head
+    out = tmp_path / "demo"
+    tiny = ["synth.train_per_class=3", "synth.val_per_class=1", "synth.ood_per_class=1",
+            "synth.target_train_per_class=0", "synth.target_test_per_class=0", "synth.frame_size_px=32",
+            "synth.num_frames=8", "decode.num_frames=8", "pretrain.clip.clip_len=8", "pretrain.optim.epochs=1",
+            "pretrain.optim.batch_size=8", "pretrain.model.width=4"]
+    submit = subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--submission-id", "debias-demo-test",
+         "--runtime-env", str(ROOT / "runtime_env.yaml"), "--", "python", "-m", "ray_jobs.demo", "--out", str(out), *tiny],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
+    assert "succeeded" in submit.stdout.lower()
+    status = subprocess.run([RAY, "job", "status", "--address", address, "debias-demo-test"],
+                            env=env, capture_output=True, text=True, check=True)
+    assert "debias-demo-test' succeeded" in status.stdout  # ray prints "Job 'ID' succeeded"
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) >= {"baseline", "sdn", "claim"}
+    logs = subprocess.run([RAY, "job", "logs", "--address", address, "debias-demo-test"],
+                          env=env, capture_output=True, text=True, check=True).stdout
+    assert f"summary: {out / 'summary.json'}" in logs  # the driver says where its outputs went
+    # The upload holds the code only: the excludes keep .git, virtual environments and outputs out.
+    packages = Path("/tmp/ray/session_latest/runtime_resources/working_dir_files")
+    uploaded = [p for p in packages.glob("_ray_pkg_*") if p.is_dir()]
+    assert len(uploaded) == 1, uploaded
+    assert (uploaded[0] / "debias").is_dir() and (uploaded[0] / "ray_jobs").is_dir()
+    assert not any((uploaded[0] / name).exists() for name in (".git", ".venv", ".venv-ci", "out"))
+    assert sum(f.stat().st_size for f in uploaded[0].rglob("*") if f.is_file()) < 5 * 2**20
+
+
+def test_submit_without_the_token_is_refused(ray_head):
+    env, address = ray_head
+    no_token = {**env, "HOME": str(Path(env["HOME"]) / "elsewhere")}
+    shutil.rmtree(no_token["HOME"], ignore_errors=True)
+    Path(no_token["HOME"]).mkdir()
+    listing = subprocess.run([RAY, "job", "list", "--address", address], env=no_token, capture_output=True, text=True)
+    assert listing.returncode != 0

@@ -1,0 +1,79 @@
+"""Several Ray nodes on one machine: work spreads over nodes, and training survives losing one."""
+
+import dataclasses
+import threading
+import time
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors, list_tasks
+
+from debias.config import load_config
+from debias.curate import InputConfig, PreprocessConfig
+from debias.synth import SynthConfig, generate
+from debias.train import PretrainConfig, read_metrics
+from ray_jobs.preprocess import run_preprocess
+from ray_jobs.pretrain import run_pretrain
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head that runs no work (CPU 0, like cluster.yaml's) and two 2-CPU worker nodes."""
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})
+    for _ in range(2):
+        c.add_node(num_cpus=2)
+    ray.init(address=c.address, log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shards(cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("multinode")
+    generate(SynthConfig(out=str(root / "synth"), train_per_class=3, val_per_class=1, ood_per_class=1,
+                         target_train_per_class=0, target_test_per_class=0, frame_size_px=32, num_frames=8))
+    cfg = load_config(PreprocessConfig, None, [f"out={root / 'data'}", "decode.num_frames=8",
+                                               f"input.manifest={root / 'synth' / 'source' / 'manifest.csv'}"])
+    return root, run_preprocess(cfg)
+
+
+def test_preprocess_work_lands_on_more_than_one_node(cluster, shards):
+    _root, summary = shards
+    assert summary["videos_ok"] == 6 * 5
+    decode_nodes = {t.node_id for t in list_tasks(filters=[("name", "=", "Map(decode)")], limit=1000)}
+    worker_nodes = {n.node_id for n in cluster.worker_nodes}
+    assert len(decode_nodes & worker_nodes) >= 2, decode_nodes
+
+
+def test_training_survives_losing_its_worker_node(cluster, shards):
+    root, _summary = shards
+    cfg = load_config(PretrainConfig, None, [
+        f"shards={root / 'data'}", f"out={root / 'runs'}", "name=fault", "optim.epochs=4", "optim.batch_size=8",
+        "model.width=4", "clip.clip_len=8", "scaling.cpus_per_worker=1", "scaling.max_failures=2"])
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(run_pretrain(cfg)))
+    thread.start()
+    run_dir = root / "runs" / "fault"
+    deadline = time.time() + 300
+    # Two epochs written means epoch 0's checkpoint was reported (the loop reports before going on).
+    while len(read_metrics(run_dir)) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(read_metrics(run_dir)) >= 2, "training did not start"
+    worker = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])[0]
+    victim = next(n for n in cluster.worker_nodes if n.node_id == worker.node_id)
+    cluster.remove_node(victim)
+    cluster.add_node(num_cpus=2)  # the autoscaler's replacement
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")])
+    assert any(w.node_id != victim.node_id for w in workers), "the worker group never restarted elsewhere"
+    epochs = [m["epoch"] for m in result["history"]]
+    assert epochs == [0, 1, 2, 3]
+    # Resumed from a checkpoint, not from scratch: epoch 0 was written exactly once.
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert sum('"epoch": 0,' in line for line in lines) == 1
+    # Checkpoints live in the configured storage path.
+    assert any(p.name.startswith("checkpoint_") for p in run_dir.iterdir())
+    assert dataclasses.asdict(cfg)["out"] == str(root / "runs")
