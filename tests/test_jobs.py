@@ -6,6 +6,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -27,27 +29,42 @@ def ray_head(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(home), RAY_AUTH_MODE="token")
     subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    dashboard_port = _free_port()
-    start = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
-                            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4",
-                            "--include-dashboard=true", "--disable-usage-stats"],
-                           env=env, capture_output=True, text=True)
-    assert start.returncode == 0, start.stderr[-3000:]
-    yield env, f"http://127.0.0.1:{dashboard_port}"
-    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
+    address = f"http://127.0.0.1:{_free_port()}"
+    # --block keeps this head's processes tied to one process we can stop; `ray stop` would also kill
+    # any other Ray instance on the machine.
+    log = open(home / "ray-start.log", "w")  # a file, not a pipe: a full pipe would stall the head
+    temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+                             f"--temp-dir={temp_dir}",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={address.rsplit(':', 1)[1]}",
+                             "--num-cpus=4", "--include-dashboard=true", "--disable-usage-stats"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True).returncode != 0:
+        assert head.poll() is None and time.time() < deadline, f"ray start failed: {(home / 'ray-start.log').read_text()[-3000:]}"
+        time.sleep(2)
+    yield env, address, Path(temp_dir)
+    head.terminate()
+    head.wait(timeout=60)
+    log.close()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_job_submit_runs_the_demo_driver_and_succeeds(ray_head, tmp_path):
-    env, address = ray_head
+    env, address, temp_dir = ray_head
     out = tmp_path / "demo"
     tiny = ["synth.train_per_class=3", "synth.val_per_class=1", "synth.ood_per_class=1",
             "synth.target_train_per_class=0", "synth.target_test_per_class=0", "synth.frame_size_px=32",
             "synth.num_frames=8", "decode.num_frames=8", "pretrain.clip.clip_len=8", "pretrain.optim.epochs=1",
             "pretrain.optim.batch_size=8", "pretrain.model.width=4"]
-    submit = subprocess.run(
-        [RAY, "job", "submit", "--address", address, "--submission-id", "debias-demo-test",
-         "--runtime-env", str(ROOT / "runtime_env.yaml"), "--", "python", "-m", "ray_jobs.demo", "--out", str(out), *tiny],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    command = [RAY, "job", "submit", "--address", address, "--submission-id", "debias-demo-test",
+               "--runtime-env", str(ROOT / "runtime_env.yaml"), "--", "python", "-m", "ray_jobs.demo",
+               "--out", str(out), *tiny]
+    for _attempt in range(20):  # a fresh head answers before its job agent is up: Ray says "try again later"
+        submit = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent" not in submit.stdout + submit.stderr:
+            break
+        time.sleep(3)
     assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
     assert "succeeded" in submit.stdout.lower()
     status = subprocess.run([RAY, "job", "status", "--address", address, "debias-demo-test"],
@@ -59,7 +76,7 @@ def test_job_submit_runs_the_demo_driver_and_succeeds(ray_head, tmp_path):
                           env=env, capture_output=True, text=True, check=True).stdout
     assert f"summary: {out / 'summary.json'}" in logs  # the driver says where its outputs went
     # The upload holds the code only: the excludes keep .git, virtual environments and outputs out.
-    packages = Path("/tmp/ray/session_latest/runtime_resources/working_dir_files")
+    packages = temp_dir / "session_latest" / "runtime_resources" / "working_dir_files"
     uploaded = [p for p in packages.glob("_ray_pkg_*") if p.is_dir()]
     assert len(uploaded) == 1, uploaded
     assert (uploaded[0] / "debias").is_dir() and (uploaded[0] / "ray_jobs").is_dir()
@@ -68,7 +85,7 @@ def test_job_submit_runs_the_demo_driver_and_succeeds(ray_head, tmp_path):
 
 
 def test_submit_without_the_token_is_refused(ray_head):
-    env, address = ray_head
+    env, address, _temp_dir = ray_head
     no_token = {**env, "HOME": str(Path(env["HOME"]) / "elsewhere")}
     shutil.rmtree(no_token["HOME"], ignore_errors=True)
     Path(no_token["HOME"]).mkdir()
