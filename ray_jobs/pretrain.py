@@ -47,6 +47,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         raise FileNotFoundError(f"no shards in {shards_dir / 'shards'} (shards=...): run `debias preprocess` first")
     classes = json.loads((shards_dir / "classes.json").read_text())
     num_scenes = len(pq.read_table(files[0], columns=["scene_probs"]).column("scene_probs")[0])
+    if num_scenes == 0:
+        raise ValueError(f"{shards_dir} has no scene labels (preprocessed with labels.scene_provider=none); "
+                         "the scene head needs them: preprocess with a scene provider")
     init_ray()
     ctx = ray.data.DataContext.get_current()
     # The trainer prints one line per epoch; per-operator bars from three datasets would drown it.

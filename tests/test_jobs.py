@@ -37,6 +37,8 @@ def ray_head(tmp_path_factory):
     head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
                              f"--temp-dir={temp_dir}",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={address.rsplit(':', 1)[1]}",
+                             # own agent port: the default (52365) may be held by another Ray on the machine
+                             f"--dashboard-agent-listen-port={_free_port()}",
                              "--num-cpus=4", "--include-dashboard=true", "--disable-usage-stats"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
@@ -60,9 +62,10 @@ def test_job_submit_runs_the_demo_driver_and_succeeds(ray_head, tmp_path):
     command = [RAY, "job", "submit", "--address", address, "--submission-id", "debias-demo-test",
                "--runtime-env", str(ROOT / "runtime_env.yaml"), "--", "python", "-m", "ray_jobs.demo",
                "--out", str(out), *tiny]
-    for _attempt in range(20):  # a fresh head answers before its job agent is up: Ray says "try again later"
+    deadline = time.time() + 300  # a fresh head answers before its job agent is up ("try again later")
+    while True:
         submit = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-        if "No available agent" not in submit.stdout + submit.stderr:
+        if "No available agent" not in submit.stdout + submit.stderr or time.time() > deadline:
             break
         time.sleep(3)
     assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
