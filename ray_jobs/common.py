@@ -61,5 +61,6 @@ def init_ray(local_num_cpus: int = 0) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
-    ray.init(num_cpus=local_num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
-             log_to_driver=True)
+    # The dashboard (http://127.0.0.1:8265) shows progress, and Ray Train needs its state API.
+    ray.init(num_cpus=local_num_cpus or max(4, os.cpu_count() or 1), include_dashboard=True,
+             dashboard_host="127.0.0.1", log_to_driver=True)
