@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
@@ -32,7 +33,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     for stale in (out / "shards", out / "_errors"):
         shutil.rmtree(stale, ignore_errors=True)  # a rerun replaces, never appends
     out.mkdir(parents=True, exist_ok=True)
-    (out / "classes.json").write_text("[\n" + ",\n".join(f' "{c}"' for c in classes) + "\n]\n")
+    (out / "classes.json").write_text(json.dumps(classes, indent=1))
     res = cfg.resources
 
     init_ray()
