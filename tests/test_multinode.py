@@ -1,6 +1,7 @@
 """Several Ray nodes on one machine: work spreads over nodes, and training survives losing one."""
 
 import dataclasses
+import json
 import threading
 import time
 
@@ -50,17 +51,20 @@ def test_preprocess_work_lands_on_more_than_one_node(cluster, shards):
 def test_training_survives_losing_its_worker_node(cluster, shards):
     root, _summary = shards
     cfg = load_config(PretrainConfig, None, [
-        f"shards={root / 'data'}", f"out={root / 'runs'}", "name=fault", "optim.epochs=4", "optim.batch_size=8",
+        f"shards={root / 'data'}", f"out={root / 'runs'}", "name=fault", "optim.epochs=8", "optim.batch_size=8",
         "model.width=4", "clip.clip_len=8", "scaling.cpus_per_worker=1", "scaling.max_failures=2"])
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(run_pretrain(cfg)))
     thread.start()
     run_dir = root / "runs" / "fault"
     deadline = time.time() + 300
-    # Two epochs written means epoch 0's checkpoint was reported (the loop reports before going on).
-    while len(read_metrics(run_dir)) < 2 and time.time() < deadline:
-        time.sleep(0.5)
-    assert len(read_metrics(run_dir)) >= 2, "training did not start"
+    # Wait until the controller has registered a checkpoint (reports reach it asynchronously: a
+    # checkpoint written to storage but not yet registered is not one a restart can resume from).
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    while not (snapshot.is_file() and "checkpoint_dir_name" in snapshot.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    registered = json.loads(snapshot.read_text())["checkpoint_results"]
+    assert registered, "no checkpoint registered"
     worker = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])[0]
     victim = next(n for n in cluster.worker_nodes if n.node_id == worker.node_id)
     cluster.remove_node(victim)
@@ -70,10 +74,11 @@ def test_training_survives_losing_its_worker_node(cluster, shards):
     workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")])
     assert any(w.node_id != victim.node_id for w in workers), "the worker group never restarted elsewhere"
     epochs = [m["epoch"] for m in result["history"]]
-    assert epochs == [0, 1, 2, 3]
-    # Resumed from a checkpoint, not from scratch: epoch 0 was written exactly once.
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert sum('"epoch": 0,' in line for line in lines) == 1
+    assert epochs == list(range(8))
+    # Resumed from the registered checkpoint, not from scratch: no epoch up to it was run twice.
+    resumed_after = min(r["metrics"]["epoch"] for r in registered)
+    lines = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(lines.count(e) == 1 for e in range(resumed_after + 1)), lines
     # Checkpoints live in the configured storage path.
     assert any(p.name.startswith("checkpoint_") for p in run_dir.iterdir())
     assert dataclasses.asdict(cfg)["out"] == str(root / "runs")
