@@ -11,6 +11,10 @@ JOBS = {
     "synth": "write the synthetic scene-bias benchmark (H.264 videos, manifest, ground truth)",
     "preprocess": "curate videos into Parquet frame shards with Ray Data (decode, masks, scene labels)",
     "pretrain": "train the debiased model with Ray Train (lambda_scene=0 lambda_mask=0 is the baseline)",
+    "weights": "list, download and verify the model weights a config needs (SAM, detector, Places365)",
+    "sweep": "sweep the loss weights with Ray Tune (ASHA), each trial a Ray Train run",
+    "transfer": "fine-tune pretrained backbones on target tasks and measure their scene bias",
+    "pipeline": "the whole chain: preprocess -> sweep -> transfer -> report, skipping finished stages",
 }
 
 USAGE = "usage: debias JOB [--config FILE] [key=value ...]   (debias JOB --help for a job's options)\n\njobs:\n" + \
