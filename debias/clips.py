@@ -2,13 +2,17 @@
 
 Runs as a Ray Data `map_batches` step before the trainer, so JPEG decoding and augmentation happen
 on CPU workers in parallel with the training step. Clips stay uint8 until the device (4x less data
-to move); the model normalises them.
+to move); the model normalises them. `write_pattern_shards` writes small shards of a moving-square
+task directly in the shard schema, for tests and benchmarks that need no source videos.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Literal
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -19,7 +23,10 @@ from debias.video import decode_jpeg, unpack_mask
 Fill = Literal["mean", "zero", "noise", "blur"]
 
 # The shard columns a training clip needs (everything else stays on disk).
-CLIP_COLUMNS = ["frames", "human_masks", "height", "width", "person_frac", "label_id", "scene_id", "scene_probs"]
+CLIP_COLUMNS = ["video_id", "frames", "human_masks", "height", "width", "person_frac", "label_id", "scene_id",
+                "scene_probs"]
+# The official code's multi-scale corner crop: scales 1 down to 1/2 in steps of 2^(-1/4).
+PAPER_SCALES = [1.0, 0.841, 0.707, 0.595, 0.5]
 
 
 @dataclass
@@ -32,23 +39,41 @@ class ClipConfig:
     # paper fills per frame (false); measured on the demo, per frame is better (README, findings).
     mask_tube: bool = False
     min_person_frac: float = 0.0  # clip used by the mask loss only if this share of frames shows a person (paper: 0.7)
+    # Multi-scale crop when training: a square of side scale x the shorter frame side, at a random
+    # corner or the centre, resized to crop_px (paper: PAPER_SCALES). Empty: a random crop_px square
+    # of the stored frames, no resize (right when the stored frames are barely larger than crop_px).
+    scales: list[float] = field(default_factory=list)
+    eval_clips: int = 1  # clips per video at evaluation, evenly spaced windows; video-level scores average them
 
     def __post_init__(self) -> None:
         check(self.clip_len >= 1, "clip_len", "must be >= 1")
         check(self.crop_px >= 8, "crop_px", "must be >= 8")
         check(0.0 <= self.min_person_frac <= 1.0, "min_person_frac", "must be in [0, 1]")
+        check(all(0.0 < s <= 1.0 for s in self.scales), "scales", "each scale must be in (0, 1]")
+        check(self.eval_clips >= 1, "eval_clips", "must be >= 1")
+
+
+def video_key(video_id: str) -> int:
+    """A stable int64 for a video id (torch batches hold no strings; video-level eval groups by it)."""
+    return int.from_bytes(hashlib.blake2b(video_id.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def _resize(frames: np.ndarray, size_px: int, interpolation: int) -> np.ndarray:
+    """(T, h, w[, 3]) -> (T, size_px, size_px[, 3])."""
+    return np.stack([cv2.resize(f, (size_px, size_px), interpolation=interpolation) for f in frames])
 
 
 def fill_people(frames: np.ndarray, masks: np.ndarray, fill: Fill, rng: np.random.Generator) -> np.ndarray:
     """Remove the people: (T, H, W, 3) uint8 frames, (T, H, W) bool masks -> new frames."""
+    if fill == "mean":  # the hot path (the paper's fill): vectorised, no boolean gather/scatter
+        frames = np.ascontiguousarray(frames)
+        means = np.array([cv2.mean(f)[:3] for f in frames]).round().astype(np.uint8)  # (T, 3), exact sums
+        return np.where(masks[..., None], means[:, None, None, :], frames)
     out = frames.copy()
     if fill == "zero":
         out[masks] = 0
     elif fill == "noise":
         out[masks] = rng.integers(0, 256, size=(int(masks.sum()), 3), dtype=np.uint8)
-    elif fill == "mean":
-        means = frames.reshape(len(frames), -1, 3).mean(axis=1).round().astype(np.uint8)  # (T, 3)
-        out[masks] = np.broadcast_to(means[:, None, None, :], frames.shape)[masks]
     else:  # blur: a heavy blur of the frame, so the region keeps the scene's colours but no shape
         k = max(3, (frames.shape[1] // 4) | 1)
         blurred = np.stack([cv2.GaussianBlur(f, (k, k), 0) for f in frames])
@@ -57,48 +82,139 @@ def fill_people(frames: np.ndarray, masks: np.ndarray, fill: Fill, rng: np.rando
 
 
 def make_clip_fn(cfg: ClipConfig, train: bool, with_masked: bool, seed: int = 0) -> Callable[[dict], dict]:
-    """Batch step: decode JPEG frames, pick a window and crop, build the masked twin.
+    """Batch step: decode JPEG frames, pick windows and crops, build the masked twin. 1:1 per row when
+    training (one random window), 1:eval_clips when evaluating (evenly spaced windows, centre crop).
 
-    Reads: CLIP_COLUMNS. Writes: clips (B, T, H, W, 3) uint8, masked (same, if `with_masked`),
-    mask_valid (B,) bool, label_id (B,) int64, scene_id (B,) int64, scene_probs (B, S) float32.
+    Reads: CLIP_COLUMNS. Writes: clips (N, T, crop_px, crop_px, 3) uint8, masked (same, if
+    `with_masked`), mask_valid (N,) bool, label_id (N,) int64, scene_id (N,) int64, scene_probs (N, S)
+    float32, video_key (N,) int64 (`video_key` of the row's video_id).
     """
+    per_row = 1 if train else cfg.eval_clips
+
+    def starts(rng: np.random.Generator, n: int) -> list[int]:
+        if train:
+            return [int(rng.integers(0, n - cfg.clip_len + 1)) if n > cfg.clip_len else 0]
+        if per_row == 1:
+            return [max(0, (n - cfg.clip_len) // 2)]
+        return [round(x) for x in np.linspace(0, max(0, n - cfg.clip_len), per_row)]
+
+    def crop_box(rng: np.random.Generator, h: int, w: int) -> tuple[int, int, int]:
+        """(top, left, side) of the square to cut before any resize."""
+        if train and cfg.scales:
+            side = round(cfg.scales[int(rng.integers(len(cfg.scales)))] * min(h, w))
+            top, left = [(0, 0), (0, w - side), (h - side, 0), (h - side, w - side),
+                         ((h - side) // 2, (w - side) // 2)][int(rng.integers(5))]
+            return top, left, side
+        side = min(cfg.crop_px, h, w)
+        if train:
+            return int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1)), side
+        return (h - side) // 2, (w - side) // 2, side
 
     def build(batch: dict) -> dict:
         rng = np.random.default_rng(None if train else seed)
-        clips, masked = [], []
+        rows = np.repeat(np.arange(len(batch["label_id"])), per_row)
+        # Written in place: stacking a list of clips would copy every batch once more.
+        shape = (len(rows), cfg.clip_len, cfg.crop_px, cfg.crop_px, 3)
+        clips = np.empty(shape, np.uint8)
+        masked = np.empty(shape, np.uint8) if with_masked else None
+        k = 0
         for i in range(len(batch["label_id"])):
             h, w = int(batch["height"][i]), int(batch["width"][i])
             jpegs, packed = batch["frames"][i], batch["human_masks"][i]
             n = len(jpegs)
-            start = int(rng.integers(0, n - cfg.clip_len + 1)) if train and n > cfg.clip_len else max(0, (n - cfg.clip_len) // 2)
-            idx = np.minimum(np.arange(start, start + cfg.clip_len), n - 1)  # repeat the last frame when short
-            frames = np.stack([decode_jpeg(jpegs[j]) for j in idx])
-            top = int(rng.integers(0, h - cfg.crop_px + 1)) if train else (h - cfg.crop_px) // 2
-            left = int(rng.integers(0, w - cfg.crop_px + 1)) if train else (w - cfg.crop_px) // 2
-            window = (slice(None), slice(top, top + cfg.crop_px), slice(left, left + cfg.crop_px))
-            frames = frames[window]
-            flip = train and cfg.flip and rng.random() < 0.5
-            if flip:
-                frames = frames[:, :, ::-1]
-            clips.append(frames)
-            if with_masked:
-                masks = np.stack([unpack_mask(packed[j], h, w) for j in idx])[window]
+            for start in starts(rng, n):
+                idx = np.minimum(np.arange(start, start + cfg.clip_len), n - 1)  # repeat the last frame when short
+                frames = np.stack([decode_jpeg(jpegs[j]) for j in idx])
+                top, left, side = crop_box(rng, h, w)
+                window = (slice(None), slice(top, top + side), slice(left, left + side))
+                frames = frames[window]
+                if side != cfg.crop_px:
+                    frames = _resize(frames, cfg.crop_px, cv2.INTER_LINEAR)
+                flip = train and cfg.flip and rng.random() < 0.5
                 if flip:
-                    masks = masks[:, :, ::-1]
-                if cfg.mask_tube:
-                    masks = np.broadcast_to(masks.any(axis=0), masks.shape)
-                masked.append(fill_people(frames, masks, cfg.mask_fill, rng))
+                    frames = frames[:, :, ::-1]
+                clips[k] = frames
+                if with_masked:
+                    masks = np.stack([unpack_mask(packed[j], h, w) for j in idx])[window]
+                    if side != cfg.crop_px:
+                        masks = _resize(masks.astype(np.uint8), cfg.crop_px, cv2.INTER_NEAREST).astype(bool)
+                    if flip:
+                        masks = masks[:, :, ::-1]
+                    if cfg.mask_tube:
+                        masks = np.broadcast_to(masks.any(axis=0), masks.shape)
+                    masked[k] = fill_people(clips[k], masks, cfg.mask_fill, rng)
+                k += 1
         # A clip with no person pixels has nothing to remove (its "masked" twin is the clip itself).
-        person = np.asarray(batch["person_frac"], np.float32)
+        person = np.asarray(batch["person_frac"], np.float32)[rows]
         out = {
-            "clips": np.ascontiguousarray(np.stack(clips)),
+            "clips": clips,
             "mask_valid": (person > 0) & (person >= cfg.min_person_frac),
-            "label_id": np.asarray(batch["label_id"], np.int64),
-            "scene_id": np.asarray(batch["scene_id"], np.int64),
-            "scene_probs": np.stack([np.asarray(p, np.float32) for p in batch["scene_probs"]]),
+            "label_id": np.asarray(batch["label_id"], np.int64)[rows],
+            "scene_id": np.asarray(batch["scene_id"], np.int64)[rows],
+            "scene_probs": np.stack([np.asarray(batch["scene_probs"][i], np.float32) for i in rows]),
+            "video_key": np.asarray([video_key(str(batch["video_id"][i])) for i in rows], np.int64),
         }
         if with_masked:
-            out["masked"] = np.ascontiguousarray(np.stack(masked))
+            out["masked"] = masked
         return out
 
     return build
+
+
+def write_pattern_shards(out: str | Path, splits: dict[str, int], num_classes: int = 4, num_frames: int = 8,
+                         size_px: int = 32, bias: float = 0.9, rows_per_file: int = 64, seed: int = 0) -> Path:
+    """Shards of a moving-square task written straight in SHARD_SCHEMA, for tests and benchmarks
+    (no source videos, no PyAV): class k moves a square in direction k; its "person" mask is the
+    square; the background colour is the scene, equal to the class with probability `bias`.
+
+    `splits`: rows per split, e.g. {"train": 32, "val": 8}. Writes OUT/shards/*.parquet and
+    OUT/classes.json like `debias preprocess`; returns OUT.
+    """
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from debias.schema import SCHEMA_VERSION, SHARD_SCHEMA
+    from debias.video import encode_jpeg, pack_mask
+
+    out = Path(out)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    directions = [(np.cos(a), np.sin(a)) for a in np.linspace(0, 2 * np.pi, num_classes, endpoint=False)]
+    colours = rng.integers(40, 216, size=(num_classes, 3))
+    side = size_px // 4
+    rows = []
+    for split, count in splits.items():
+        for i in range(count):
+            label = int(rng.integers(num_classes))
+            scene = label if rng.random() < bias else int(rng.integers(num_classes))
+            y0, x0 = rng.integers(side, size_px - 2 * side, size=2)
+            speed = rng.uniform(0.5, 1.5)
+            frames, masks = [], []
+            for t in range(num_frames):
+                image = np.empty((size_px, size_px, 3), np.uint8)
+                image[:] = colours[scene]
+                image += rng.integers(0, 12, size=image.shape, dtype=np.uint8)  # texture, so JPEG is not trivial
+                dy, dx = (speed * t * d for d in directions[label][::-1])
+                y, x = int(np.clip(y0 + dy, 0, size_px - side)), int(np.clip(x0 + dx, 0, size_px - side))
+                mask = np.zeros((size_px, size_px), bool)
+                mask[y:y + side, x:x + side] = True
+                image[mask] = 255 - colours[scene]
+                frames.append(encode_jpeg(image, 90))
+                masks.append(mask)
+            probs = np.full(num_classes, 0.1 / max(num_classes - 1, 1), np.float32)
+            probs[scene] = 0.9
+            rows.append({
+                "schema_version": SCHEMA_VERSION, "video_id": f"{split}_{i:05d}", "clip_index": 0,
+                "label": f"class_{label}", "label_id": label, "split": split, "source_path": "", "fps": 8.0,
+                "frame_indices": list(range(num_frames)), "padded": False, "height": size_px, "width": size_px, "frames": frames,
+                "human_masks": [pack_mask(m) for m in masks], "mask_coverage": [float(m.mean()) for m in masks],
+                "person_frac": 1.0, "mask_source": "pattern", "scene_id": scene, "scene_probs": probs.tolist(),
+                "scene_source": "pattern"})
+    for start in range(0, len(rows), rows_per_file):
+        chunk = rows[start:start + rows_per_file]
+        table = pa.Table.from_pylist(chunk, schema=SHARD_SCHEMA)
+        pq.write_table(table, out / "shards" / f"part-{start // rows_per_file:05d}.parquet")
+    (out / "classes.json").write_text(json.dumps([f"class_{k}" for k in range(num_classes)]))
+    return out

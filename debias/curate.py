@@ -11,10 +11,13 @@ table, so every input video ends in exactly one of the shards or the error table
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
+import os
+import shutil
+import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -24,50 +27,50 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from debias.config import check
+from debias.download import DownloadConfig
+from debias.labels import LabelsConfig
 from debias.schema import ERROR_SCHEMA, SCHEMA_VERSION, SHARD_SCHEMA
-from debias.synth import load_annotation
-from debias.video import (VideoError, decode_window, encode_jpeg, pack_mask, resize_crop,
-                          sample_uniform)
-
-Row = dict
-
-
-@dataclass
-class InputConfig:
-    """Where the videos are: a Kinetics-style CSV (label,youtube_id,time_start,time_end,split)."""
-
-    manifest: str = "out/synth/source/manifest.csv"
-    videos_dir: str = ""  # default: videos/ beside the manifest
-    video_template: str = "{youtube_id}.mp4"  # file name under videos_dir
-
-    def resolved_videos_dir(self) -> Path:
-        return Path(self.videos_dir) if self.videos_dir else Path(self.manifest).parent / "videos"
+from debias.sources import InputConfig, Row
+from debias.video import (FramePicker, VideoError, decode_clips, encode_jpeg_bgr, pick_all, pick_at_rate,
+                          pick_clips, pick_uniform)
 
 
 @dataclass
 class DecodeConfig:
-    """How clips are sampled and stored."""
+    """How frames are sampled from each video's window and stored. Policies (`sampling`):
+    uniform: `num_frames` spread evenly over the window (one row per video);
+    paper: every frame at the native rate (SDN's; training picks a `num_frames` window at random);
+    seed: `sample_fps` frames a second from the window's start, the first `num_frames`, the last one
+      repeated when the video is shorter (the seed study's; such rows have `padded` set);
+    clips: `clips_per_video` rows per video (`clip_index`), each `num_frames` consecutive frames.
+    Except under `seed`, a window with fewer than `num_frames` frames is an error (`too_short`)."""
 
-    num_frames: int = 16  # frames stored per video, spread uniformly over its time window
-    short_side_px: int = 32  # resize so the short side is this, then centre-crop
-    crop_px: int = 32
+    sampling: Literal["uniform", "paper", "seed", "clips"] = "uniform"
+    num_frames: int = 16  # the clip length: frames stored (uniform, seed) or per clip (clips), minimum (paper)
+    sample_fps: float = 1.0  # seed: frames sampled per second of video
+    clips_per_video: int = 4  # clips: rows per video
+    short_side_px: int = 32  # resize so the short side is this, then centre-crop (real videos: 128)
+    crop_px: int = 32  # (real videos: 112, the paper's)
     jpeg_quality: int = 90
+    threads: int = 1  # PyAV decoder threads per task: 1 keeps one task on one core (resources.decode_cpus)
 
     def __post_init__(self) -> None:
         check(self.num_frames >= 1, "num_frames", "must be >= 1")
+        check(self.sample_fps > 0, "sample_fps", "must be > 0")
+        check(self.clips_per_video >= 1, "clips_per_video", "must be >= 1")
         check(self.crop_px <= self.short_side_px, "crop_px", f"must be <= short_side_px ({self.short_side_px})")
         check(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be in [1, 100]")
+        check(self.threads >= 0, "threads", "must be >= 0 (0 = as many as FFmpeg likes)")
 
-
-@dataclass
-class LabelsConfig:
-    """Who produces human masks and scene labels. `annotations` reads a dataset's own ground truth
-    (the synthetic benchmark's `annotations/` folder); `none` stores empty masks / no scene label
-    (and says so in every row), for videos that have no labels yet. SAM / Places365 plug in beside them."""
-
-    mask_provider: Literal["annotations", "none"] = "annotations"
-    scene_provider: Literal["annotations", "none"] = "annotations"
-    annotations_dir: str = ""  # default: annotations/ beside the manifest
+    def picker(self) -> FramePicker:
+        """The frame choice of this policy, as `decode_clips` takes it."""
+        if self.sampling == "paper":
+            return partial(pick_all, num_frames=self.num_frames)
+        if self.sampling == "seed":
+            return partial(pick_at_rate, sample_fps=self.sample_fps, num_frames=self.num_frames)
+        if self.sampling == "clips":
+            return partial(pick_clips, num_frames=self.num_frames, num_clips=self.clips_per_video)
+        return partial(pick_uniform, num_frames=self.num_frames)
 
 
 @dataclass
@@ -76,8 +79,11 @@ class ResourcesConfig:
 
     decode_cpus: float = 1.0  # CPUs per decode task (PyAV decodes one stream on ~1 core)
     decode_tasks: int = 0  # max concurrent decode tasks; 0 = as many as the cluster's CPUs allow
-    label_actors: int = 1  # actors per label provider
-    label_batch_size: int = 32
+    label_actors: int = 1  # actors per label provider (each loads its model once)
+    label_batch_size: int = 32  # videos per label batch (each holds decode.num_frames images)
+    # GPUs per model actor (SAM, Places365) when the cluster has GPUs, else CPU; half, so that the mask and
+    # scene actors share one GPU (with a whole one each, one GPU would deadlock the two stages)
+    label_gpus: float = 0.5
     rows_per_shard: int = 2000  # target rows per Parquet file
 
 
@@ -89,6 +95,12 @@ class PreprocessConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+
+    def __post_init__(self) -> None:
+        source = self.input.resolved_source()
+        check(not self.download.enabled or source in ("kinetics", "minikinetics"), "download.enabled",
+              f"downloads YouTube ids; input.source={source} has none")
 
     def annotations_dir(self) -> Path:
         d = self.labels.annotations_dir
@@ -99,142 +111,36 @@ def _error(row: Row, stage: str, code: str, reason: str) -> Row:
     return {**row, "error": reason, "error_code": code, "error_stage": stage}
 
 
-def read_manifest(cfg: InputConfig) -> tuple[list[Row], list[str]]:
-    """Rows of the manifest (one per video) and the sorted class names.
+def make_decode_fn(cfg: DecodeConfig) -> Callable[[Row], list[Row]]:
+    """Decode one video's window, pick frames by the sampling policy, resize + centre-crop, JPEG-encode.
+    1:N for flat_map: one row per clip (N = clips_per_video under `clips`, else 1); a video that
+    fails gives one error row.
 
-    Malformed rows become error rows (stage `source`) instead of failing the job.
+    Reads: source_path, time_start, time_end, error. Writes: frames, frame_indices, clip_index,
+    padded, fps, height, width, t_decode_s (or error / error_code / error_stage).
     """
-    path = Path(cfg.manifest)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path} (input.manifest)")
-    videos_dir = cfg.resolved_videos_dir()
-    rows: list[Row] = []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"label", "youtube_id", "split"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: manifest lacks columns {sorted(missing)}")
-        for line_no, rec in enumerate(reader, start=2):
-            video_id = (rec.get("youtube_id") or "").strip()
-            row = {"video_id": video_id or f"line{line_no}", "label": (rec.get("label") or "").strip(),
-                   "split": (rec.get("split") or "").strip(), "time_start": 0.0, "time_end": -1.0,
-                   "source_path": str(videos_dir / cfg.video_template.format(youtube_id=video_id)),
-                   "error": "", "error_code": "", "error_stage": ""}
-            try:
-                row["time_start"] = float(rec.get("time_start") or 0.0)
-                row["time_end"] = float(rec["time_end"]) if rec.get("time_end") else -1.0
-                problem = ("no youtube_id" if not video_id else "no label" if not row["label"]
-                           else "no split" if not row["split"] else "")
-            except ValueError as e:
-                problem = f"bad time window ({e})"
-            if problem:
-                row = _error(row, "source", "malformed_manifest_row", f"{path}:{line_no}: {problem}")
-            rows.append(row)
-    classes = sorted({r["label"] for r in rows if not r["error"]})
-    index = {c: i for i, c in enumerate(classes)}
-    for r in rows:
-        r["label_id"] = index.get(r["label"], -1)
-    return rows, classes
+    pick = cfg.picker()
 
-
-def make_decode_fn(cfg: DecodeConfig) -> Callable[[Row], Row]:
-    """Decode one video's time window, sample `num_frames`, resize + centre-crop, JPEG-encode.
-
-    Reads: source_path, time_start, time_end, error. Writes: frames, frame_indices, fps, height, width
-    (or error / error_code / error_stage).
-    """
-
-    def decode(row: Row) -> Row:
-        empty = {**row, "frames": [], "frame_indices": [], "fps": 0.0, "height": 0, "width": 0}
+    def decode(row: Row) -> list[Row]:
+        t0 = time.perf_counter()
+        empty = {**row, "frames": [], "frame_indices": [], "clip_index": 0, "padded": False, "fps": 0.0,
+                 "height": 0, "width": 0, "t_decode_s": 0.0}
         if row["error"]:
-            return empty
+            return [empty]
         end = row["time_end"] if row["time_end"] >= 0 else None
         try:
-            video = decode_window(row["source_path"], row["time_start"], end)
-            picked = sample_uniform(len(video.frames), cfg.num_frames)
-            frames = [resize_crop(video.frames[i], cfg.short_side_px, cfg.crop_px) for i in picked]
-            jpegs = [encode_jpeg(f, cfg.jpeg_quality) for f in frames]
+            video = decode_clips(row["source_path"], pick, cfg.short_side_px, cfg.crop_px,
+                                 row["time_start"], end, threads=cfg.threads)
         except VideoError as e:
-            return _error(empty, "decode", e.code, str(e))
-        return {**empty, "frames": jpegs, "frame_indices": video.frame_indices[picked].tolist(),
-                "fps": video.fps, "height": cfg.crop_px, "width": cfg.crop_px}
+            return [_error({**empty, "t_decode_s": time.perf_counter() - t0}, "decode", e.code, str(e))]
+        rows = [{**empty, "frames": [encode_jpeg_bgr(f, cfg.jpeg_quality) for f in clip],
+                 "frame_indices": idx.tolist(), "clip_index": i, "padded": bool(len(idx) > 1 and idx[-1] == idx[-2]),
+                 "fps": video.fps, "height": cfg.crop_px, "width": cfg.crop_px}
+                for i, (clip, idx) in enumerate(zip(video.clips, video.frame_indices))]
+        rows[0]["t_decode_s"] = time.perf_counter() - t0  # the video's time, once however many clips
+        return rows
 
     return decode
-
-
-class AnnotationMasks:
-    """Human masks from a dataset's own per-frame annotations, mapped onto the stored pixels.
-
-    Reads: video_id, frame_indices, error. Writes: human_masks, mask_coverage, person_frac, mask_source.
-    """
-
-    source = "annotations"
-
-    def __init__(self, annotations_dir: str, decode: DecodeConfig) -> None:
-        self.dir = Path(annotations_dir)
-        self.decode = decode
-
-    def _one(self, row: pd.Series) -> dict:
-        masks, _scene = load_annotation(self.dir / f"{row.video_id}.npz")
-        picked = masks[np.asarray(row.frame_indices, dtype=np.int64)]
-        stored = [resize_crop(m.astype(np.uint8), self.decode.short_side_px, self.decode.crop_px, nearest=True) > 0
-                  for m in picked]
-        coverage = [float(m.mean()) for m in stored]
-        return {"human_masks": [pack_mask(m) for m in stored], "mask_coverage": coverage,
-                "person_frac": float(np.mean([c > 0 for c in coverage])), "mask_source": self.source}
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        return _apply_per_row(batch, self._one, "masks",
-                              {"human_masks": [], "mask_coverage": [], "person_frac": 0.0, "mask_source": ""})
-
-
-class AnnotationScenes:
-    """Scene labels from a dataset's annotations: hard id and a one-hot soft label.
-
-    Reads: video_id, error. Writes: scene_id, scene_probs, scene_source.
-    """
-
-    source = "annotations"
-
-    def __init__(self, annotations_dir: str) -> None:
-        self.dir = Path(annotations_dir)
-        names_file = self.dir / "scenes.json"
-        if not names_file.is_file():
-            raise FileNotFoundError(f"scene names not found: {names_file} (labels.annotations_dir)")
-        self.num_scenes = len(json.loads(names_file.read_text()))
-
-    def _one(self, row: pd.Series) -> dict:
-        _masks, scene_id = load_annotation(self.dir / f"{row.video_id}.npz")
-        probs = np.zeros(self.num_scenes, np.float32)
-        probs[scene_id] = 1.0
-        return {"scene_id": scene_id, "scene_probs": probs.tolist(), "scene_source": self.source}
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        return _apply_per_row(batch, self._one, "scenes", {"scene_id": -1, "scene_probs": [], "scene_source": ""})
-
-
-class NoMasks:
-    """Empty masks (no person found): the mask loss skips such clips. Reads: frame_indices, height,
-    width, error. Writes: human_masks, mask_coverage, person_frac, mask_source = "none"."""
-
-    source = "none"
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        def one(row: pd.Series) -> dict:
-            n, empty = len(row.frame_indices), pack_mask(np.zeros((row.height, row.width), bool))
-            return {"human_masks": [empty] * n, "mask_coverage": [0.0] * n, "person_frac": 0.0, "mask_source": self.source}
-        return _apply_per_row(batch, one, "masks", {"human_masks": [], "mask_coverage": [], "person_frac": 0.0, "mask_source": ""})
-
-
-class NoScenes:
-    """No scene label (scene_id -1, empty scene_probs): such shards cannot train the scene loss.
-    Reads: error. Writes: scene_id, scene_probs, scene_source = "none"."""
-
-    source = "none"
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        none = {"scene_id": -1, "scene_probs": [], "scene_source": self.source}
-        return _apply_per_row(batch, lambda row: none, "scenes", {"scene_id": -1, "scene_probs": [], "scene_source": ""})
 
 
 def _apply_per_row(batch: pd.DataFrame, fn: Callable[[pd.Series], dict], stage: str, empty: dict) -> pd.DataFrame:
@@ -257,23 +163,33 @@ def _apply_per_row(batch: pd.DataFrame, fn: Callable[[pd.Series], dict], stage: 
     return out
 
 
-def make_finalize_fn(errors_dir: str) -> Callable[[pa.Table], pa.Table]:
-    """Split a batch: error rows go to `errors_dir` (one Parquet file named by the batch's ids, so a
-    retried task overwrites instead of duplicating), good rows are cast to SHARD_SCHEMA.
+def _batch_digest(batch: pa.Table) -> str:
+    """Names a batch's side files by its rows, so a retried task overwrites instead of duplicating."""
+    keys = sorted(f"{v}#{c}" for v, c in zip(batch.column("video_id").to_pylist(), batch.column("clip_index").to_pylist()))
+    return hashlib.sha1("\n".join(keys).encode()).hexdigest()[:16]
 
-    Reads: every SHARD_SCHEMA column, error, error_code, error_stage. Writes: the shard columns only.
+
+def make_finalize_fn(run_dir: str) -> Callable[[pa.Table], pa.Table]:
+    """Split a batch: error rows go to `run_dir/_errors/`, the batch's summed per-stage task times
+    (`t_*_s` columns) to `run_dir/_stats/`, good rows are cast to SHARD_SCHEMA.
+
+    Reads: every SHARD_SCHEMA column, error, error_code, error_stage, t_*_s. Writes: the shard columns only.
     """
 
     def finalize(batch: pa.Table) -> pa.Table:
+        digest = _batch_digest(batch)
         failed = np.asarray(batch.column("error").to_pylist(), dtype=object) != ""
         if failed.any():
             bad = batch.filter(pa.array(failed))
             errors = pa.table({"video_id": bad.column("video_id"), "source_path": bad.column("source_path"),
                                "stage": bad.column("error_stage"), "reason_code": bad.column("error_code"),
                                "reason": bad.column("error")}, schema=ERROR_SCHEMA)
-            digest = hashlib.sha1("\n".join(sorted(errors.column("video_id").to_pylist())).encode()).hexdigest()[:16]
-            Path(errors_dir).mkdir(parents=True, exist_ok=True)
-            pq.write_table(errors, Path(errors_dir) / f"errors-{digest}.parquet")
+            (Path(run_dir) / "_errors").mkdir(parents=True, exist_ok=True)
+            pq.write_table(errors, Path(run_dir) / "_errors" / f"errors-{digest}.parquet")
+        stage_s = {name[2:-2]: float(np.sum(batch.column(name).to_numpy(zero_copy_only=False)))
+                   for name in batch.column_names if name.startswith("t_") and name.endswith("_s")}
+        (Path(run_dir) / "_stats").mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "_stats" / f"stats-{digest}.json").write_text(json.dumps(stage_s))
         good = batch.filter(pa.array(~failed))
         columns = {"schema_version": pa.array([SCHEMA_VERSION] * good.num_rows, pa.int16())}
         for f in SHARD_SCHEMA:
@@ -288,34 +204,57 @@ def shard_files(shards_dir: str | Path) -> list[Path]:
     return sorted(Path(shards_dir).glob("*.parquet"))
 
 
-def count_rows(files: list[Path]) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+def _replace_file(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
-def summarize_run(out: str | Path, rows_in: list[Row], timings_s: dict[str, float], config: dict) -> dict:
-    """Merge the per-batch error files into OUT/errors.parquet and write OUT/summary.json."""
-    out = Path(out)
-    error_files = sorted((out / "_errors").glob("*.parquet"))
+def publish_run(out: str | Path, run_dir: str | Path, rows_in: list[Row], timings_s: dict[str, float],
+                config: dict, downloads: dict[str, dict] | None = None) -> dict:
+    """Make a finished run visible: its shards replace OUT/shards in one rename (a reader sees the old
+    set or the new one, never a mix or a half-written file), the per-batch error files become
+    OUT/errors.parquet, and OUT/summary.json counts videos (not clips) by outcome and reason."""
+    out, run_dir = Path(out), Path(run_dir)
+    error_files = sorted((run_dir / "_errors").glob("*.parquet"))
     errors = (pa.concat_tables([pq.read_table(f) for f in error_files]) if error_files
               else ERROR_SCHEMA.empty_table())
-    pq.write_table(errors, out / "errors.parquet")
-    shards = pq.read_table(shard_files(out / "shards"), columns=["split", "mask_source", "scene_source"]) \
-        if shard_files(out / "shards") else None
-    by_reason: dict[str, int] = {}
-    for code in errors.column("reason_code").to_pylist():
-        by_reason[code] = by_reason.get(code, 0) + 1
+    files = shard_files(run_dir / "shards")
+    shards = pq.read_table(files, columns=["video_id", "split", "mask_source", "scene_source"]) if files else None
+    ok_ids = set(shards.column("video_id").to_pylist()) if shards is not None else set()
+    failed: dict[str, str] = {}
+    for video_id, code in zip(errors.column("video_id").to_pylist(), errors.column("reason_code").to_pylist()):
+        if video_id not in ok_ids:
+            failed.setdefault(video_id, code)
+    stage_task_s: dict[str, float] = {}
+    for f in (run_dir / "_stats").glob("*.json"):
+        for stage, seconds in json.loads(f.read_text()).items():
+            stage_task_s[stage] = stage_task_s.get(stage, 0.0) + seconds
+    first = shards.group_by("video_id").aggregate([("split", "min")]) if shards is not None else None
     summary = {
         "schema_version": SCHEMA_VERSION,
         "videos_in": len(rows_in),
-        "videos_ok": shards.num_rows if shards is not None else 0,
-        "videos_failed": errors.num_rows,
-        "failures_by_reason": by_reason,
-        "ok_by_split": pd.Series(shards.column("split").to_pylist()).value_counts().to_dict() if shards else {},
+        "videos_ok": len(ok_ids),
+        "videos_failed": len(failed),
+        "rows": shards.num_rows if shards is not None else 0,  # more than videos_ok with decode.sampling=clips
+        "failures_by_reason": dict(sorted(pd.Series(list(failed.values()), dtype=object).value_counts().items())),
+        "ok_by_split": pd.Series(first.column("split_min").to_pylist()).value_counts().to_dict() if first else {},
         "mask_source": sorted(set(shards.column("mask_source").to_pylist())) if shards else [],
         "scene_source": sorted(set(shards.column("scene_source").to_pylist())) if shards else [],
+        "downloads": ({"ok": sum(r["status"] == "ok" for r in downloads.values()),
+                       "failed_by_reason": dict(sorted(pd.Series([r["reason_code"] for r in downloads.values()
+                                                                  if r["status"] == "failed"], dtype=object).value_counts().items()))}
+                      if downloads is not None else None),
         "timings_s": {k: round(v, 2) for k, v in timings_s.items()},
+        "stage_task_s": {k: round(v, 2) for k, v in sorted(stage_task_s.items())},  # summed over workers
         "config": config,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    old = out / f".shards-old-{run_dir.name}"
+    if (out / "shards").exists():
+        os.replace(out / "shards", old)
+    os.replace(run_dir / "shards", out / "shards")
+    shutil.rmtree(old, ignore_errors=True)
+    _replace_file(out / "errors.parquet", lambda p: pq.write_table(errors, p))
+    _replace_file(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
+    shutil.rmtree(run_dir, ignore_errors=True)
     return summary
-

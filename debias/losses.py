@@ -46,3 +46,14 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Per-sample entropy in nats. logits (B, A) -> (B,)."""
     log_p = F.log_softmax(logits, dim=1)
     return -(log_p.exp() * log_p).sum(dim=1)
+
+
+def mask_head_loss(masked_logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Loss of a separate mask head behind gradient reversal: the mean entropy (valid clips only).
+
+    masked_logits (B, A) from the mask head on human-masked clips; valid (B,) bool -> scalar in
+    [0, log A]. The head minimises it (learns to be confident without the people); the reversal hands
+    the backbone the opposite gradient, so the backbone maximises the entropy, as the shared-head
+    `mask_confusion_loss` does directly.
+    """
+    return -mask_confusion_loss(masked_logits, valid)

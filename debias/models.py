@@ -8,14 +8,15 @@ Backbones are torchvision's video ResNets (`r3d_18`, `mc3_18`, `r2plus1d_18`) fo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
 from torchvision.models.video import mc3_18, r2plus1d_18, r3d_18
 from torchvision.models.video.resnet import BasicBlock, Conv3DSimple
 
-from debias.config import check
+from debias.config import ConfigError, check
 
 # Kinetics statistics used by torchvision's video models (inputs are RGB in [0, 1]).
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -30,6 +31,17 @@ class ModelConfig:
     scene_hidden: int = 64  # scene head: hidden units per layer (paper: 512)
     scene_layers: int = 1  # scene head: hidden layers of Linear + BatchNorm + ReLU (paper: 3)
     dropout: float = 0.0
+    # Where the human-mask confusion loss is read: "shared" = the action head (the seed study),
+    # "separate" = its own linear head behind a gradient reversal layer (the official code's layout).
+    mask_head: Literal["shared", "separate"] = "shared"
+    # Backbone BatchNorm layers keep their running statistics (not updated, not batch-computed): for
+    # fine-tuning with a few clips per GPU, where batch statistics are noise.
+    freeze_bn: bool = False
+    # Backbone weights to start from (heads start fresh, so the number of classes may differ): one of
+    # our pretrain checkpoints (its directory, the state.pt in it, or a run directory OUT/NAME: its
+    # latest checkpoint) or, for the torchvision backbones, a torchvision-format weights file (.pth).
+    # "" = random initialisation.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         check(self.width >= 1, "width", "must be >= 1")
@@ -40,12 +52,12 @@ class ModelConfig:
 
 class _GradReverse(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:  # noqa: D102
+    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:
         ctx.alpha = alpha
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return -ctx.alpha * grad, None
 
 
@@ -96,13 +108,81 @@ def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
     return net, features
 
 
+def _init_error(path: str, message: str) -> ConfigError:
+    return ConfigError(f"model.init_from: {path}: {message}")
+
+
+def backbone_state(path: str) -> dict[str, torch.Tensor]:
+    """The backbone weights stored at `path`, keyed as in `build_backbone`'s module.
+
+    `path`: a pretrain checkpoint directory (holds state.pt), a pretrain run directory (OUT/NAME: its
+    latest checkpoint), a state.pt ({"model": SDN state dict, ...}), or a torchvision weights file
+    (the whole video ResNet's state dict; its `fc` is dropped).
+    """
+    file = Path(path).expanduser()
+    if file.is_dir() and not (file / "state.pt").is_file():
+        # Ray Train names checkpoints checkpoint_<timestamp>: the last in name order is the latest.
+        checkpoints = sorted(file.glob("checkpoint_*/state.pt"))
+        file = checkpoints[-1] if checkpoints else file / "state.pt"
+    elif file.is_dir():
+        file = file / "state.pt"
+    if not file.is_file():
+        raise _init_error(path, f"no such file ({file})")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise _init_error(path, f"cannot be read as torch weights ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # our checkpoint
+        return {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
+    if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):  # torchvision
+        return {k: v for k, v in state.items() if not k.startswith("fc.")}
+    raise _init_error(path, "neither a pretrain checkpoint ({'model': ...}) nor a state dict of tensors")
+
+
+def load_backbone(backbone: nn.Module, path: str) -> None:
+    """Copy the weights at `path` into `backbone`; every key and shape must match."""
+    state = backbone_state(path)
+    own = backbone.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise _init_error(path, f"backbone keys do not match this model.backbone: missing {missing[:3]}"
+                                f"{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                                f"{' ...' if len(unexpected) > 3 else ''} ({len(missing)} missing, "
+                                f"{len(unexpected)} unexpected)")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise _init_error(path, f"backbone weight {k} has shape {tuple(v.shape)}, this model.backbone "
+                                    f"expects {tuple(own[k].shape)} (another width/backbone?)")
+    backbone.load_state_dict(state)
+
+
+class Logits(NamedTuple):
+    """What `SDN.forward` returns for a batch of B clips."""
+
+    action: torch.Tensor  # (B, A) action head
+    scene: torch.Tensor  # (B, S) scene head (behind gradient reversal)
+    mask: torch.Tensor  # (B, A) where the mask confusion loss reads: the action head itself when
+    #                     model.mask_head is "shared", the separate mask head (behind reversal) otherwise
+
+
 class SDN(nn.Module):
-    """Backbone + action head + scene head. The scene head sees the features through a gradient
-    reversal layer: it learns to predict the scene while the backbone is pushed to hide it."""
+    """Backbone + action head + scene head (+ optional mask head). The scene head sees the features
+    through a gradient reversal layer: it learns to predict the scene while the backbone is pushed to
+    hide it.
+
+    A separate mask head is an adversary too: it is trained to be *confident* on masked clips (its
+    loss is the entropy, see `losses.mask_head_loss`) and the backbone, through the reversal, is pushed
+    to make it uncertain. (The official code reverses the gradient of a loss that already maximises
+    the entropy, which hands the backbone the opposite goal; this is the sign the method asks for.)
+    """
 
     def __init__(self, cfg: ModelConfig, num_actions: int, num_scenes: int, grl_alpha: float = 1.0) -> None:
         super().__init__()
+        self.freeze_bn = cfg.freeze_bn
         self.backbone, dim = build_backbone(cfg)
+        if cfg.init_from:
+            load_backbone(self.backbone, cfg.init_from)
         self.dropout = nn.Dropout(cfg.dropout)
         self.action_head = nn.Linear(dim, num_actions)
         layers: list[nn.Module] = [GradReverse(grl_alpha)]
@@ -110,6 +190,8 @@ class SDN(nn.Module):
             layers += [nn.Linear(dim, cfg.scene_hidden), nn.BatchNorm1d(cfg.scene_hidden), nn.ReLU(inplace=True)]
             dim = cfg.scene_hidden
         self.scene_head = nn.Sequential(*layers, nn.Linear(dim, num_scenes))
+        self.mask_head = (nn.Sequential(GradReverse(grl_alpha), nn.Linear(self.action_head.in_features, num_actions))
+                          if cfg.mask_head == "separate" else None)
         self.register_buffer("mean", torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(KINETICS_STD).view(1, 3, 1, 1, 1), persistent=False)
 
@@ -118,7 +200,35 @@ class SDN(nn.Module):
         x = clips_uint8.permute(0, 4, 1, 2, 3).float().div_(255.0)
         return (x - self.mean) / self.std
 
-    def forward(self, clips_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, H, W, 3) uint8 -> action logits (B, A), scene logits (B, S)."""
-        features = self.dropout(self.backbone(self.normalize(clips_uint8)))
-        return self.action_head(features), self.scene_head(features)
+    def features(self, clips_uint8: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, W, 3) uint8 -> pooled backbone features (B, D), before dropout."""
+        return self.backbone(self.normalize(clips_uint8))
+
+    def forward(self, clips_uint8: torch.Tensor) -> Logits:
+        """(B, T, H, W, 3) uint8 -> Logits(action (B, A), scene (B, S), mask (B, A)).
+
+        Every head runs on every clip (heads cost nothing next to the backbone), so that a DDP-wrapped
+        model computes all its outputs in the one forward call that DDP synchronises.
+        """
+        features = self.dropout(self.features(clips_uint8))
+        action = self.action_head(features)
+        mask = self.mask_head(features) if self.mask_head is not None else action
+        return Logits(action, self.scene_head(features), mask)
+
+    def set_grl_alpha(self, alpha: float) -> None:
+        """Set the reversal scale of every gradient reversal layer (scheduled GRL, as in DANN)."""
+        for m in self.modules():
+            if isinstance(m, GradReverse):
+                m.alpha = alpha
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the freshly initialised heads (everything but the backbone)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("backbone.")]
+
+    def train(self, mode: bool = True) -> SDN:
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self

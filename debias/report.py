@@ -34,3 +34,21 @@ def plot_curves(histories: dict[str, list[dict]], metrics: list[str], path: str 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_bars(rows: list[dict], group_key: str, series: list[str], path: str | Path, ylabel: str = "top-1") -> None:
+    """Grouped bars: one group per series (e.g. a target task), one bar per row (e.g. a pretraining)."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(series) + 1.5), 3.4))
+    width = 0.8 / max(len(rows), 1)
+    for i, row in enumerate(rows):
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(series))]
+        values = [row.get(s) if row.get(s) is not None else 0.0 for s in series]
+        bars = ax.bar(xs, values, width, label=str(row[group_key]))
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(range(len(series)), series)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,23 +1,38 @@
 """The debiased trainer: plain `train_one_epoch` / `evaluate` functions and the Ray Train worker loop.
 
 `train_loop_per_worker` is what `ray_jobs/pretrain.py` hands to `TorchTrainer`; everything else here
-runs without Ray (the tests call it on in-memory batches).
+runs without Ray (the tests call it on in-memory batches, in one process or under torch.distributed).
+
+Every choice of the paper and of its official code is a config key: the update (joint: one summed
+loss; alternating: a step on action + scene, then a step on the masked clips), the GRL scale
+(constant or DANN's schedule), the mask head (shared or separate), the LR schedule (cosine, step,
+plateau) and a warm-up that trains only the new heads.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import socket
+import struct
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 import torch
 
 from debias.clips import ClipConfig
 from debias.config import check, from_dict
-from debias.losses import action_loss, entropy, mask_confusion_loss, scene_loss
+from debias.losses import (
+    action_loss,
+    entropy,
+    mask_confusion_loss,
+    mask_head_loss,
+    scene_loss,
+)
 from debias.models import SDN, ModelConfig
 
 
@@ -26,26 +41,56 @@ class LossConfig:
     lambda_scene: float = 0.2  # weight of the adversarial scene loss (0 = no scene adversary)
     lambda_mask: float = 1.0  # weight of the human-mask confusion loss (0 = none); both 0 = baseline
     grl_alpha: float = 1.0  # gradient reversal scale: the backbone gets -alpha * lambda_scene * dL_scene
+    # constant: grl_alpha throughout; dann: grl_alpha * (2 / (1 + exp(-10 p)) - 1) with p = epoch / epochs
+    # (Ganin & Lempitsky: no reversed gradient while the adversary is still guessing, full scale later)
+    grl_schedule: Literal["constant", "dann"] = "constant"
     scene_target: Literal["soft", "hard"] = "soft"
+    # joint: L_action + lambda_scene L_scene + lambda_mask L_mask in one step on clean + masked clips
+    # (one forward pass over both). alternating (official code): a step on action + scene loss over
+    # the clean clips, then a second step on lambda_mask L_mask over their masked twins.
+    update: Literal["joint", "alternating"] = "joint"
 
     def __post_init__(self) -> None:
         for key in ("lambda_scene", "lambda_mask", "grl_alpha"):
             check(getattr(self, key) >= 0, key, "must be >= 0")
+
+    def grl_alpha_at(self, epoch: int, epochs: int) -> float:
+        if self.grl_schedule == "constant":
+            return self.grl_alpha
+        return self.grl_alpha * (2.0 / (1.0 + math.exp(-10.0 * epoch / epochs)) - 1.0)
 
 
 @dataclass
 class OptimConfig:
     lr: float = 0.05
     momentum: float = 0.9
+    dampening: float = 0.0  # SGD momentum dampening (official code: 0.9)
     weight_decay: float = 1e-4
     batch_size: int = 32  # per worker
     epochs: int = 30
-    schedule: Literal["cosine", "constant"] = "cosine"
+    # cosine: to 0 over the epochs after warm-up; step: x lr_gamma at each of lr_milestones_epochs;
+    # plateau: x lr_gamma when plateau_metric has not improved for plateau_patience_epochs (official code)
+    schedule: Literal["cosine", "step", "plateau", "constant"] = "cosine"
+    lr_milestones_epochs: list[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
+    plateau_metric: str = "train_loss"  # any per-epoch metric (e.g. val_loss); maximised if it ends in "acc", else minimised
+    plateau_patience_epochs: int = 10
+    # Warm-up of the new heads (official scene-only stage: 5 epochs at 1e-2): the backbone is held
+    # still (no update, no momentum) while the heads train at head_warmup_lr.
+    head_warmup_epochs: int = 0
+    head_warmup_lr: float = 0.01
 
     def __post_init__(self) -> None:
         check(self.lr > 0, "lr", "must be > 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.epochs >= 1, "epochs", "must be >= 1")
+        check(0 <= self.dampening < 1, "dampening", "must be in [0, 1)")
+        check(0 < self.lr_gamma <= 1, "lr_gamma", "must be in (0, 1]")
+        check(self.plateau_patience_epochs >= 0, "plateau_patience_epochs", "must be >= 0")
+        check(0 <= self.head_warmup_epochs < self.epochs, "head_warmup_epochs", "must be in [0, epochs)")
+        check(self.head_warmup_lr > 0, "head_warmup_lr", "must be > 0")
+        check(self.schedule != "step" or bool(self.lr_milestones_epochs), "lr_milestones_epochs",
+              "the step schedule needs at least one milestone epoch")
 
 
 @dataclass
@@ -54,10 +99,14 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 2.0  # also the torch thread count of a CPU worker
     max_failures: int = 0  # worker-group restarts (from the last checkpoint) before the run fails
+    # GPU with several workers: BatchNorm statistics over the global batch (nn.SyncBatchNorm), for
+    # few clips per GPU. Off: per-GPU statistics, as the official code's DataParallel had.
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         check(self.num_workers >= 1, "num_workers", "must be >= 1")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        check(self.max_failures >= -1, "max_failures", "must be >= 0 (or -1: unlimited)")
 
 
 @dataclass
@@ -76,6 +125,7 @@ class PretrainConfig:
     seed: int = 0
     train_split: str = "train"
     eval_splits: list[str] = field(default_factory=lambda: ["val", "ood"])
+    tensorboard: bool = True  # also write the per-epoch metrics as TensorBoard events in OUT/NAME/tensorboard
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -87,54 +137,79 @@ class PretrainConfig:
 Batch = dict[str, torch.Tensor]
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _global_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum per-worker totals over all workers (a no-op on one process)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not _distributed():
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return t.tolist()
 
 
-def train_one_epoch(model: SDN, batches: Iterable[Batch], optimizer: torch.optim.Optimizer, loss_cfg: LossConfig,
-                    device: torch.device) -> dict[str, float]:
-    """One pass over `batches` with the joint SDN update; returns means over the epoch (all workers).
+def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, train_backbone: bool) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if not train_backbone:  # head warm-up: SGD skips parameters without a gradient (no momentum, no decay)
+        for p in getattr(model, "module", model).backbone.parameters():
+            p.grad = None
+    optimizer.step()
 
-    Each batch: clips (B, T, H, W, 3) uint8, label_id (B,), scene_id (B,), scene_probs (B, S), and, when
-    lambda_mask > 0, masked (B, T, H, W, 3) uint8 and mask_valid (B,). Clean and masked clips go through
-    one forward pass (one DDP synchronisation, one set of BatchNorm statistics).
+
+def train_one_epoch(model: torch.nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer,
+                    loss_cfg: LossConfig, device: torch.device, train_backbone: bool = True) -> dict[str, float]:
+    """One pass over `batches` (joint or alternating update); returns means over the epoch (all workers).
+
+    `model`: an SDN, or one wrapped by DDP. Each batch: clips (B, T, H, W, 3) uint8, label_id (B,),
+    scene_id (B,), scene_probs (B, S), and, when lambda_mask > 0, masked (B, T, H, W, 3) uint8 and
+    mask_valid (B,). `train_backbone=False` (head warm-up) leaves the backbone untouched.
+    Metrics: loss, action_loss, scene_loss, mask_loss, masked_entropy (of the action head on the masked
+    clips), acc (action top-1), scene_acc (the adversary's accuracy).
     """
     model.train()
     use_mask = loss_cfg.lambda_mask > 0
+    separate_head = getattr(model, "module", model).mask_head is not None
+    mask_term = mask_head_loss if separate_head else mask_confusion_loss
+    autocast = {"device_type": device.type, "dtype": torch.bfloat16, "enabled": device.type == "cuda"}
     sums = {"loss": 0.0, "action_loss": 0.0, "scene_loss": 0.0, "mask_loss": 0.0, "correct": 0.0,
             "scene_correct": 0.0, "masked_entropy": 0.0, "n": 0.0}
     for batch in batches:
         clips = batch["clips"].to(device, non_blocking=True)
         labels = batch["label_id"].to(device).long()
-        b = len(labels)
-        x = torch.cat([clips, batch["masked"].to(device, non_blocking=True)]) if use_mask else clips
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            action_logits, scene_logits = model(x)
-        action_logits, scene_logits = action_logits.float(), scene_logits.float()
-        clean_logits = action_logits[:b]
         target = batch["scene_probs" if loss_cfg.scene_target == "soft" else "scene_id"].to(device)
-        l_action = action_loss(clean_logits, labels)
-        l_scene = scene_loss(scene_logits[:b], target)
+        b = len(labels)
+        joint_masked = use_mask and loss_cfg.update == "joint"
+        x = torch.cat([clips, batch["masked"].to(device, non_blocking=True)]) if joint_masked else clips
+        with torch.autocast(**autocast):
+            out = model(x)
+        action_logits, scene_logits = out.action[:b].float(), out.scene[:b].float()
+        l_action = action_loss(action_logits, labels)
+        l_scene = scene_loss(scene_logits, target)
         loss = l_action + loss_cfg.lambda_scene * l_scene
         if use_mask:
-            masked_logits = action_logits[b:]
-            l_mask = mask_confusion_loss(masked_logits, batch["mask_valid"].to(device))
-            loss = loss + loss_cfg.lambda_mask * l_mask
+            if joint_masked:
+                masked_action, masked_head = out.action[b:].float(), out.mask[b:].float()
+            else:  # alternating: the clean step first, then a forward + step on the masked twins
+                _step(model, optimizer, loss, train_backbone)
+                with torch.autocast(**autocast):
+                    masked_out = model(batch["masked"].to(device, non_blocking=True))
+                masked_action, masked_head = masked_out.action.float(), masked_out.mask.float()
+            l_mask = mask_term(masked_head, batch["mask_valid"].to(device))
+            weighted = loss_cfg.lambda_mask * l_mask
+            _step(model, optimizer, loss + weighted if joint_masked else weighted, train_backbone)
+            loss = loss.detach() + weighted.detach()
             sums["mask_loss"] += l_mask.item() * b
-            sums["masked_entropy"] += entropy(masked_logits.detach()).sum().item()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            sums["masked_entropy"] += entropy(masked_action.detach()).sum().item()
+        else:
+            _step(model, optimizer, loss, train_backbone)
         sums["loss"] += loss.item() * b
         sums["action_loss"] += l_action.item() * b
         sums["scene_loss"] += l_scene.item() * b
-        sums["correct"] += (clean_logits.argmax(1) == labels).sum().item()
-        sums["scene_correct"] += (scene_logits[:b].argmax(1) == batch["scene_id"].to(device)).sum().item()
+        sums["correct"] += (action_logits.argmax(1) == labels).sum().item()
+        sums["scene_correct"] += (scene_logits.argmax(1) == batch["scene_id"].to(device)).sum().item()
         sums["n"] += b
     totals = dict(zip(sums, _global_sum(list(sums.values()), device)))
     n = max(totals.pop("n"), 1.0)
@@ -146,45 +221,131 @@ def train_one_epoch(model: SDN, batches: Iterable[Batch], optimizer: torch.optim
     return metrics
 
 
+def _topk_hits(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    return (probs.topk(min(k, probs.shape[1]), dim=1).indices == labels[:, None]).any(dim=1).sum().item()
+
+
 @torch.no_grad()
 def evaluate(model: SDN, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
-    """Clip-level top-1 action accuracy, the scene head's accuracy (how much scene the features still
-    carry) and, when batches hold masked clips, the mean entropy of the masked-clip prediction."""
+    """Action loss and accuracy per clip, accuracy per video (mean softmax over a video's clips: rows sharing
+    `video_key`), top-1 and top-5; the scene head's accuracy (how much scene the features still carry);
+    and, when batches hold masked clips, the mean entropy of the masked-clip prediction.
+
+    Keys: loss (action cross-entropy per clip), acc, top5, scene_acc, video_acc and video_top5 (if batches hold video_key), masked_entropy
+    (if batches hold masked clips).
+    """
     model.eval()
-    sums = {"correct": 0.0, "scene_correct": 0.0, "masked_entropy": 0.0, "masked_n": 0.0, "n": 0.0}
+    autocast = {"device_type": device.type, "dtype": torch.bfloat16, "enabled": device.type == "cuda"}
+    sums = {"loss": 0.0, "correct": 0.0, "top5": 0.0, "scene_correct": 0.0, "masked_entropy": 0.0, "masked_n": 0.0,
+            "n": 0.0}
+    videos: dict[int, list] = {}  # video_key -> [sum of softmax (A,), number of clips, label]
     for batch in batches:
         clips = batch["clips"].to(device)
         labels = batch["label_id"].to(device).long()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            action_logits, scene_logits = model(clips)
+        with torch.autocast(**autocast):
+            out = model(clips)
             if "masked" in batch:
-                masked_logits, _ = model(batch["masked"].to(device))
-                sums["masked_entropy"] += entropy(masked_logits.float()).sum().item()
+                masked_action = model(batch["masked"].to(device)).action.float()
+                sums["masked_entropy"] += entropy(masked_action).sum().item()
                 sums["masked_n"] += len(labels)
-        sums["correct"] += (action_logits.argmax(1) == labels).sum().item()
-        sums["scene_correct"] += (scene_logits.argmax(1) == batch["scene_id"].to(device)).sum().item()
+        probs = out.action.float().softmax(dim=1)
+        sums["loss"] += action_loss(out.action.float(), labels).item() * len(labels)
+        sums["correct"] += _topk_hits(probs, labels, 1)
+        sums["top5"] += _topk_hits(probs, labels, 5)
+        sums["scene_correct"] += (out.scene.argmax(1) == batch["scene_id"].to(device)).sum().item()
         sums["n"] += len(labels)
+        for key, p, label in zip(batch["video_key"].tolist() if "video_key" in batch else [],
+                                 probs.cpu(), labels.tolist()):
+            entry = videos.setdefault(key, [torch.zeros_like(p), 0, label])
+            entry[0] += p
+            entry[1] += 1
     t = dict(zip(sums, _global_sum(list(sums.values()), device)))
-    out = {"acc": t["correct"] / max(t["n"], 1.0), "scene_acc": t["scene_correct"] / max(t["n"], 1.0)}
+    n = max(t["n"], 1.0)
+    out_metrics = {"loss": t["loss"] / n, "acc": t["correct"] / n, "top5": t["top5"] / n,
+                   "scene_acc": t["scene_correct"] / n}
+    if _distributed():  # a video's clips may sit on several workers: merge the per-video sums
+        gathered: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, videos)
+        videos = {}
+        for part in gathered:
+            for key, (p, count, label) in part.items():
+                entry = videos.setdefault(key, [torch.zeros_like(p), 0, label])
+                entry[0] += p
+                entry[1] += count
+    if videos:
+        probs = torch.stack([p / count for p, count, _ in videos.values()])
+        labels = torch.tensor([label for *_, label in videos.values()])
+        out_metrics.update(video_acc=_topk_hits(probs, labels, 1) / len(videos),
+                           video_top5=_topk_hits(probs, labels, 5) / len(videos))
     if t["masked_n"]:
-        out["masked_entropy"] = t["masked_entropy"] / t["masked_n"]
-    return out
+        out_metrics["masked_entropy"] = t["masked_entropy"] / t["masked_n"]
+    return out_metrics
 
 
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
-    return optimizer, scheduler
+def make_optimizer(model: SDN, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD over two parameter groups, backbone then heads (the warm-up gives them different rates)."""
+    groups = [{"params": list(model.backbone.parameters())}, {"params": model.head_parameters()}]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening,
+                           weight_decay=cfg.weight_decay)
+
+
+class LRSchedule:
+    """Per-epoch learning rates of the (backbone, heads) groups: head warm-up, then cosine, step,
+    plateau or constant. Closed-form in the epoch (plus the plateau's state), so a resumed run gets
+    exactly the rates the uninterrupted run would have had."""
+
+    def __init__(self, cfg: OptimConfig) -> None:
+        self.cfg = cfg
+        self.plateau_factor, self.best, self.bad_epochs = 1.0, None, 0
+
+    def lrs(self, epoch: int) -> tuple[float, float]:
+        c = self.cfg
+        if epoch < c.head_warmup_epochs:
+            return 0.0, c.head_warmup_lr
+        if c.schedule == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * (epoch - c.head_warmup_epochs) / (c.epochs - c.head_warmup_epochs)))
+        elif c.schedule == "step":
+            factor = c.lr_gamma ** sum(epoch >= m for m in c.lr_milestones_epochs)
+        elif c.schedule == "plateau":
+            factor = self.plateau_factor
+        else:
+            factor = 1.0
+        return c.lr * factor, c.lr * factor
+
+    def apply(self, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+        for group, lr in zip(optimizer.param_groups, self.lrs(epoch)):
+            group["lr"] = lr
+
+    def observe(self, epoch: int, metrics: dict[str, float]) -> None:
+        """After an epoch: the plateau schedule reads its metric."""
+        c = self.cfg
+        if c.schedule != "plateau" or epoch < c.head_warmup_epochs:
+            return
+        if c.plateau_metric not in metrics:
+            raise KeyError(f"optim.plateau_metric: no metric {c.plateau_metric!r}; this run reports {sorted(metrics)}")
+        value = metrics[c.plateau_metric]
+        sign = 1.0 if c.plateau_metric.endswith("acc") else -1.0
+        if self.best is None or sign * value > sign * self.best:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs > c.plateau_patience_epochs:
+                self.plateau_factor *= c.lr_gamma
+                self.bad_epochs = 0
+
+    def state_dict(self) -> dict:
+        return {"plateau_factor": self.plateau_factor, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.plateau_factor, self.best, self.bad_epochs = state["plateau_factor"], state["best"], state["bad_epochs"]
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: `config` = {"cfg": PretrainConfig as a dict, "num_actions", "num_scenes"}.
 
-    Resumes from the run's latest checkpoint when there is one; reports (and checkpoints) each epoch
-    and appends the epoch's metrics to OUT/NAME/metrics.jsonl from rank 0.
+    Resumes from the run's latest checkpoint when there is one (model, optimizer with its momentum,
+    LR schedule state, epoch); reports (and checkpoints) each epoch, and from rank 0 appends the
+    epoch's metrics to OUT/NAME/metrics.jsonl and to TensorBoard events in OUT/NAME/tensorboard.
     """
     import ray.train
     import ray.train.torch
@@ -195,11 +356,18 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed clip shapes: cuDNN may pick its fastest kernels once
     torch.manual_seed(cfg.seed)  # same initial weights on every worker (DDP also broadcasts them)
-    model = SDN(cfg.model, config["num_actions"], config["num_scenes"], cfg.loss.grl_alpha)
-    model = ray.train.torch.prepare_model(model)
-    core: SDN = model.module if hasattr(model, "module") else model
-    optimizer, scheduler = make_optimizer(model, cfg.optim)
+    core = SDN(cfg.model, config["num_actions"], config["num_scenes"], cfg.loss.grl_alpha)
+    if cfg.scaling.sync_batchnorm and device.type == "cuda" and ctx.get_world_size() > 1:
+        core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
+    # Alternating steps, or a mask head the loss does not read, leave parameters without gradient in
+    # some backward passes; DDP must be told, or it waits for them.
+    unused = cfg.loss.update == "alternating" or cfg.model.mask_head == "separate"
+    model = ray.train.torch.prepare_model(core, parallel_strategy_kwargs={"find_unused_parameters": unused})
+    optimizer = make_optimizer(core, cfg.optim)
+    schedule = LRSchedule(cfg.optim)
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -207,36 +375,98 @@ def train_loop_per_worker(config: dict) -> None:
             state = torch.load(Path(d) / "state.pt", map_location=device, weights_only=True)
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        schedule.load_state_dict(state["schedule"])
         start_epoch = state["epoch"] + 1
-    metrics_file = Path(cfg.out).resolve() / cfg.name / "metrics.jsonl"
+    run_dir = Path(cfg.out).resolve() / cfg.name
+    events = EventWriter(run_dir / "tensorboard") if rank == 0 and cfg.tensorboard else None
     iter_args = {"batch_size": cfg.optim.batch_size, "prefetch_batches": cfg.loader.prefetch_batches}
     for epoch in range(start_epoch, cfg.optim.epochs):
-        train_shard = ray.train.get_dataset_shard(cfg.train_split)
-        metrics: dict = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
+        schedule.apply(optimizer, epoch)
+        grl_alpha = cfg.loss.grl_alpha_at(epoch, cfg.optim.epochs)
+        core.set_grl_alpha(grl_alpha)
+        warmup = epoch < cfg.optim.head_warmup_epochs
+        metrics: dict = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                         "head_lr": optimizer.param_groups[1]["lr"], "grl_alpha": grl_alpha}
         t0 = time.perf_counter()
-        batches = train_shard.iter_torch_batches(**iter_args, local_shuffle_buffer_size=4 * cfg.optim.batch_size,
-                                                 local_shuffle_seed=cfg.seed + epoch)
-        metrics.update({f"train_{k}": v for k, v in train_one_epoch(model, batches, optimizer, cfg.loss, device).items()})
-        scheduler.step()
+        batches = ray.train.get_dataset_shard(cfg.train_split).iter_torch_batches(
+            **iter_args, local_shuffle_buffer_size=4 * cfg.optim.batch_size, local_shuffle_seed=cfg.seed + epoch)
+        result = train_one_epoch(model, batches, optimizer, cfg.loss, device, train_backbone=not warmup)
+        metrics.update({f"train_{k}": v for k, v in result.items()})
         t1 = time.perf_counter()
         for split in cfg.eval_splits:
             result = evaluate(core, ray.train.get_dataset_shard(split).iter_torch_batches(**iter_args), device)
             metrics.update({f"{split}_{k}": v for k, v in result.items()})
         metrics.update(train_time_s=t1 - t0, eval_time_s=time.perf_counter() - t1)
+        schedule.observe(epoch, metrics)
         with tempfile.TemporaryDirectory() as d:
             saved = None
             if rank == 0:
                 torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "epoch": epoch}, Path(d) / "state.pt")
-                metrics_file.parent.mkdir(parents=True, exist_ok=True)
-                with open(metrics_file, "a") as f:
+                            "schedule": schedule.state_dict(), "epoch": epoch}, Path(d) / "state.pt")
+                run_dir.mkdir(parents=True, exist_ok=True)
+                with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(metrics) + "\n")
+                if events:
+                    events.scalars(metrics, step=epoch)
                 saved = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=saved)
         if rank == 0:
             shown = {k: round(v, 3) for k, v in metrics.items() if k.endswith(("acc", "loss", "entropy", "_s"))}
             print(f"[{cfg.name}] epoch {epoch + 1}/{cfg.optim.epochs} {shown}", flush=True)
+
+
+def _crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+_CRC32C_TABLE = [0] * 256
+for _i in range(256):
+    _c = _i
+    for _ in range(8):
+        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
+    _CRC32C_TABLE[_i] = _c
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+class EventWriter:
+    """TensorBoard scalars without the tensorboard package: `Event` protos (encoded by hand) in
+    TFRecord framing, one events.out.tfevents.* file per writer (TensorBoard merges a folder's files)."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{time.time_ns()}"
+        self._write(b"\x09" + struct.pack("<d", time.time()) + b"\x1a" + _varint(13) + b"brain.Event:2")
+
+    def _write(self, event: bytes) -> None:
+        def masked_crc(data: bytes) -> bytes:
+            crc = _crc32c(data)
+            return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+        length = struct.pack("<Q", len(event))
+        with open(self.path, "ab") as f:
+            f.write(length + masked_crc(length) + event + masked_crc(event))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """One event holding every numeric value as a scalar summary at `step`."""
+        summary = b""
+        for tag, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                name = tag.encode()
+                value = b"\x0a" + _varint(len(name)) + name + b"\x15" + struct.pack("<f", float(v))
+                summary += b"\x0a" + _varint(len(value)) + value
+        self._write(b"\x09" + struct.pack("<d", time.time()) + b"\x10" + _varint(step)
+                    + b"\x2a" + _varint(len(summary)) + summary)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

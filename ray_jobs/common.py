@@ -14,11 +14,12 @@ from debias.config import ConfigError, dump_yaml, load_config
 T = TypeVar("T")
 
 
-def job_parser(prog: str, description: str, positional: tuple[str, str] | None = None) -> argparse.ArgumentParser:
-    """The shared command line: `[POSITIONAL] [--config FILE] [key=value ...]`.
+def job_parser(prog: str, description: str, positional: tuple[str, str] | None = None,
+               out_option: bool = False) -> argparse.ArgumentParser:
+    """The shared command line: `[POSITIONAL] [--config FILE] [--out DIR] [key=value ...]`.
 
     `positional` = (metavar, config key): an optional leading argument that sets that key, so that
-    `debias synth OUT` reads like `debias synth out=OUT`.
+    `debias synth OUT` reads like `debias synth out=OUT`. `out_option` adds `--out DIR` (= `out=DIR`).
     """
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -26,6 +27,8 @@ def job_parser(prog: str, description: str, positional: tuple[str, str] | None =
                "--print-config shows every key with its value.")
     parser.add_argument("--config", help="YAML config file (omitted: the built-in defaults)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    if out_option:
+        parser.add_argument("--out", help="output folder (same as out=...)")
     if positional:
         parser.add_argument("positional", nargs="?", metavar=positional[0], help=f"sets {positional[1]}")
     parser.set_defaults(positional_key=positional[1] if positional else None)
@@ -36,6 +39,8 @@ def job_parser(prog: str, description: str, positional: tuple[str, str] | None =
 def load_job_config(cls: type[T], args: argparse.Namespace) -> T:
     """Load and validate the config; a bad key or value exits with its message before any work."""
     overrides = list(args.overrides)
+    if getattr(args, "out", None):
+        overrides.insert(0, f"out={args.out}")
     first = getattr(args, "positional", None)
     if first is not None:  # `key=value` lands here too when no positional was given
         overrides.insert(0, first if "=" in first else f"{args.positional_key}={first}")
@@ -61,6 +66,10 @@ def init_ray(local_num_cpus: int = 0) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
+    # A Train worker must start within this (Ray's default: 60 s) or the group is torn down and
+    # retried; on a busy small machine importing torch in a fresh worker can take longer than that,
+    # and then no attempt ever succeeds. Local workers inherit this process's environment.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     # The dashboard (http://127.0.0.1:8265) shows progress, and Ray Train needs its state API.
     ray.init(num_cpus=local_num_cpus or max(4, os.cpu_count() or 1), include_dashboard=True,
              dashboard_host="127.0.0.1", log_to_driver=True)

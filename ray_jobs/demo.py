@@ -19,6 +19,7 @@ from pathlib import Path
 
 from debias.config import to_dict
 from debias.curate import DecodeConfig, InputConfig, PreprocessConfig
+from debias.labels import LabelsConfig
 from debias.report import plot_curves, table
 from debias.synth import SynthConfig
 from debias.train import PretrainConfig
@@ -58,7 +59,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     t = time.perf_counter()
     pre = PreprocessConfig(out=str(out / "data"), seed=cfg.synth.seed, decode=cfg.decode,
-                           input=InputConfig(manifest=str(out / "synth" / "source" / "manifest.csv")))
+                           input=InputConfig(manifest=str(out / "synth" / "source" / "manifest.csv")),
+                           labels=LabelsConfig(mask_provider="annotations", scene_provider="annotations"))
     curated = run_preprocess(pre)
     timings["preprocess_s"] = time.perf_counter() - t
 
@@ -121,11 +123,8 @@ def write_report(cfg: DemoConfig, out: Path, curated: dict, results: dict, timin
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = job_parser("debias demo", __doc__)
-    parser.add_argument("--out", help="output folder (same as out=...)")
+    parser = job_parser("debias demo", __doc__, out_option=True)
     args = parser.parse_args(argv)
-    if args.out:
-        args.overrides.insert(0, f"out={args.out}")
     run_demo(load_job_config(DemoConfig, args))
 
 

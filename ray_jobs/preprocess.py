@@ -1,6 +1,13 @@
-"""Preprocess: manifest -> decode -> sample -> resize/crop -> JPEG -> human masks -> scene labels -> Parquet.
+"""Preprocess: dataset source -> [yt-dlp download] -> decode + sample + resize/crop + JPEG -> human masks
+-> scene labels -> Parquet shards, an error table and a summary.
 
-    python -m ray_jobs.preprocess --config configs/preprocess/synth.yaml [key=value ...]
+    python -m ray_jobs.preprocess ROOT --out OUT            # any folder ROOT/<class>/<video>
+    python -m ray_jobs.preprocess --config configs/preprocess/kinetics400.yaml [key=value ...]
+
+Sources (input.source): folder, kinetics, minikinetics, ucf101, hmdb51, diving48; sampling policies
+(decode.sampling): uniform, paper, seed, clips. Every input video ends in OUT/shards/ or in
+OUT/errors.parquet with a reason; a rerun replaces the shards atomically and skips downloaded or
+known-dead videos (OUT/downloads.parquet).
 """
 
 from __future__ import annotations
@@ -9,66 +16,113 @@ import json
 import random
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import ray
 from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
 from debias.config import to_dict
-from debias.curate import (AnnotationMasks, AnnotationScenes, NoMasks, NoScenes, PreprocessConfig,
-                           make_decode_fn, make_finalize_fn, read_manifest, summarize_run)
+from debias.curate import PreprocessConfig, make_decode_fn, make_finalize_fn, publish_run
+from debias.download import DownloadConfig, make_download_fn, merge_download_status, skip_known_dead
+from debias.masks import mask_step
+from debias.scenes import scene_step
+from debias.sources import Row, read_source
+from debias.weights import resolve_providers
 from ray_jobs.common import init_ray, job_parser, load_job_config
+
+
+def download_videos(rows: list[Row], cfg: DownloadConfig, videos_dir: Path, out: Path) -> tuple[list[Row], dict]:
+    """The download pass, before decoding (the scene-cluster fit and the decoders need the files)."""
+    downloads = merge_download_status(out)  # a killed run's status parts count too
+    rows = skip_known_dead(rows, downloads, cfg)
+    todo = [r for r in rows if not r["error"] and not Path(r["source_path"]).is_file()]
+    # Rows that skip the download still carry its time column: one schema for every block.
+    done = [{**r, "t_download_s": 0.0} for r in rows if r["error"] or Path(r["source_path"]).is_file()]
+    print(f"download: {len(todo)} videos to fetch, {len(done)} on disk or known dead")
+    if todo:
+        init_ray()
+        # 0. download, 1:1, videos_per_task videos a task in turn. Network-bound: a twentieth of a CPU
+        #    each, so that download.concurrency alone (not the core count) bounds the load on YouTube.
+        ds = ray.data.from_items(todo).map_batches(
+            make_download_fn(cfg, str(videos_dir), str(out / "_downloads")), batch_format="pandas",
+            batch_size=cfg.videos_per_task, num_cpus=0.05, compute=TaskPoolStrategy(size=cfg.concurrency))
+        done += [{k: v.item() if hasattr(v, "item") else v for k, v in r.items()} for r in ds.take_all()]
+    return done, merge_download_status(out)
 
 
 def run_preprocess(cfg: PreprocessConfig) -> dict:
     out = Path(cfg.out).resolve()
     t0 = time.perf_counter()
-    rows, classes = read_manifest(cfg.input)  # a missing manifest fails here, before any decoding
-    annotations = str(cfg.annotations_dir())
-    labels = cfg.labels
-    masks_step = (AnnotationMasks, (annotations, cfg.decode)) if labels.mask_provider == "annotations" else (NoMasks, ())
-    scenes_step = (AnnotationScenes, (annotations,)) if labels.scene_provider == "annotations" else (NoScenes, ())
+    rows, classes = read_source(cfg.input)  # a missing manifest or folder fails here, before any work
+    timings = {"read_source": time.perf_counter() - t0}
+    # auto -> SAM / Places365 where their weights load, else the weight-free providers (announced);
+    # a named model with missing or corrupt weights fails here, before any download or decoding.
+    mask_provider, scene_provider, weights = resolve_providers(cfg.labels)
+    downloads = None
+    if cfg.download.enabled:
+        t = time.perf_counter()
+        rows, downloads = download_videos(rows, cfg.download, cfg.input.videos_dir(), out)
+        timings["download"] = time.perf_counter() - t
+    t = time.perf_counter()
+    masks_step = mask_step(cfg, mask_provider, weights)
+    scenes_step = scene_step(cfg, scene_provider, weights, rows)  # clusters: k-means fitted here, on a sample
     scenes_step[0](*scenes_step[1])  # a provider that cannot load fails here, before any video is decoded
+    timings["labels_setup"] = time.perf_counter() - t
     random.Random(cfg.seed).shuffle(rows)  # shards come out class-mixed, which a streaming reader needs
-    for stale in (out / "shards", out / "_errors"):
-        shutil.rmtree(stale, ignore_errors=True)  # a rerun replaces, never appends
-    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".run-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # a killed run's staging; its shards were never published
+    run_dir = out / f".run-{uuid.uuid4().hex[:8]}"  # the run writes here; publish_run swaps it in at the end
+    (run_dir / "shards").mkdir(parents=True)
     (out / "classes.json").write_text(json.dumps(classes, indent=1))
     res = cfg.resources
 
+    t = time.perf_counter()
     init_ray()
-    ds = ray.data.from_items(rows)
-    # 1. decode + sample + resize/crop + JPEG, 1:1 (a failure is an error row, not a lost row).
-    #    CPU-bound, one core per task (PyAV decodes a stream on ~one core); capped when asked, so a
-    #    shared cluster keeps cores for training.
-    ds = ds.map(make_decode_fn(cfg.decode), num_cpus=res.decode_cpus,
-                compute=TaskPoolStrategy(size=res.decode_tasks) if res.decode_tasks else None)
-    # 2. human masks, 1:1. A provider is an actor so a model loads once per worker; reading
-    #    annotations is light, hence half a CPU each so that it never starves the decoders.
+    timings["ray_start"] = time.perf_counter() - t
+    # The model providers take label_gpus GPUs per actor where the cluster has GPUs (they autocast there).
+    gpus = res.label_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    # Blocks of <= ~32 videos once there are many (from_items stops at 200 blocks, which would cap the
+    # decode tasks of a big cluster at 200); one block a video for a small run.
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), max(200, len(rows) // 32))))
+    # 1. decode + sample + resize/crop + JPEG, 1:N (N = decode.clips_per_video under sampling=clips,
+    #    else 1; a failure is one error row, not a lost row). CPU-bound, decode_cpus per task (PyAV
+    #    decodes a stream on ~one core with decode.threads=1); capped when asked, so a shared cluster
+    #    keeps cores for training.
+    ds = ds.flat_map(make_decode_fn(cfg.decode), num_cpus=res.decode_cpus,
+                     compute=TaskPoolStrategy(size=res.decode_tasks) if res.decode_tasks else None)
+    # 2. human masks, 1:1. A provider is an actor so a model loads once per worker; half a CPU each
+    #    so that it never starves the decoders; SAM + detector get a GPU where there is one.
     ds = ds.map_batches(masks_step[0], fn_constructor_args=masks_step[1], batch_format="pandas",
-                        batch_size=res.label_batch_size, num_cpus=0.5, compute=ActorPoolStrategy(size=res.label_actors))
-    # 3. scene labels, 1:1, same resources and reasons as the masks.
+                        batch_size=res.label_batch_size, num_cpus=0.5,
+                        num_gpus=gpus if mask_provider == "sam" else 0, compute=ActorPoolStrategy(size=res.label_actors))
+    # 3. scene labels, 1:1, same resources and reasons as the masks (Places365 on the GPU).
     ds = ds.map_batches(scenes_step[0], fn_constructor_args=scenes_step[1], batch_format="pandas",
-                        batch_size=res.label_batch_size, num_cpus=0.5, compute=ActorPoolStrategy(size=res.label_actors))
+                        batch_size=res.label_batch_size, num_cpus=0.5,
+                        num_gpus=gpus if scene_provider == "places365" else 0, compute=ActorPoolStrategy(size=res.label_actors))
     # 4. finalize, 1:(0 or 1): error rows go to the error table, good rows are cast to the shard schema.
     #    Arrow-only work: a quarter CPU.
-    ds = ds.map_batches(make_finalize_fn(str(out / "_errors")), batch_format="pyarrow", num_cpus=0.25)
-    # 5. write size-targeted Parquet shards.
-    ds.write_parquet(str(out / "shards"), min_rows_per_file=res.rows_per_shard,
+    ds = ds.map_batches(make_finalize_fn(str(run_dir)), batch_format="pyarrow", num_cpus=0.25)
+    # 5. write size-targeted Parquet shards into the run's staging folder (published whole below).
+    t = time.perf_counter()
+    ds.write_parquet(str(run_dir / "shards"), min_rows_per_file=res.rows_per_shard,
                      max_rows_per_file=res.rows_per_shard)
-    summary = summarize_run(out, rows, {"total": time.perf_counter() - t0}, to_dict(cfg))
+    timings["pipeline"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    summary = publish_run(out, run_dir, rows, timings, to_dict(cfg), downloads)
     accounted = summary["videos_ok"] + summary["videos_failed"]
     if accounted != summary["videos_in"]:
         raise RuntimeError(f"{summary['videos_in'] - accounted} videos unaccounted for in {out}")
-    print(f"preprocess: {summary['videos_ok']} videos -> {out / 'shards'}, {summary['videos_failed']} failed "
-          f"{summary['failures_by_reason'] or ''} (errors: {out / 'errors.parquet'}), "
-          f"{summary['timings_s']['total']:.1f} s")
+    print(f"preprocess: {summary['videos_ok']} videos ({summary['rows']} rows) -> {out / 'shards'}, "
+          f"{summary['videos_failed']} failed {summary['failures_by_reason'] or ''} (errors: {out / 'errors.parquet'})")
+    print(f"  time: {json.dumps(summary['timings_s'])}; task time per stage (all workers): "
+          f"{json.dumps(summary['stage_task_s'])}; summary: {out / 'summary.json'}")
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = job_parser("debias preprocess", __doc__)
-    args = parser.parse_args(argv)
+    parser = job_parser("debias preprocess", __doc__, positional=("ROOT", "input.root"), out_option=True)
+    args = parser.parse_intermixed_args(argv)  # ROOT, --out and key=value in any order
     run_preprocess(load_job_config(PreprocessConfig, args))
 
 

@@ -3,7 +3,9 @@
     python -m ray_jobs.pretrain --config configs/pretrain/sdn.yaml [key=value ...]
 
 loss.lambda_scene=0 loss.lambda_mask=0 is the baseline. Running the same OUT/NAME again resumes
-from its last checkpoint.
+from its last checkpoint; scaling.max_failures=N restarts the workers from it when one dies.
+configs/repro/ holds the paper's Mini-Kinetics-200 recipes and the seed study's. Metrics per epoch
+go to OUT/NAME/metrics.jsonl and TensorBoard events to OUT/NAME/tensorboard.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ray.train.torch import TorchTrainer
 from debias.clips import CLIP_COLUMNS, make_clip_fn
 from debias.config import to_dict
 from debias.curate import shard_files
+from debias.models import SDN
 from debias.train import PretrainConfig, read_metrics, train_loop_per_worker
 from ray_jobs.common import init_ray, job_parser, load_job_config
 
@@ -32,15 +35,19 @@ def clip_dataset(cfg: PretrainConfig, split: str, train: bool) -> ray.data.Datas
     ds = ray.data.read_parquet(files).select_columns(CLIP_COLUMNS + ["split"]).filter(expr=col("split") == split)
     if cfg.loader.cache_rows:  # small data: scan once, then every epoch streams from the object store
         ds = ds.materialize()
-    # 2. JPEG decode + window/crop (+ the human-masked twin), 1:1 per row, every epoch (fresh random
-    #    windows and crops). CPU work beside the trainer; a fraction of a CPU per task so that it
-    #    overlaps the training step instead of waiting for a whole core.
+    # 2. JPEG decode + window/crop (+ the human-masked twin), every epoch (fresh random windows and
+    #    crops): 1:1 per row when training, 1:clip.eval_clips when evaluating (video-level scores).
+    #    CPU work beside the trainer; a fraction of a CPU per task so that it overlaps the training
+    #    step instead of waiting for a whole core.
     return ds.map_batches(make_clip_fn(cfg.clip, train, with_masked, cfg.seed), batch_format="numpy",
                           batch_size=cfg.optim.batch_size, num_cpus=cfg.loader.clip_cpus)
 
 
-def run_pretrain(cfg: PretrainConfig) -> dict:
-    """Fit one model; returns {"name", "history": per-epoch metrics, "final", "checkpoint"}."""
+def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict:
+    """Fit one model; returns {"name", "history": per-epoch metrics, "final", "checkpoint"}.
+
+    `callbacks`: Ray Train callbacks (the sweep passes Tune's TuneReportCallback).
+    """
     shards_dir = Path(cfg.shards)
     files = shard_files(shards_dir / "shards")
     if not files:
@@ -50,6 +57,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     if num_scenes == 0:
         raise ValueError(f"{shards_dir} has no scene labels (preprocessed with labels.scene_provider=none); "
                          "the scene head needs them: preprocess with a scene provider")
+    if cfg.model.init_from:  # a wrong weights file fails here, before Ray starts, naming model.init_from
+        SDN(cfg.model, len(classes), num_scenes)
     init_ray()
     ctx = ray.data.DataContext.get_current()
     # The trainer prints one line per epoch; per-operator bars from three datasets would drown it.
@@ -67,7 +76,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
                                   resources_per_worker={"CPU": sc.cpus_per_worker}),
         run_config=RunConfig(name=cfg.name, storage_path=str(Path(cfg.out).resolve()),
                              failure_config=FailureConfig(max_failures=sc.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
         datasets=datasets,
     )
     result = trainer.fit()
@@ -75,7 +84,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     history = read_metrics(run_dir)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     final = history[-1] if history else {}
-    shown = ", ".join(f"{s}_acc={final.get(f'{s}_acc', float('nan')):.3f}" for s in cfg.eval_splits)
+    shown = ", ".join(f"{s}_{m}={final[f'{s}_{m}']:.3f}" for s in cfg.eval_splits
+                      for m in ("acc", "video_acc", "top5") if f"{s}_{m}" in final)
     print(f"pretrain [{cfg.name}]: {len(history)} epochs, {shown} -> {run_dir}")
     return {"name": cfg.name, "history": history, "final": final,
             "checkpoint": result.checkpoint.path if result.checkpoint else None}

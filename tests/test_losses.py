@@ -1,6 +1,6 @@
 import torch
 
-from debias.losses import action_loss, entropy, mask_confusion_loss, scene_loss
+from debias.losses import action_loss, entropy, mask_confusion_loss, mask_head_loss, scene_loss
 from debias.models import SDN, ModelConfig, grad_reverse
 
 
@@ -19,14 +19,12 @@ def test_scene_head_gets_true_gradient_and_backbone_the_reversed_one():
     clips = torch.randint(0, 255, (2, 4, 16, 16, 3), dtype=torch.uint8)
     target = torch.tensor([1, 3])
     # Reference: the same network without reversal, where the backbone's gradient descends the scene loss.
-    _, scene_logits = model(clips)
-    scene_loss(scene_logits, target).backward()
+    scene_loss(model(clips).scene, target).backward()
     reversed_grad = model.backbone[0][0].weight.grad.clone()
     head_grad = model.scene_head[-1].weight.grad.clone()
     model.zero_grad()
     model.scene_head[0].alpha = -1.0  # -(-1) = +1: plain backprop
-    _, scene_logits = model(clips)
-    scene_loss(scene_logits, target).backward()
+    scene_loss(model(clips).scene, target).backward()
     assert torch.allclose(model.scene_head[-1].weight.grad, head_grad)
     assert torch.allclose(reversed_grad, -2.0 * model.backbone[0][0].weight.grad, atol=1e-6)
 
@@ -60,3 +58,28 @@ def test_soft_scene_loss_with_one_hot_equals_hard_and_matches_definition():
     expected = -(soft * torch.log_softmax(logits, 1)).sum(1).mean()
     assert torch.isclose(scene_loss(logits, soft), expected)
     assert torch.isclose(action_loss(logits, hard), scene_loss(logits, hard))
+
+
+def test_separate_mask_head_is_confident_while_the_backbone_is_pushed_to_confusion():
+    """The sign the method needs: a step on the head's own gradient lowers its entropy on masked
+    clips (the adversary), a step on the backbone's (reversed) gradient raises it."""
+    torch.manual_seed(0)
+    model = SDN(ModelConfig(width=2, mask_head="separate"), num_actions=4, num_scenes=3, grl_alpha=1.0)
+    model.eval()  # fixed BatchNorm statistics: only the weights move
+    masked = torch.randint(0, 255, (6, 4, 16, 16, 3), dtype=torch.uint8)
+    mask_head_loss(model(masked).mask).backward()
+
+    def entropy_after(params: list, lr: float) -> float:
+        saved = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p in params:
+                p -= lr * p.grad
+            value = entropy(model(masked).mask).mean().item()
+            for p, s in zip(params, saved):
+                p.copy_(s)
+        return value
+
+    before = entropy(model(masked).mask).mean().item()
+    assert entropy_after(list(model.mask_head.parameters()), 0.5) < before
+    assert entropy_after(list(model.backbone.parameters()), 0.5) > before
+    assert model(masked).mask.shape == (6, 4) and not torch.equal(model(masked).mask, model(masked).action)

@@ -1,6 +1,7 @@
 """Several Ray nodes on one machine: work spreads over nodes, and training survives losing one."""
 
 import json
+import socket
 import threading
 import time
 
@@ -20,7 +21,11 @@ from ray_jobs.pretrain import run_pretrain
 @pytest.fixture(scope="module")
 def cluster():
     """A head that runs no work (CPU 0, like cluster.yaml's) and two 2-CPU worker nodes."""
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})
+    with socket.socket() as s:  # a free dashboard port: 8265 may belong to another Ray on this machine
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True,
+                                                      "dashboard_port": port})
     for _ in range(2):
         c.add_node(num_cpus=2)
     ray.init(address=c.address, log_to_driver=False)
@@ -35,6 +40,7 @@ def shards(cluster, tmp_path_factory):
     generate(SynthConfig(out=str(root / "synth"), train_per_class=3, val_per_class=1, ood_per_class=1,
                          target_train_per_class=0, target_test_per_class=0, frame_size_px=32, num_frames=8))
     cfg = load_config(PreprocessConfig, None, [f"out={root / 'data'}", "decode.num_frames=8",
+                                               "labels.mask_provider=annotations", "labels.scene_provider=annotations",
                                                f"input.manifest={root / 'synth' / 'source' / 'manifest.csv'}"])
     return root, run_preprocess(cfg)
 
@@ -42,7 +48,7 @@ def shards(cluster, tmp_path_factory):
 def test_preprocess_work_lands_on_more_than_one_node(cluster, shards):
     _root, summary = shards
     assert summary["videos_ok"] == 6 * 5
-    decode_nodes = {t.node_id for t in list_tasks(filters=[("name", "=", "Map(decode)")], limit=1000)}
+    decode_nodes = {t.node_id for t in list_tasks(filters=[("name", "=", "FlatMap(decode)")], limit=1000)}
     worker_nodes = {n.node_id for n in cluster.worker_nodes}
     assert len(decode_nodes & worker_nodes) >= 2, decode_nodes
 

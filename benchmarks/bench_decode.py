@@ -1,0 +1,206 @@
+"""Decode-stage benchmark: frames per second per core of decode + resize + crop + JPEG, against
+`ffmpeg -threads 1` decoding the same files, the candidate decoders, and the Ray stage on 1 vs 2 workers.
+
+    python benchmarks/bench_decode.py [VIDEO_DIR] [--repeat N] [--skip-ray]
+
+Per-core rates divide frames by CPU seconds (this process's, or ffmpeg's own for ffmpeg), so other
+load on the machine slows them less than wall time would. "Frames" are the frames decoded from the
+files (every frame must be decoded whichever are kept). The Ray figures are wall-clock throughput of
+the decode stage (`make_decode_fn` in a flat_map) over the files repeated --repeat times. The last line
+printed is a JSON object with every figure and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from debias.curate import DecodeConfig, make_decode_fn  # noqa: E402
+from debias.download import find_ffmpeg  # noqa: E402
+from debias.video import sample_uniform  # noqa: E402
+
+DEFAULT_DIR = ROOT.parent / "shared" / "data" / "real_clips"
+SHORT_SIDE_PX, CROP_PX, NUM_FRAMES, JPEG_QUALITY = 128, 112, 16, 90  # the real-data configs' settings
+
+
+def _cpu_rate(frames: int, fn) -> float:
+    t = time.process_time()
+    fn()
+    return frames / (time.process_time() - t)
+
+
+def ffmpeg_fps_per_core(ffmpeg: str, files: list[Path], frames: int) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for f in files:
+        subprocess.run([ffmpeg, "-v", "error", "-threads", "1", "-i", str(f), "-map", "0:v:0", "-f", "null", "-"],
+                       check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return frames / ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+
+
+def _rows(files: list[Path]) -> list[dict]:
+    return [{"video_id": f.stem, "source_path": str(f), "time_start": 0.0, "time_end": -1.0,
+             "error": "", "error_code": "", "error_stage": ""} for f in files]
+
+
+def pipeline(files: list[Path], sampling: str) -> None:
+    decode = make_decode_fn(DecodeConfig(sampling=sampling, num_frames=NUM_FRAMES, short_side_px=SHORT_SIDE_PX,
+                                         crop_px=CROP_PX, jpeg_quality=JPEG_QUALITY, threads=1))
+    for row in _rows(files):
+        out = decode(row)
+        assert not out[0]["error"], out[0]["error"]
+
+
+def pyav_decode_only(files: list[Path]) -> int:
+    """Decode every frame, convert none (the floor of any PyAV pipeline); returns the frame count."""
+    n = 0
+    for f in files:
+        with av.open(str(f)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            n += sum(1 for _ in container.decode(stream))
+    return n
+
+
+def _crop_jpeg(image_bgr: np.ndarray) -> bytes:
+    h, w = image_bgr.shape[:2]
+    scale = SHORT_SIDE_PX / min(h, w)
+    small = cv2.resize(image_bgr, (max(CROP_PX, round(w * scale)), max(CROP_PX, round(h * scale))),
+                       interpolation=cv2.INTER_AREA)
+    top, left = (small.shape[0] - CROP_PX) // 2, (small.shape[1] - CROP_PX) // 2
+    return cv2.imencode(".jpg", small[top : top + CROP_PX, left : left + CROP_PX], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1]
+
+
+def opencv_uniform(files: list[Path]) -> None:
+    """OpenCV at its best: grab() decodes without converting; count first (the container's count is
+    not trusted), then retrieve() only the kept frames."""
+    for f in files:
+        cap = cv2.VideoCapture(str(f))
+        n = 0
+        while cap.grab():
+            n += 1
+        cap = cv2.VideoCapture(str(f))
+        keep = set(sample_uniform(n, NUM_FRAMES).tolist())
+        for i in range(n):
+            cap.grab()
+            if i in keep:
+                _crop_jpeg(cap.retrieve()[1])
+
+
+def decord_usable(files: list[Path]) -> list[Path]:
+    """The files decord opens: it refuses videos whose container frame count is broken."""
+    import decord
+
+    usable = []
+    for f in files:
+        try:
+            decord.VideoReader(str(f), num_threads=1)
+            usable.append(f)
+        except decord.DECORDError:
+            pass
+    return usable
+
+
+def decord_uniform(files: list[Path]) -> None:
+    """ray.data.read_videos' backend (decord), with the same frame choice and output."""
+    import decord
+
+    for f in files:
+        vr = decord.VideoReader(str(f), num_threads=1)
+        frames = vr.get_batch(sample_uniform(len(vr), NUM_FRAMES).tolist()).asnumpy()
+        for frame in frames:
+            _crop_jpeg(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+
+
+def ray_read_videos_fps(files: list[Path]) -> float:
+    """ray.data.read_videos end to end (one row per decoded frame, full size, every frame converted),
+    wall-clock frames/s on the 2 workers."""
+    import ray
+
+    t = time.perf_counter()
+    n = ray.data.read_videos([str(f) for f in files]).count()
+    return n / (time.perf_counter() - t)
+
+
+def ray_stage_fps(files: list[Path], repeat: int, workers: int, frames: int) -> float:
+    """Wall-clock decoded frames/s of the decode stage with `workers` concurrent 1-CPU tasks."""
+    import ray
+    from ray.data import TaskPoolStrategy
+
+    rows = _rows(files) * repeat
+    decode = make_decode_fn(DecodeConfig(num_frames=NUM_FRAMES, short_side_px=SHORT_SIDE_PX, crop_px=CROP_PX))
+    # Tasks of 6 videos: per-task scheduling cost stays small next to the decoding it schedules.
+    ds = ray.data.from_items(rows, override_num_blocks=max(2, len(rows) // 6)).flat_map(
+        decode, num_cpus=1, compute=TaskPoolStrategy(size=workers))
+    t = time.perf_counter()
+    n = ds.count()
+    elapsed = time.perf_counter() - t
+    assert n == len(rows)
+    return frames * repeat / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("video_dir", nargs="?", default=str(DEFAULT_DIR), help="folder of videos (default: the real clips)")
+    parser.add_argument("--repeat", type=int, default=6, help="times the files are repeated for the Ray stage")
+    parser.add_argument("--skip-ray", action="store_true", help="only the single-core figures")
+    args = parser.parse_args()
+    files = sorted(p for p in Path(args.video_dir).iterdir() if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".webm"))
+    if not files:
+        sys.exit(f"no videos in {args.video_dir}")
+    frames = pyav_decode_only(files)
+    print(f"{len(files)} videos, {frames} frames (counted by decoding), {os.cpu_count()} cores")
+    pipeline(files[:2], "uniform")  # warm caches and imports
+
+    result: dict = {}
+    ffmpeg = find_ffmpeg("")
+    result["ffmpeg"] = ffmpeg or "not found"
+    result["ffmpeg_fps_per_core"] = round(ffmpeg_fps_per_core(ffmpeg, files, frames), 1) if ffmpeg else None
+    result["pipeline_fps_per_core"] = round(_cpu_rate(frames, lambda: pipeline(files, "uniform")), 1)
+    result["pyav_decode_only_fps_per_core"] = round(_cpu_rate(frames, lambda: pyav_decode_only(files)), 1)
+    result["paper_policy_fps_per_core"] = round(_cpu_rate(frames, lambda: pipeline(files, "paper")), 1)
+    result["opencv_fps_per_core"] = round(_cpu_rate(frames, lambda: opencv_uniform(files)), 1)
+    try:
+        usable = decord_usable(files)
+        result["decord_fps_per_core"] = round(_cpu_rate(pyav_decode_only(usable), lambda: decord_uniform(usable)), 1)
+        result["decord_files_refused"] = len(files) - len(usable)
+    except ImportError:
+        result["decord_fps_per_core"] = None  # decord (ray.data.read_videos' backend) not installed
+    if result["ffmpeg_fps_per_core"]:
+        result["pipeline_over_ffmpeg"] = round(result["pipeline_fps_per_core"] / result["ffmpeg_fps_per_core"], 3)
+    for key in sorted(k for k in result if k.endswith("_fps_per_core")):
+        print(f"  {key:<32} {result[key]}")
+
+    if not args.skip_ray:
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray_stage_fps(files[:4], 1, 2, frames)  # start the workers before timing
+        one = ray_stage_fps(files, args.repeat, 1, frames)
+        two = ray_stage_fps(files, args.repeat, 2, frames)
+        result.update(ray_1_worker_fps=round(one, 1), ray_2_workers_fps=round(two, 1), scaling_2_over_1=round(two / one, 3))
+        if result["decord_fps_per_core"] is not None:
+            result["ray_read_videos_fps"] = round(ray_read_videos_fps(usable), 1)
+        ray.shutdown()
+        print(f"  Ray decode stage: 1 worker {one:.0f} frames/s, 2 workers {two:.0f} frames/s, x{two / one:.2f}")
+    result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " + \
+        next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

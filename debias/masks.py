@@ -1,0 +1,202 @@
+"""Human-mask providers: Ray Data steps that add per-frame person masks to decoded rows.
+
+Every provider reads a row's stored frames (JPEG) or its dataset's annotations and writes the same
+columns: human_masks (bit-packed bool per frame, at the stored resolution), mask_coverage (share of
+person pixels per frame), person_frac (share of frames with a person) and mask_source (who made
+them). Providers:
+
+- `SamMasks` (`sam`): a torchvision COCO detector finds people; each person box prompts SAM
+  (segment-anything); a frame's mask is the union of its people's masks.
+- `MotionMasks` (`motion`, weight-free): what moves over the clip's (shake-corrected) temporal
+  median, grown by a colour model of the moving pixels.
+- `AnnotationMasks` (`annotations`): a dataset's own per-frame ground truth.
+- `NoMasks` (`none`): empty masks, so the mask loss skips the clip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from debias.curate import DecodeConfig, PreprocessConfig, _apply_per_row
+from debias.label_models import BoxSegmenter, PersonDetector, label_device, load_detector, load_sam
+from debias.labels import LabelsConfig
+from debias.synth import load_annotation
+from debias.video import VideoError, decode_jpeg, pack_mask, resize_crop
+
+MASK_COLUMNS = {"human_masks": [], "mask_coverage": [], "person_frac": 0.0, "mask_source": ""}
+
+
+def mask_columns(masks: list[np.ndarray], source: str) -> dict:
+    """The shard columns for one row's (H, W) bool masks."""
+    coverage = [float(m.mean()) for m in masks]
+    return {"human_masks": [pack_mask(m) for m in masks], "mask_coverage": coverage,
+            "person_frac": float(np.mean([c > 0 for c in coverage])) if coverage else 0.0, "mask_source": source}
+
+
+def decode_rows(batch: pd.DataFrame, stage: str) -> tuple[list[np.ndarray | None], pd.DataFrame]:
+    """Decode every good row's JPEG frames to (T, H, W, 3) uint8; a corrupt frame makes the row an
+    error row. Returns the clips (None for rows in error) and the updated error columns."""
+    errors = batch[["error", "error_code", "error_stage"]].copy()
+    clips: list[np.ndarray | None] = []
+    for i, row in enumerate(batch.itertuples(index=False)):
+        if row.error:
+            clips.append(None)
+            continue
+        try:
+            clips.append(np.stack([decode_jpeg(f) for f in row.frames]))
+        except (VideoError, ValueError) as e:
+            clips.append(None)
+            errors.iloc[i] = [f"{stage} for {row.video_id}: {e}", f"{stage}_failed", stage]
+    return clips, errors
+
+
+def with_columns(batch: pd.DataFrame, results: list[dict | None], errors: pd.DataFrame, empty: dict) -> pd.DataFrame:
+    out = batch.copy()
+    for key, default in empty.items():
+        out[key] = [r[key] if r is not None else default for r in results]
+    out[["error", "error_code", "error_stage"]] = errors.values
+    return out
+
+
+# --- detector + SAM ------------------------------------------------------------------------------
+
+class SamMasks:
+    """Detector + SAM person masks. Loads both models once per actor (GPU when the actor has one).
+
+    Reads: frames, video_id, error. Writes: human_masks, mask_coverage, person_frac, mask_source = "sam".
+    """
+
+    source = "sam"
+
+    def __init__(self, detector_path: str, sam_path: str, labels: LabelsConfig) -> None:
+        device = label_device()
+        detector = load_detector(detector_path, labels.detector, labels.detector_min_size_px,
+                                 min(labels.person_score_min, 0.05))
+        self.detect = PersonDetector(detector, labels, device)
+        self.segment = BoxSegmenter(load_sam(sam_path), labels, device)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        clips, errors = decode_rows(batch, "masks")
+        good = [c for c in clips if c is not None]
+        images = np.concatenate(good) if good else np.zeros((0, 1, 1, 3), np.uint8)
+        masks = self.segment(images, self.detect(images))
+        results, start = [], 0
+        for clip in clips:
+            if clip is None:
+                results.append(None)
+                continue
+            results.append(mask_columns(list(masks[start : start + len(clip)]), self.source))
+            start += len(clip)
+        return with_columns(batch, results, errors, MASK_COLUMNS)
+
+
+# --- weight-free: motion foreground --------------------------------------------------------------
+
+def _stabilise(clip: np.ndarray) -> np.ndarray:
+    """Undo camera shake: shift each frame onto the clip's temporal median (phase correlation)."""
+    reference = np.median(clip, axis=0).mean(axis=-1).astype(np.float32)
+    out = np.empty_like(clip)
+    for i, frame in enumerate(clip):
+        (dx, dy), _response = cv2.phaseCorrelate(reference, frame.mean(axis=-1).astype(np.float32))
+        shift = np.float32([[1, 0, -dx], [0, 1, -dy]])
+        out[i] = cv2.warpAffine(frame, shift, (frame.shape[1], frame.shape[0]), borderMode=cv2.BORDER_REFLECT)
+    return out
+
+
+def motion_masks(clip: np.ndarray, threshold: float, colour_ratio: float) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, H, W) bool person masks without a model.
+
+    1. Moving pixels: after undoing camera shake, pixels farther than `threshold` (max over RGB) from
+       the clip's per-pixel temporal median, cleaned by a 3x3 opening.
+    2. Colour model: a person's parts that stay still vanish into that median, so every pixel whose
+       colour is `colour_ratio` times likelier among the moving pixels than among the never-moving
+       ones (8 bins per channel) is kept as person too.
+    A static person or a moving background defeats it (measured in the README)."""
+    steady = _stabilise(clip)
+    background = np.median(steady, axis=0).astype(np.int16)
+    moving = (np.abs(steady.astype(np.int16) - background).max(axis=-1) > threshold).astype(np.uint8)
+    kernel = np.ones((3, 3), np.uint8)
+    moving = np.stack([cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel) for m in moving]).astype(bool)
+    if not moving.any():
+        return moving
+    bins = 8
+    def colour_index(frames: np.ndarray) -> np.ndarray:
+        q = frames.astype(np.int32) // (256 // bins)
+        return (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    steady_idx = colour_index(steady)
+    never_moving = ~cv2.dilate(moving.any(axis=0).astype(np.uint8), kernel).astype(bool)
+    person = np.bincount(steady_idx[moving], minlength=bins**3) + 0.5
+    scene = np.bincount(steady_idx[:, never_moving].ravel(), minlength=bins**3) + 0.5
+    likelier = person / person.sum() > colour_ratio * scene / scene.sum()
+    return likelier[colour_index(clip)]
+
+
+class MotionMasks:
+    """Weight-free masks: moving pixels against the clip's temporal median background.
+
+    Reads: frames, video_id, error. Writes: human_masks, mask_coverage, person_frac, mask_source = "motion".
+    """
+
+    source = "motion"
+
+    def __init__(self, threshold: float, colour_ratio: float) -> None:
+        self.threshold, self.colour_ratio = threshold, colour_ratio
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        clips, errors = decode_rows(batch, "masks")
+        results = [None if c is None else mask_columns(list(motion_masks(c, self.threshold, self.colour_ratio)), self.source)
+                   for c in clips]
+        return with_columns(batch, results, errors, MASK_COLUMNS)
+
+
+# --- dataset annotations and none ----------------------------------------------------------------
+
+class AnnotationMasks:
+    """Human masks from a dataset's own per-frame annotations, mapped onto the stored pixels.
+
+    Reads: video_id, frame_indices, error. Writes: human_masks, mask_coverage, person_frac, mask_source.
+    """
+
+    source = "annotations"
+
+    def __init__(self, annotations_dir: str, decode: DecodeConfig) -> None:
+        self.dir = Path(annotations_dir)
+        self.decode = decode
+
+    def _one(self, row: pd.Series) -> dict:
+        masks, _scene = load_annotation(self.dir / f"{row.video_id}.npz")
+        picked = masks[np.asarray(row.frame_indices, dtype=np.int64)]
+        stored = [resize_crop(m.astype(np.uint8), self.decode.short_side_px, self.decode.crop_px, nearest=True) > 0
+                  for m in picked]
+        return mask_columns(stored, self.source)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return _apply_per_row(batch, self._one, "masks", MASK_COLUMNS)
+
+
+class NoMasks:
+    """Empty masks (no person found): the mask loss skips such clips. Reads: frame_indices, height,
+    width, error. Writes: human_masks, mask_coverage, person_frac, mask_source = "none"."""
+
+    source = "none"
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        def one(row: pd.Series) -> dict:
+            return mask_columns([np.zeros((row.height, row.width), bool)] * len(row.frame_indices), self.source)
+        return _apply_per_row(batch, one, "masks", MASK_COLUMNS)
+
+
+def mask_step(cfg: PreprocessConfig, provider: str, weights: dict[str, Path]) -> tuple[Callable, tuple]:
+    """(step class, constructor args) for a resolved provider (see `weights.resolve_providers`)."""
+    if provider == "sam":
+        return SamMasks, (str(weights["detector"]), str(weights["sam"]), cfg.labels)
+    if provider == "motion":
+        return MotionMasks, (cfg.labels.motion_threshold, cfg.labels.motion_colour_ratio)
+    if provider == "annotations":
+        return AnnotationMasks, (str(cfg.annotations_dir()), cfg.decode)
+    return NoMasks, ()

@@ -1,0 +1,237 @@
+"""Scene-label providers: Ray Data steps that add a soft and a hard scene label to each row.
+
+Every provider writes scene_probs (soft label: a distribution over its scene classes), scene_id
+(hard label; -1 = none) and scene_source. Providers:
+
+- `Places365Scenes` (`places365`): the CSAIL Places365 ResNet-18 / ResNet-50 on every stored frame
+  (optionally with the people filled by the frame's mean colour); soft = mean probability over the
+  frames (365 floats), hard = its argmax or the majority vote of the per-frame argmaxes.
+- `ClusterScenes` (`clusters`, weight-free): k-means over background appearance (colour and
+  gradient-orientation histograms of the clip's temporal median), fitted once on a sample of the
+  videos before the pipeline starts; soft = softmax over negative centroid distances.
+- `AnnotationScenes` (`annotations`): a dataset's own scene id, one-hot.
+- `NoScenes` (`none`): no label.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from debias.clips import fill_people
+from debias.curate import PreprocessConfig, _apply_per_row, make_decode_fn
+from debias.label_models import NUM_PLACES, PlacesClassifier, label_device, load_categories, load_places365
+from debias.labels import LabelsConfig
+from debias.masks import decode_rows, with_columns
+from debias.sources import Row
+from debias.synth import load_annotation
+from debias.video import unpack_mask
+
+SCENE_COLUMNS = {"scene_id": -1, "scene_probs": [], "scene_source": ""}
+
+
+def hard_label(frame_probs: np.ndarray, rule: str) -> int:
+    """(T, C) per-frame probabilities -> one class: argmax of the mean, or the most frequent per-frame
+    argmax (ties go to the higher mean probability)."""
+    mean = frame_probs.mean(axis=0)
+    if rule == "argmax":
+        return int(mean.argmax())
+    votes = np.bincount(frame_probs.argmax(axis=1), minlength=frame_probs.shape[1])
+    tied = np.flatnonzero(votes == votes.max())
+    return int(tied[mean[tied].argmax()])
+
+
+# --- Places365 -----------------------------------------------------------------------------------
+
+class Places365Scenes:
+    """Places365 pseudo scene labels. Loads the classifier once per actor (GPU when it has one).
+
+    Reads: frames, human_masks (with places_mask_people), height, width, video_id, error.
+    Writes: scene_id, scene_probs (365), scene_source = "places365".
+    """
+
+    source = "places365"
+
+    def __init__(self, model_path: str, categories_path: str, labels: LabelsConfig) -> None:
+        load_categories(categories_path)  # a release whose names do not match its 365 outputs stops here
+        self.labels = labels
+        self.classifier = PlacesClassifier(load_places365(model_path, labels.places_model), labels, label_device())
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        clips, errors = decode_rows(batch, "scenes")
+        if self.labels.places_mask_people:
+            rng = np.random.default_rng(0)
+            clips = [None if c is None else fill_people(c, np.stack([unpack_mask(m, row.height, row.width)
+                                                                      for m in row.human_masks]), "mean", rng)
+                     for c, row in zip(clips, batch.itertuples(index=False))]
+        good = [c for c in clips if c is not None]
+        probs = self.classifier(np.concatenate(good)) if good else np.zeros((0, NUM_PLACES), np.float32)
+        results, start = [], 0
+        for clip in clips:
+            if clip is None:
+                results.append(None)
+                continue
+            frame_probs = probs[start : start + len(clip)]
+            start += len(clip)
+            results.append({"scene_id": hard_label(frame_probs, self.labels.scene_hard),
+                            "scene_probs": frame_probs.mean(axis=0).tolist(), "scene_source": self.source})
+        return with_columns(batch, results, errors, SCENE_COLUMNS)
+
+
+# --- weight-free: background clusters ------------------------------------------------------------
+
+def background_features(clip: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> appearance of the static background: the temporal median (a moving
+    person mostly vanishes from it) as a 4x4x4 colour histogram, an 8-bin gradient-orientation
+    histogram (stripes, checks, texture direction), both square-rooted so that Euclidean distance is
+    the Hellinger distance, and the mean colour in [0, 1]. 75 floats on comparable scales, used
+    as they are: standardising each dimension blows up rare colour bins (measured: NMI 0.80 vs 1.00)."""
+    background = np.median(clip, axis=0).astype(np.uint8)
+    colour = np.histogramdd(background.reshape(-1, 3) // 64, bins=(4, 4, 4), range=((0, 4),) * 3)[0].ravel()
+    grey = cv2.cvtColor(background, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gx, gy = cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)
+    angle = np.mod(np.arctan2(gy, gx), np.pi)  # orientation, sign-free
+    orient = np.histogram(angle, bins=8, range=(0, np.pi), weights=np.hypot(gx, gy))[0]
+    return np.concatenate([np.sqrt(colour / colour.sum()), np.sqrt(orient / max(orient.sum(), 1e-6)),
+                           background.reshape(-1, 3).mean(0) / 255]).astype(np.float32)
+
+
+def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 50) -> np.ndarray:
+    """Lloyd's k-means with k-means++ seeding: (N, D) -> (k, D) centroids."""
+    rng = np.random.default_rng(seed)
+    centroids = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+        d2 = np.min([((x - c) ** 2).sum(1) for c in centroids], axis=0)
+        centroids.append(x[rng.choice(len(x), p=d2 / d2.sum())] if d2.sum() > 0 else x[rng.integers(len(x))])
+    c = np.stack(centroids)
+    for _ in range(iters):
+        assign = ((x[:, None] - c[None]) ** 2).sum(-1).argmin(1)
+        new = np.stack([x[assign == j].mean(0) if (assign == j).any() else c[j] for j in range(k)])
+        if np.allclose(new, c):
+            break
+        c = new
+    return c
+
+
+def fit_scene_clusters(rows: list[Row], cfg: PreprocessConfig) -> dict:
+    """Decode a seeded sample of `labels.cluster_fit_videos` good manifest rows, fit k-means on their
+    background features. Returns the model as plain arrays (it travels to the actors)."""
+    labels = cfg.labels
+    good = [r for r in rows if not r["error"]]
+    sample = random.Random(cfg.seed).sample(good, min(len(good), labels.cluster_fit_videos))
+    # 16 frames spread over each video are enough for a median background, whatever the job's sampling
+    decode = make_decode_fn(dataclasses.replace(cfg.decode, sampling="uniform", num_frames=16))
+    feats = []
+    for row in sample:
+        decoded = decode(row)[0]  # the first clip stands for the video
+        if not decoded["error"]:
+            clip, _errors = decode_rows(pd.DataFrame([decoded]), "scenes")
+            feats.append(background_features(clip[0]))
+    if len(feats) < labels.scene_clusters:
+        raise ValueError(f"only {len(feats)} of {len(sample)} sampled videos decoded, fewer than "
+                         f"labels.scene_clusters={labels.scene_clusters}: cannot fit the scene clusters")
+    x = np.stack(feats)
+    centroids = kmeans(x, labels.scene_clusters, cfg.seed)
+    nearest = np.sqrt(((x[:, None] - centroids[None]) ** 2).sum(-1)).min(1)
+    return {"centroids": centroids, "scale": float(np.median(nearest)) + 1e-6, "fit_videos": len(feats)}
+
+
+def cluster_probs(features: np.ndarray, model: dict, temperature: float) -> np.ndarray:
+    """(N, D) features -> (N, K) soft labels: softmax of -distance / (temperature * median fit distance)."""
+    d = np.sqrt(((features[:, None] - model["centroids"][None]) ** 2).sum(-1)) / (temperature * model["scale"])
+    e = np.exp(-(d - d.min(1, keepdims=True)))
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+class ClusterScenes:
+    """Weight-free pseudo scene labels: the nearest background-appearance cluster.
+
+    Reads: frames, video_id, error. Writes: scene_id (cluster), scene_probs (K), scene_source = "clusters".
+    """
+
+    source = "clusters"
+
+    def __init__(self, model: dict, temperature: float) -> None:
+        self.model, self.temperature = model, temperature
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        clips, errors = decode_rows(batch, "scenes")
+        results = []
+        for clip in clips:
+            if clip is None:
+                results.append(None)
+                continue
+            probs = cluster_probs(background_features(clip)[None], self.model, self.temperature)[0]
+            results.append({"scene_id": int(probs.argmax()), "scene_probs": probs.tolist(), "scene_source": self.source})
+        return with_columns(batch, results, errors, SCENE_COLUMNS)
+
+
+# --- dataset annotations and none ----------------------------------------------------------------
+
+class AnnotationScenes:
+    """Scene labels from a dataset's annotations: hard id and a one-hot soft label.
+
+    Reads: video_id, error. Writes: scene_id, scene_probs, scene_source.
+    """
+
+    source = "annotations"
+
+    def __init__(self, annotations_dir: str) -> None:
+        self.dir = Path(annotations_dir)
+        names_file = self.dir / "scenes.json"
+        if not names_file.is_file():
+            raise FileNotFoundError(f"scene names not found: {names_file} (labels.annotations_dir)")
+        self.num_scenes = len(json.loads(names_file.read_text()))
+
+    def _one(self, row: pd.Series) -> dict:
+        _masks, scene_id = load_annotation(self.dir / f"{row.video_id}.npz")
+        probs = np.zeros(self.num_scenes, np.float32)
+        probs[scene_id] = 1.0
+        return {"scene_id": scene_id, "scene_probs": probs.tolist(), "scene_source": self.source}
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return _apply_per_row(batch, self._one, "scenes", SCENE_COLUMNS)
+
+
+class NoScenes:
+    """No scene label (scene_id -1, empty scene_probs): such shards cannot train the scene loss.
+    Reads: error. Writes: scene_id, scene_probs, scene_source = "none"."""
+
+    source = "none"
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        none = {"scene_id": -1, "scene_probs": [], "scene_source": self.source}
+        return _apply_per_row(batch, lambda row: none, "scenes", SCENE_COLUMNS)
+
+
+def scene_names(cfg: PreprocessConfig, provider: str, weights: dict[str, Path]) -> list[str]:
+    """What each scene_id means, for OUT/scenes.json: Places365 categories, cluster numbers, the
+    dataset's scene names, or nothing."""
+    if provider == "places365":
+        return load_categories(weights["places365_categories"])
+    if provider == "clusters":
+        return [f"cluster_{k}" for k in range(cfg.labels.scene_clusters)]
+    if provider == "annotations":
+        return json.loads((cfg.annotations_dir() / "scenes.json").read_text())
+    return []
+
+
+def scene_step(cfg: PreprocessConfig, provider: str, weights: dict[str, Path], rows: list[Row]) -> tuple[Callable, tuple]:
+    """(step class, constructor args) for a resolved provider; `clusters` fits its k-means here, on
+    the driver, so that every actor labels with the same clusters."""
+    if provider == "places365":
+        return Places365Scenes, (str(weights["places365"]), str(weights["places365_categories"]), cfg.labels)
+    if provider == "clusters":
+        model = fit_scene_clusters(rows, cfg)
+        print(f"preprocess: scene clusters fitted on {model['fit_videos']} videos (K={cfg.labels.scene_clusters})")
+        return ClusterScenes, (model, cfg.labels.cluster_temperature)
+    if provider == "annotations":
+        return AnnotationScenes, (str(cfg.annotations_dir()),)
+    return NoScenes, ()

@@ -1,0 +1,153 @@
+"""Loss-weight sweeps: the config, the Tune search space, trial sizing and picking the best trial.
+
+Everything here is plain Python (no cluster): `ray_jobs/sweep.py` turns it into a `tune.Tuner` whose
+trials each run one `run_pretrain` with the trial's `lambda_scene` and `lambda_mask`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ray import tune
+
+from debias.config import check, from_dict
+from debias.train import PretrainConfig
+
+SWEPT = ("lambda_scene", "lambda_mask")  # the PretrainConfig.loss keys a sweep searches over
+
+
+@dataclass
+class SpaceConfig:
+    """The values one loss weight takes. `grid`: every value in `values` (crossed with the other weight's
+    grid); `choice`: one of `values` at random per trial; `uniform` / `loguniform`: drawn from
+    [low, high] per trial (loguniform needs low > 0: use `choice` or `grid` to include 0)."""
+
+    kind: Literal["grid", "choice", "uniform", "loguniform"] = "grid"
+    values: list[float] = field(default_factory=lambda: [0.2])
+    low: float = 0.01
+    high: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind in ("grid", "choice"):
+            check(len(self.values) >= 1, "values", f"{self.kind} needs at least one value")
+            check(all(v >= 0 for v in self.values), "values", "loss weights must be >= 0")
+        else:
+            check(0 <= self.low < self.high, "low", f"need 0 <= low < high, got low={self.low}, high={self.high}")
+            check(self.kind != "loguniform" or self.low > 0, "low", "loguniform needs low > 0")
+
+
+@dataclass
+class AshaConfig:
+    enabled: bool = True  # false: every trial runs all its epochs
+    grace_period: int = 2  # epochs a trial always gets before it can be stopped
+    reduction_factor: float = 2.0  # keep the best 1/reduction_factor at each rung
+
+    def __post_init__(self) -> None:
+        check(self.grace_period >= 1, "grace_period", "must be >= 1")
+        check(self.reduction_factor > 1, "reduction_factor", "must be > 1")
+
+
+@dataclass
+class SweepConfig:
+    """A Tune sweep over the SDN loss weights; every trial is `pretrain` with the trial's weights."""
+
+    name: str = "sweep"  # the sweep lives in STORAGE/NAME; running it again resumes it (Tuner.restore)
+    storage: str = "out/sweeps"  # on a cluster: a path every node sees (NFS) or s3://...
+    lambda_scene: SpaceConfig = field(default_factory=lambda: SpaceConfig(values=[0.1, 0.2, 0.5]))
+    lambda_mask: SpaceConfig = field(default_factory=lambda: SpaceConfig(values=[0.5, 1.0]))
+    num_samples: int = 1  # grid: repeats of the whole grid; random kinds: trials drawn
+    metric: str = "ood_acc"  # a per-epoch metric of the trainer (SPLIT_acc, SPLIT_masked_entropy, ...)
+    mode: Literal["max", "min"] = "max"
+    asha: AshaConfig = field(default_factory=AshaConfig)
+    max_concurrent_trials: int = 0  # 0: as many as the cluster holds (GPUs, or CPUs on a CPU cluster)
+    trial_cpus: float = 0.25  # the trial's own driver: it only waits on its Train run, so a fraction
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # name/out are set per trial
+
+    def __post_init__(self) -> None:
+        check(self.num_samples >= 1, "num_samples", "must be >= 1")
+        check(self.max_concurrent_trials >= 0, "max_concurrent_trials", "must be >= 0 (0 = auto)")
+        check(self.trial_cpus > 0, "trial_cpus", "must be > 0")
+        split, _, measure = self.metric.partition("_")
+        check(split in self.pretrain.eval_splits + ["train"] and bool(measure), "metric",
+              f"must be SPLIT_MEASURE with SPLIT in train or pretrain.eval_splits {self.pretrain.eval_splits}, "
+              f"got {self.metric!r}")
+
+
+def domain(space: SpaceConfig) -> Any:
+    """The Tune search domain for one loss weight."""
+    if space.kind == "grid":
+        return tune.grid_search(list(space.values))
+    if space.kind == "choice":
+        return tune.choice(list(space.values))
+    if space.kind == "uniform":
+        return tune.uniform(space.low, space.high)
+    return tune.loguniform(space.low, space.high)
+
+
+def param_space(cfg: SweepConfig) -> dict:
+    """Tune's param_space: one search domain per swept weight (the rest of the config is constant and
+    travels beside it, see `trial_pretrain_config`)."""
+    return {key: domain(getattr(cfg, key)) for key in SWEPT}
+
+
+def num_trials(cfg: SweepConfig) -> int:
+    """How many trials the sweep runs: grid sizes multiply, times num_samples."""
+    grid = math.prod(len(getattr(cfg, k).values) for k in SWEPT if getattr(cfg, k).kind == "grid")
+    return grid * cfg.num_samples
+
+
+def trial_pretrain_config(trial_config: dict, base: dict, trial_name: str, runs_dir: str) -> PretrainConfig:
+    """What one trial trains: `base` (a PretrainConfig as data) with the trial's weights and its own run name."""
+    cfg = from_dict(PretrainConfig, base)
+    loss = dataclasses.replace(cfg.loss, **{k: float(trial_config[k]) for k in SWEPT})
+    return dataclasses.replace(cfg, loss=loss, name=trial_name, out=runs_dir)
+
+
+def trial_resources(cfg: SweepConfig) -> dict[str, float]:
+    """What one trial reserves for its own driver (its Train workers reserve theirs separately)."""
+    return {"CPU": cfg.trial_cpus}
+
+
+def concurrent_runs(pretrain: PretrainConfig, driver_cpus: float, cluster: dict[str, float]) -> int:
+    """Training runs of `pretrain` that fit at once in `cluster` (ray.cluster_resources()).
+
+    On GPUs: one run per `num_workers` GPUs. On CPUs: each run holds its driver, its workers and at
+    least one clip-decoding task of its Ray Data pipeline; counting that task is what keeps a small
+    machine from filling every CPU with drivers and workers whose data can then never be read.
+    """
+    sc = pretrain.scaling
+    if sc.use_gpu:
+        return max(1, int(cluster.get("GPU", 0) // sc.num_workers))
+    per_run = driver_cpus + sc.num_workers * sc.cpus_per_worker + pretrain.loader.clip_cpus
+    return max(1, int(cluster.get("CPU", 0) // per_run))
+
+
+def concurrent_trials(cfg: SweepConfig, cluster: dict[str, float]) -> int:
+    """`max_concurrent_trials`, or when 0 as many trials as the cluster holds."""
+    return cfg.max_concurrent_trials or concurrent_runs(cfg.pretrain, cfg.trial_cpus, cluster)
+
+
+def trial_rows(results: list[dict], metric: str) -> list[dict]:
+    """One summary row per trial from Tune results: [{"trial", "lambda_scene", "lambda_mask", METRIC,
+    "epochs", "stopped_early", "status", "checkpoint"}]; `results` items hold trial_id, config, metrics,
+    status, epochs_planned."""
+    rows = []
+    for r in results:
+        m = r["metrics"] or {}
+        epochs = int(m.get("epoch", -1)) + 1
+        rows.append({"trial": r["trial_id"], **{k: float(r["config"][k]) for k in SWEPT},
+                     metric: m.get(metric), "epochs": epochs, "stopped_early": 0 < epochs < r["epochs_planned"],
+                     "status": r["status"], "checkpoint": m.get("checkpoint_path")})
+    return rows
+
+
+def best_trial(rows: list[dict], metric: str, mode: Literal["max", "min"]) -> dict:
+    """The trial with the best final `metric` among those that reported it (ties: the first)."""
+    scored = [r for r in rows if r.get(metric) is not None]
+    if not scored:
+        raise RuntimeError(f"no trial reported '{metric}' (statuses: {[r['status'] for r in rows]})")
+    sign = 1.0 if mode == "max" else -1.0
+    return max(scored, key=lambda r: sign * r[metric])

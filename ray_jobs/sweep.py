@@ -1,0 +1,113 @@
+"""Sweep: Ray Tune over the SDN loss weights, each trial a Ray Train run, with ASHA early stopping.
+
+    python -m ray_jobs.sweep --config configs/sweep/quick.yaml [key=value ...]
+
+Trials report every epoch (so ASHA can stop the weak ones); the best trial is chosen by `metric`.
+Running the same STORAGE/NAME again resumes an interrupted sweep (Tuner.restore): finished trials are
+kept, unfinished and errored ones continue from their last checkpoint. Writes STORAGE/NAME/summary.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from debias.config import to_dict
+from debias.report import table
+from debias.sweep import (SWEPT, SweepConfig, best_trial, concurrent_trials, num_trials, param_space,
+                          trial_pretrain_config, trial_resources, trial_rows)
+from ray_jobs.common import init_ray, job_parser, load_job_config
+from ray_jobs.pretrain import run_pretrain
+
+
+def trial_driver(config: dict, base: dict, runs_dir: str) -> None:
+    """Tune trainable: fit one TorchTrainer with this trial's loss weights; Train reports reach Tune
+    (one Tune iteration per epoch) through TuneReportCallback. The run is named after the trial id,
+    which Tune keeps across a restore, so a resumed trial continues its own Train run."""
+    cfg = trial_pretrain_config(config, base, tune.get_context().get_trial_id(), runs_dir)
+    # Written first (run_pretrain writes it only at the end): a trial that ASHA stops keeps the
+    # config that its checkpoints need to be loaded again.
+    run_dir = Path(cfg.out) / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    run_pretrain(cfg, callbacks=[TuneReportCallback()])
+
+
+def sweep_dir(cfg: SweepConfig) -> Path:
+    return Path(cfg.storage).resolve() / cfg.name
+
+
+def make_tuner(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -> tune.Tuner:
+    """A new Tuner, or the interrupted one restored when STORAGE/NAME holds a sweep of this config."""
+    path = sweep_dir(cfg)
+    saved = path / "sweep_config.json"
+    # The base config and the runs folder are the same for every trial: parameters, not search space.
+    wrapped = tune.with_resources(
+        tune.with_parameters(trainable, base=to_dict(cfg.pretrain), runs_dir=str(path / "runs")), trial_resources(cfg))
+    if tune.Tuner.can_restore(str(path)):
+        if saved.is_file() and json.loads(saved.read_text()) != to_dict(cfg):
+            raise SystemExit(f"{path} holds a sweep with another config ({saved}); "
+                             f"choose another name=... or storage=..., or delete that folder")
+        print(f"sweep: resuming {path}")
+        return tune.Tuner.restore(str(path), trainable=wrapped, resume_errored=True)
+    path.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(to_dict(cfg), indent=1))
+    scheduler = None
+    if cfg.asha.enabled:
+        # One Tune iteration = one epoch (TuneReportCallback forwards each ray.train.report).
+        scheduler = ASHAScheduler(max_t=cfg.pretrain.optim.epochs, grace_period=cfg.asha.grace_period,
+                                  reduction_factor=cfg.asha.reduction_factor)
+    return tune.Tuner(
+        wrapped, param_space=param_space(cfg),
+        tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=scheduler,
+                                    num_samples=cfg.num_samples,
+                                    max_concurrent_trials=concurrent_trials(cfg, ray.cluster_resources())),
+        run_config=tune.RunConfig(name=cfg.name, storage_path=str(path.parent)),
+    )
+
+
+def run_sweep(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -> dict:
+    """Run (or resume) the sweep; returns {"trials": [...], "best": {...}, "metric", "mode", "path"}."""
+    # Trial drivers run in their own working directories: make the data path absolute.
+    cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain,
+                                                                shards=str(Path(cfg.pretrain.shards).resolve())))
+    t0 = time.perf_counter()
+    init_ray()
+    path = sweep_dir(cfg)
+    print(f"sweep: {num_trials(cfg)} trials of {cfg.pretrain.optim.epochs} epochs, "
+          f"{concurrent_trials(cfg, ray.cluster_resources())} at a time, best by {cfg.metric} ({cfg.mode}) -> {path}")
+    grid = make_tuner(cfg, trainable).fit()
+    if grid.num_terminated + grid.num_errors < len(grid):  # Tune returns early on Ctrl-C (state saved)
+        raise SystemExit(f"sweep interrupted with {len(grid) - grid.num_terminated - grid.num_errors} trials "
+                         f"unfinished; run the same command again to resume {path}")
+    results = [{"trial_id": (r.metrics or {}).get("trial_id", Path(r.path).name),
+                "config": r.config, "metrics": r.metrics, "status": "ERROR" if r.error else "TERMINATED",
+                "epochs_planned": cfg.pretrain.optim.epochs} for r in grid]
+    rows = sorted(trial_rows(results, cfg.metric), key=lambda r: (r["lambda_scene"], r["lambda_mask"]))
+    best = best_trial(rows, cfg.metric, cfg.mode)
+    summary = {"metric": cfg.metric, "mode": cfg.mode, "path": str(path), "trials": rows, "best": best,
+               "errors": [str(r.error) for r in grid if r.error], "wall_s": round(time.perf_counter() - t0, 1),
+               "config": to_dict(cfg)}
+    (path / "summary.json").write_text(json.dumps(summary, indent=1))
+    print("\n" + table(rows, ["trial", *SWEPT, cfg.metric, "epochs", "stopped_early", "status"]))
+    print(f"\nsweep: best {cfg.metric}={best[cfg.metric]:.3f} at lambda_scene={best['lambda_scene']:g}, "
+          f"lambda_mask={best['lambda_mask']:g} (trial {best['trial']}); {len(summary['errors'])} errored; "
+          f"summary: {path / 'summary.json'}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = job_parser("debias sweep", __doc__).parse_args(argv)
+    run_sweep(load_job_config(SweepConfig, args))
+
+
+if __name__ == "__main__":
+    main()

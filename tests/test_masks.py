@@ -1,0 +1,188 @@
+"""Human masks: detector + SAM from checkpoints in their released formats, the weight-free motion
+masks, strict / auto provider choice, all run as Ray Data actor stages."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from debias.curate import DecodeConfig, make_decode_fn
+from debias.labels import LabelsConfig
+from debias.label_models import BoxSegmenter, PersonDetector, load_detector, load_sam, tiny_sam
+from debias.masks import MotionMasks, SamMasks, motion_masks
+from debias.sources import InputConfig
+from debias.synth import SynthConfig, generate, load_annotation
+from debias.video import decode_jpeg, resize_crop, unpack_mask
+from debias.weights import WeightsError, catalog, resolve_providers
+
+DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"  # the smallest torchvision COCO detector
+
+
+def write_tiny_sam(path: Path) -> None:
+    """A randomly initialised tiny SAM saved as the released checkpoints are: a plain state dict that
+    `sam_model_registry` would load."""
+    torch.manual_seed(0)
+    sam = tiny_sam()
+    torch.save(sam.state_dict(), path)
+
+
+def write_person_detector(path: Path) -> None:
+    """A randomly initialised torchvision detector whose box classifier always says "person", so
+    every image yields person boxes for SAM; saved as torchvision releases its weights."""
+    from debias.label_models import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector(DETECTOR, 64)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.zero_()
+        model.roi_heads.box_predictor.cls_score.bias.fill_(-10.0)
+        model.roi_heads.box_predictor.cls_score.bias[1] = 10.0
+    torch.save(model.state_dict(), path)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate(SynthConfig(out=str(out), train_per_class=2, val_per_class=0, ood_per_class=0,
+                         target_train_per_class=0, target_test_per_class=0))
+    return out / "source"
+
+
+def synth_rows(task: Path, decode: DecodeConfig) -> list[dict]:
+    from debias.sources import read_source
+
+    rows, _ = read_source(InputConfig(source="kinetics", manifest=str(task / "manifest.csv")))
+    return [make_decode_fn(decode)(r)[0] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> tuple[Path, LabelsConfig]:
+    d = tmp_path_factory.mktemp("weights")
+    labels = LabelsConfig(mask_provider="sam", scene_provider="none", weights_dir=str(d), detector=DETECTOR,
+                          detector_min_size_px=64, sam_batch_images=3, detector_batch_images=5, max_people=2)
+    files = {wf.role: wf.filename for wf in catalog(labels)}
+    write_person_detector(d / files["detector"])
+    write_tiny_sam(d / files["sam"])
+    return d, labels
+
+
+def test_sam_checkpoint_loads_with_its_architecture(weights):
+    d, labels = weights
+    sam = load_sam(labels.weights_path("sam_vit_b_01ec64.pth"))
+    assert sam.image_encoder.img_size == 256 and len(sam.image_encoder.blocks) == 2
+    assert sam.image_encoder.blocks[0].window_size == 4 and sam.image_encoder.blocks[1].window_size == 0
+
+
+def test_sam_stage_in_ray_data_matches_the_model_alone(ray_local, synth, weights):
+    """The actor stage (batched over rows, detector and SAM batches of other sizes) gives the same
+    masks as the segmenter run on all frames at once."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    d, labels = weights
+    rows = synth_rows(synth, DecodeConfig(num_frames=4, short_side_px=32, crop_px=32))[:5]
+    rows[1] = {**rows[1], "error": "decode failed earlier", "error_code": "x", "error_stage": "decode"}
+    mask_provider, _scenes, paths = resolve_providers(labels)
+    assert mask_provider == "sam"
+    ds = ray.data.from_items(rows).map_batches(
+        SamMasks, fn_constructor_args=(str(paths["detector"]), str(paths["sam"]), labels), batch_format="pandas",
+        batch_size=4, num_cpus=1, compute=ActorPoolStrategy(size=1))
+    out = {r["video_id"]: r for r in ds.take_all()}
+    assert len(out) == len(rows)
+
+    detect = PersonDetector(load_detector(paths["detector"], DETECTOR, 64), labels, torch.device("cpu"))
+    segment = BoxSegmenter(load_sam(paths["sam"]), labels, torch.device("cpu"))
+    good = [r for r in rows if not r["error"]]
+    frames = np.stack([np.stack([decode_jpeg(f) for f in r["frames"]]) for r in good])
+    images = frames.reshape(-1, 32, 32, 3)
+    expected = segment(images, detect(images)).reshape(len(good), 4, 32, 32)
+    assert expected.any(), "the always-person detector must prompt SAM"
+    for r, want in zip(good, expected):
+        got = out[r["video_id"]]
+        assert got["mask_source"] == "sam" and got["error"] == ""
+        masks = np.stack([unpack_mask(m, 32, 32) for m in got["human_masks"]])
+        np.testing.assert_array_equal(masks, want)
+        np.testing.assert_allclose(got["mask_coverage"], want.mean(axis=(1, 2)), rtol=1e-6)
+        assert got["person_frac"] == pytest.approx(want.any(axis=(1, 2)).mean())
+    assert out[rows[1]["video_id"]]["error"] == "decode failed earlier"
+
+
+def test_named_sam_fails_before_any_video_on_missing_or_corrupt_weights(tmp_path, weights):
+    d, labels = weights
+    empty = LabelsConfig(mask_provider="sam", scene_provider="none", weights_dir=str(tmp_path), detector=DETECTOR)
+    with pytest.raises(WeightsError, match=r"fasterrcnn_mobilenet.*missing.*debias weights --config .* --download.*labels.detector"):
+        resolve_providers(empty, "my.yaml")
+    (tmp_path / "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth").write_bytes(
+        (d / "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth").read_bytes())
+    (tmp_path / "sam_vit_b_01ec64.pth").write_bytes((d / "sam_vit_b_01ec64.pth").read_bytes()[:5000])  # truncated
+    with pytest.raises(WeightsError, match=r"sam_vit_b_01ec64\.pth: does not load.*labels\.sam_model"):
+        resolve_providers(empty)
+
+
+def test_auto_falls_back_to_motion_and_says_so(tmp_path, capsys):
+    masks, scenes, _ = resolve_providers(LabelsConfig(mask_provider="auto", scene_provider="none",
+                                                      weights_dir=str(tmp_path)))
+    assert masks == "motion" and scenes == "none"
+    assert "mask_provider=auto -> motion" in capsys.readouterr().out
+
+
+def test_motion_masks_find_the_synthetic_person(synth):
+    """Against the benchmark's ground truth on a few videos: most of the person is found."""
+    decode = DecodeConfig(num_frames=16, short_side_px=32, crop_px=32)
+    rows = synth_rows(synth, decode)
+    labels = LabelsConfig()
+    tp = pred_n = true_n = 0
+    for r in rows:
+        clip = np.stack([decode_jpeg(f) for f in r["frames"]])
+        truth, _ = load_annotation(synth / "annotations" / f"{r['video_id']}.npz")
+        truth = np.stack([resize_crop(m.astype(np.uint8), 32, 32, nearest=True) > 0 for m in truth[r["frame_indices"]]])
+        pred = motion_masks(clip, labels.motion_threshold, labels.motion_colour_ratio)
+        tp, pred_n, true_n = tp + (pred & truth).sum(), pred_n + pred.sum(), true_n + truth.sum()
+    assert tp / true_n > 0.5 and tp / pred_n > 0.25  # measured on 360 videos: recall 0.75, precision 0.44
+
+
+def test_motion_masks_ignore_a_static_scene():
+    rng = np.random.default_rng(0)
+    scene = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert not motion_masks(np.repeat(scene[None], 8, axis=0), 20.0, 3.0).any()
+
+
+def test_real_clips_through_the_motion_stage(ray_local, real_clips):
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    with open(real_clips / "MANIFEST.tsv") as f:
+        names = [r["filename"] for r in csv.DictReader(f, delimiter="\t")][:6]
+    decode = DecodeConfig(num_frames=8, short_side_px=64, crop_px=64)
+    rows = [{"video_id": n, "label": "x", "split": "train", "source_path": str(real_clips / n), "time_start": 0.0,
+             "time_end": -1.0, "error": "", "error_code": "", "error_stage": ""} for n in names]
+    ds = ray.data.from_items(rows).flat_map(make_decode_fn(decode)).map_batches(
+        MotionMasks, fn_constructor_args=(20.0, 3.0), batch_format="pandas", batch_size=3,
+        num_cpus=1, compute=ActorPoolStrategy(size=1))
+    out = pd.DataFrame(ds.take_all())
+    ok = out[out.error == ""]
+    assert len(ok) >= 4, out[["video_id", "error"]]
+    assert set(ok.mask_source) == {"motion"}
+    coverage = np.concatenate(ok.mask_coverage.to_list())
+    assert len(coverage) == 8 * len(ok) and 0 < coverage.mean() < 0.6  # something moves; not everything
+    assert all(len(m) == 64 * 64 // 8 for masks in ok.human_masks for m in masks)
+
+
+def test_detector_is_found_in_the_torch_hub_cache(tmp_path, weights, monkeypatch):
+    """torchvision downloads land in <torch hub dir>/checkpoints; no need to copy them."""
+    d, labels = weights
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    detector = "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth"
+    (hub / detector).write_bytes((d / detector).read_bytes())
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "sam_vit_b_01ec64.pth").write_bytes((d / "sam_vit_b_01ec64.pth").read_bytes())
+    masks, _, paths = resolve_providers(LabelsConfig(mask_provider="sam", scene_provider="none", detector=DETECTOR,
+                                                     weights_dir=str(tmp_path / "weights")))
+    assert masks == "sam" and paths["detector"] == hub / detector

@@ -1,0 +1,183 @@
+"""Scene labels: Places365 from a CSAIL-format checkpoint, soft / hard labels, the weight-free
+background clusters against the synthetic benchmark's scene ids, as Ray Data actor stages."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from debias.curate import DecodeConfig, PreprocessConfig, make_decode_fn
+from debias.labels import LabelsConfig
+from debias.masks import MotionMasks
+from debias.label_models import PlacesClassifier, load_categories, load_places365
+from debias.scenes import ClusterScenes, Places365Scenes, fit_scene_clusters, hard_label
+from debias.sources import InputConfig, read_source
+from debias.synth import SynthConfig, generate, load_annotation
+from debias.video import decode_jpeg
+from debias.weights import WeightsError, resolve_providers
+
+DECODE = DecodeConfig(num_frames=4, short_side_px=32, crop_px=32)
+
+
+def write_csail_places(path: Path, arch: str = "resnet18") -> None:
+    """A randomly initialised Places365 ResNet saved as the CSAIL release is: a `.pth.tar` dict with
+    `state_dict` keys carrying DataParallel's `module.` prefix."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=365)
+    torch.save({"epoch": 90, "arch": arch, "best_prec1": 54.7,
+                "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+
+
+def write_categories(path: Path) -> None:
+    path.write_text("".join(f"/x/scene_{i} {i}\n" for i in range(365)))
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate(SynthConfig(out=str(out), train_per_class=4, val_per_class=0, ood_per_class=0,
+                         target_train_per_class=0, target_test_per_class=0))
+    return out / "source"
+
+
+def synth_config(task: Path, **labels) -> PreprocessConfig:
+    return PreprocessConfig(input=InputConfig(source="kinetics", manifest=str(task / "manifest.csv")),
+                            decode=DECODE, labels=LabelsConfig(**labels))
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory) -> LabelsConfig:
+    d = tmp_path_factory.mktemp("weights")
+    write_csail_places(d / "resnet18_places365.pth.tar")
+    write_categories(d / "categories_places365.txt")
+    return LabelsConfig(mask_provider="none", scene_provider="places365", places_model="resnet18",
+                        weights_dir=str(d), places_batch_images=5, places_mask_people=True, scene_hard="vote")
+
+
+def test_hard_label_argmax_vs_vote():
+    # frame 0 is very sure of class 2; frames 1-2 mildly prefer class 1
+    p = np.array([[0.0, 0.0, 1.0], [0.3, 0.4, 0.3], [0.3, 0.4, 0.3]])
+    assert hard_label(p, "argmax") == 2 and hard_label(p, "vote") == 1
+
+
+def test_csail_checkpoint_loads_and_bad_files_are_named(tmp_path, places):
+    model = load_places365(places.weights_path("resnet18_places365.pth.tar"), "resnet18")
+    assert model.fc.out_features == 365
+    torch.save({"model": {}}, tmp_path / "other.pth.tar")
+    with pytest.raises(ValueError, match="other.pth.tar: not a CSAIL Places365 checkpoint"):
+        load_places365(tmp_path / "other.pth.tar", "resnet18")
+    (tmp_path / "cats.txt").write_text("/a/airfield 0\n")
+    with pytest.raises(ValueError, match="cats.txt: expected 365 categories"):
+        load_categories(tmp_path / "cats.txt")
+    assert load_categories(places.weights_path("categories_places365.txt"))[364] == "/x/scene_364"
+
+
+def test_places365_stage_in_ray_data_matches_the_model_alone(ray_local, synth, places):
+    """Masks then Places365 on person-masked frames, as the preprocess job chains them; soft label =
+    mean of the per-frame probabilities, hard label = majority vote, both from the model alone."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from debias.clips import fill_people
+    from debias.video import unpack_mask
+
+    cfg = synth_config(synth)
+    rows, _ = read_source(cfg.input)
+    masks, scenes, paths = resolve_providers(places)
+    assert (masks, scenes) == ("none", "places365")
+    ds = (ray.data.from_items(rows[:4]).flat_map(make_decode_fn(DECODE))
+          .map_batches(MotionMasks, fn_constructor_args=(20.0, 3.0), batch_format="pandas", batch_size=4,
+                       num_cpus=0.5, compute=ActorPoolStrategy(size=1))
+          .map_batches(Places365Scenes, fn_constructor_args=(str(paths["places365"]), str(paths["places365_categories"]), places),
+                       batch_format="pandas", batch_size=4, num_cpus=0.5, compute=ActorPoolStrategy(size=1)))
+    out = ds.take_all()
+    assert len(out) == 4
+    classifier = PlacesClassifier(load_places365(paths["places365"], "resnet18"), places, torch.device("cpu"))
+    for r in out:
+        assert r["error"] == "" and r["scene_source"] == "places365" and len(r["scene_probs"]) == 365
+        clip = np.stack([decode_jpeg(f) for f in r["frames"]])
+        people = np.stack([unpack_mask(m, 32, 32) for m in r["human_masks"]])
+        frame_probs = classifier(fill_people(clip, people, "mean", np.random.default_rng(0)))
+        np.testing.assert_allclose(r["scene_probs"], frame_probs.mean(0), atol=1e-5)
+        assert r["scene_id"] == hard_label(frame_probs, "vote")
+        assert sum(r["scene_probs"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_named_places365_fails_on_missing_weights(tmp_path):
+    with pytest.raises(WeightsError, match=r"resnet50_places365\.pth\.tar: missing.*debias weights.*labels\.places_model"):
+        resolve_providers(LabelsConfig(mask_provider="none", scene_provider="places365", weights_dir=str(tmp_path)))
+
+
+def test_background_clusters_recover_the_synthetic_scenes(ray_local, synth):
+    """The weight-free option: K = 6 clusters against the benchmark's 6 scene ids, through Ray Data."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    cfg = synth_config(synth, mask_provider="none", scene_provider="clusters", scene_clusters=6, cluster_fit_videos=24)
+    rows, _ = read_source(cfg.input)
+    model = fit_scene_clusters(rows, cfg)
+    assert model["fit_videos"] == 24
+    out = pd.DataFrame(ray.data.from_items(rows).flat_map(make_decode_fn(DECODE)).map_batches(
+        ClusterScenes, fn_constructor_args=(model, cfg.labels.cluster_temperature), batch_format="pandas",
+        batch_size=8, num_cpus=0.5, compute=ActorPoolStrategy(size=1)).take_all())
+    truth = [load_annotation(synth / "annotations" / f"{v}.npz")[1] for v in out.video_id]
+    table = pd.crosstab(out.scene_id, truth)
+    purity = table.max(axis=1).sum() / len(out)
+    assert purity >= 0.9, table  # measured on 360 videos: 1.0
+    assert set(out.scene_source) == {"clusters"}
+    probs = np.stack(out.scene_probs.to_list())
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert (probs.argmax(1) == out.scene_id.to_numpy()).all()
+
+
+def test_real_clips_get_cluster_labels(ray_local, real_clips):
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    with open(real_clips / "MANIFEST.tsv") as f:
+        names = [r["filename"] for r in csv.DictReader(f, delimiter="\t")][:8]
+    rows = [{"video_id": n, "label": "x", "split": "train", "source_path": str(real_clips / n), "time_start": 0.0,
+             "time_end": -1.0, "error": "", "error_code": "", "error_stage": ""} for n in names]
+    cfg = PreprocessConfig(decode=DecodeConfig(num_frames=4, short_side_px=64, crop_px=64),
+                           labels=LabelsConfig(scene_clusters=3, cluster_fit_videos=8))
+    model = fit_scene_clusters(rows, cfg)
+    out = pd.DataFrame(ray.data.from_items(rows).flat_map(make_decode_fn(cfg.decode)).map_batches(
+        ClusterScenes, fn_constructor_args=(model, cfg.labels.cluster_temperature), batch_format="pandas",
+        batch_size=4, num_cpus=0.5, compute=ActorPoolStrategy(size=1)).take_all())
+    ok = out[out.error == ""]
+    assert len(ok) >= 6 and ok.scene_id.between(0, 2).all()
+    assert ok.scene_id.nunique() >= 2  # different videos, different backgrounds
+
+
+def test_preprocess_job_on_a_fresh_machine_uses_the_weight_free_providers(ray_local, synth, tmp_path, capsys):
+    """`auto` with no weights installed: the job runs, says so, and every row records its providers."""
+    import pyarrow.parquet as pq
+
+    from ray_jobs.preprocess import run_preprocess
+
+    cfg = PreprocessConfig(out=str(tmp_path / "out"), decode=DECODE,
+                           input=InputConfig(source="kinetics", manifest=str(synth / "manifest.csv")),
+                           labels=LabelsConfig(weights_dir=str(tmp_path / "no_weights"), scene_clusters=6))
+    summary = run_preprocess(cfg)
+    assert "mask_provider=auto -> motion" in capsys.readouterr().out
+    assert summary["mask_source"] == ["motion"] and summary["scene_source"] == ["clusters"]
+    table = pq.read_table(tmp_path / "out" / "shards")
+    assert table.num_rows == summary["videos_ok"] == 24
+    assert all(len(p) == 6 for p in table.column("scene_probs").to_pylist())
+
+
+def test_scene_names_say_what_each_id_means(synth, places):
+    from debias.scenes import scene_names
+
+    _masks, _scenes, paths = resolve_providers(places)
+    cfg = synth_config(synth, scene_clusters=5)
+    assert scene_names(cfg, "places365", paths)[0] == "/x/scene_0" and len(scene_names(cfg, "places365", paths)) == 365
+    assert scene_names(cfg, "clusters", paths) == [f"cluster_{k}" for k in range(5)]
+    assert len(scene_names(cfg, "annotations", paths)) == 6 and scene_names(cfg, "none", paths) == []

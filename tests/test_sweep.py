@@ -1,0 +1,117 @@
+"""The loss-weight sweep: search spaces and trial sizing (no cluster), then real Tune sweeps of Ray
+Train runs on a tiny synthetic benchmark: the best trial is picked, an interrupted sweep resumes."""
+
+import json
+from pathlib import Path
+
+import pytest
+from ray import tune
+
+from debias.config import ConfigError, load_config
+from debias.curate import PreprocessConfig
+from debias.sweep import SweepConfig, best_trial, concurrent_runs, num_trials, param_space
+from debias.synth import SynthConfig
+from debias.train import read_metrics
+from ray_jobs.preprocess import run_preprocess
+from ray_jobs.sweep import run_sweep, trial_driver
+from ray_jobs.synth import run_synth
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TRAINING = ["pretrain.clip.clip_len=8", "pretrain.optim.epochs=2", "pretrain.optim.batch_size=8",
+                 "pretrain.model.width=4", "pretrain.scaling.cpus_per_worker=1", "pretrain.scaling.max_failures=2"]
+
+
+def test_search_spaces_and_their_checks():
+    cfg = load_config(SweepConfig, None, ["lambda_scene.values=[0.0,0.2,0.5]", "lambda_mask.kind=loguniform",
+                                          "lambda_mask.low=0.1", "lambda_mask.high=2.0", "num_samples=2"])
+    space = param_space(cfg)
+    assert space["lambda_scene"] == tune.grid_search([0.0, 0.2, 0.5])
+    assert isinstance(space["lambda_mask"], tune.search.sample.Float)
+    assert (space["lambda_mask"].lower, space["lambda_mask"].upper) == (0.1, 2.0)
+    assert num_trials(cfg) == 6  # 3 grid points x 2 samples of the random weight
+    with pytest.raises(ConfigError, match=r"lambda_mask\.low: loguniform needs low > 0"):
+        load_config(SweepConfig, None, ["lambda_mask.kind=loguniform", "lambda_mask.low=0"])
+    with pytest.raises(ConfigError, match=r"lambda_scene\.values: loss weights must be >= 0"):
+        load_config(SweepConfig, None, ["lambda_scene.values=[-1]"])
+    with pytest.raises(ConfigError, match=r"metric: must be SPLIT_MEASURE"):
+        load_config(SweepConfig, None, ["metric=test_acc"])
+
+
+def test_trials_are_sized_so_that_workers_and_data_fit():
+    cfg = load_config(SweepConfig, None, ["pretrain.scaling.cpus_per_worker=1"])
+    # driver 0.25 + worker 1 + one clip task 0.5 = 1.75 CPUs per trial
+    assert concurrent_runs(cfg.pretrain, cfg.trial_cpus, {"CPU": 4.0}) == 2
+    assert concurrent_runs(cfg.pretrain, cfg.trial_cpus, {"CPU": 1.0}) == 1
+    gpu = load_config(SweepConfig, None, ["pretrain.scaling.use_gpu=true", "pretrain.scaling.num_workers=2"])
+    assert concurrent_runs(gpu.pretrain, gpu.trial_cpus, {"CPU": 64.0, "GPU": 8.0}) == 4
+
+
+def test_best_trial_follows_the_mode():
+    rows = [{"trial": "a", "val_acc": 0.5, "status": "TERMINATED"},
+            {"trial": "b", "val_acc": 0.7, "status": "TERMINATED"},
+            {"trial": "c", "val_acc": None, "status": "ERROR"}]
+    assert best_trial(rows, "val_acc", "max")["trial"] == "b"
+    assert best_trial(rows, "val_acc", "min")["trial"] == "a"
+    with pytest.raises(RuntimeError, match="no trial reported 'ood_acc'"):
+        best_trial(rows, "ood_acc", "max")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, ray_local):
+    out = tmp_path_factory.mktemp("bench")
+    run_synth(load_config(SynthConfig, None, [f"out={out / 'synth'}", "train_per_class=4", "val_per_class=2",
+                                              "ood_per_class=2", "target_train_per_class=0", "target_test_per_class=0",
+                                              "frame_size_px=32", "num_frames=8"]))
+    pre = load_config(PreprocessConfig, None, [
+        f"out={out / 'data'}", f"input.manifest={out / 'synth/source/manifest.csv'}", "decode.num_frames=8",
+        "labels.mask_provider=annotations", "labels.scene_provider=annotations"])
+    run_preprocess(pre)
+    return pre.out
+
+
+def test_two_trial_sweep_picks_the_better_trial(tmp_path, shards):
+    cfg = load_config(SweepConfig, None, TINY_TRAINING + [
+        f"storage={tmp_path}", "lambda_scene.values=[0.0,0.5]", "lambda_mask.values=[0.0]", "asha.grace_period=1",
+        "metric=val_acc", f"pretrain.shards={shards}"])
+    summary = run_sweep(cfg)
+    trials = summary["trials"]
+    assert sorted(t["lambda_scene"] for t in trials) == [0.0, 0.5] and all(t["lambda_mask"] == 0.0 for t in trials)
+    assert all(t["status"] == "TERMINATED" and t["val_acc"] is not None for t in trials)
+    assert summary["best"]["val_acc"] == max(t["val_acc"] for t in trials)
+    on_disk = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert on_disk["best"] == summary["best"]
+    # every epoch reached Tune (ASHA needs them) and the trial's own metrics file
+    best = summary["best"]
+    assert best["epochs"] == len(read_metrics(Path(best["checkpoint"]).parent)) or best["stopped_early"]
+    assert (Path(best["checkpoint"]) / "state.pt").is_file()
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, shards):
+    starts = tmp_path / "starts.txt"
+
+    def flaky(config, base, runs_dir):
+        """The real trial driver, except that the lambda_scene=0.5 trial fails on its first start."""
+        with open(starts, "a") as f:
+            f.write(f"{config['lambda_scene']}\n")
+        if config["lambda_scene"] == 0.5 and starts.read_text().count("0.5") == 1:
+            raise RuntimeError("simulated crash of a trial")
+        trial_driver(config, base, runs_dir)
+
+    cfg = load_config(SweepConfig, None, TINY_TRAINING + [
+        f"storage={tmp_path}", "lambda_scene.values=[0.0,0.5]", "lambda_mask.values=[0.0]", "asha.enabled=false",
+        f"pretrain.shards={shards}"])
+    first = run_sweep(cfg, flaky)
+    assert len(first["errors"]) == 1 and "simulated crash" in first["errors"][0]
+    assert [t["status"] for t in first["trials"]] == ["TERMINATED", "ERROR"]
+
+    second = run_sweep(cfg, flaky)  # same storage/name: Tuner.restore, errored trials resumed
+    assert second["errors"] == []
+    assert all(t["status"] == "TERMINATED" and t["epochs"] == 2 for t in second["trials"])
+    assert sorted(starts.read_text().split()) == ["0.0", "0.5", "0.5"]  # the finished trial ran once
+    finished = next(t for t in first["trials"] if t["status"] == "TERMINATED")
+    assert len((tmp_path / "sweep" / "runs" / finished["trial"] / "metrics.jsonl").read_text().splitlines()) == 2
+
+    changed = load_config(SweepConfig, None, TINY_TRAINING + [
+        f"storage={tmp_path}", "lambda_scene.values=[0.1]", f"pretrain.shards={shards}"])
+    with pytest.raises(SystemExit, match="holds a sweep with another config"):
+        run_sweep(changed)

@@ -1,0 +1,86 @@
+"""Transfer: run planning and the table (no cluster), then the whole `debias pipeline` on a tiny
+synthetic benchmark: preprocess -> baseline -> sweep -> transfer to the synthetic target task + scene
+bias -> report, and a rerun that skips every finished stage."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from debias.config import ConfigError, load_config, to_dict
+from debias.sweep import SweepConfig
+from debias.transfer import FoldConfig, TargetConfig, TransferConfig, run_specs, transfer_table
+from ray_jobs.pipeline import PipelineConfig, run_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_runs_cover_every_pretraining_target_and_split_with_fresh_heads_and_no_debias_loss(tmp_path):
+    (tmp_path / "run" / "checkpoint_2").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint_2" / "state.pt").write_bytes(b"")
+    (tmp_path / "run" / "checkpoint_1").mkdir()
+    cfg = TransferConfig(out=str(tmp_path), pretrained={"baseline": str(tmp_path / "run"), "scratch": ""},
+                         targets={"ucf101": TargetConfig(folds=[FoldConfig(shards=f"u{k}") for k in (1, 2, 3)]),
+                                  "diving48": TargetConfig(folds=[FoldConfig(shards="d1")])})
+    specs = run_specs(cfg)
+    assert [(s.pretrain, s.target, s.split) for s in specs][:4] == [
+        ("baseline", "ucf101", 1), ("baseline", "ucf101", 2), ("baseline", "ucf101", 3), ("baseline", "diving48", 1)]
+    assert len(specs) == 8 and len({s.config.name for s in specs}) == 8
+    for s in specs:
+        assert (s.config.loss.lambda_scene, s.config.loss.lambda_mask) == (0.0, 0.0)
+        # a run directory stands for its latest checkpoint
+        assert s.config.model.init_from == ("" if s.pretrain == "scratch" else str(tmp_path / "run" / "checkpoint_2"))
+        assert (s.config.train_split, s.config.eval_splits) == ("train", ["test"])
+    rows = [{"pretrain": "a", "target": "t", "split": k, "top1": v} for k, v in ((1, 0.5), (2, 0.7))]
+    assert transfer_table(rows, ["t", "u"]) == [{"pretrain": "a", "t": pytest.approx(0.6), "u": None}]
+    with pytest.raises(ConfigError, match=r"pretrained\.sdn: needs a checkpoint directory"):
+        load_config(TransferConfig, None, ["pretrained={sdn: ''}"])
+
+
+@pytest.mark.parametrize("path,cls", [("configs/pipeline/quick.yaml", PipelineConfig),
+                                      ("configs/pipeline/paper.yaml", PipelineConfig),
+                                      ("configs/sweep/quick.yaml", SweepConfig),
+                                      ("configs/transfer/synth.yaml", TransferConfig)])
+def test_shipped_configs_load_and_are_complete(path, cls):
+    assert yaml.safe_load((ROOT / path).read_text()) == to_dict(load_config(cls, ROOT / path))
+
+
+TINY = ["synth.train_per_class=4", "synth.val_per_class=2", "synth.ood_per_class=2", "synth.target_train_per_class=3",
+        "synth.target_test_per_class=2", "synth.frame_size_px=32", "synth.num_frames=8",
+        "source.decode.num_frames=8", "targets.target.preprocess.decode.num_frames=8",
+        "sweep.lambda_scene.values=[0.2,0.5]", "sweep.lambda_mask.values=[1.0]", "sweep.asha.grace_period=1",
+        "sweep.pretrain.clip.clip_len=8", "sweep.pretrain.optim.epochs=2", "sweep.pretrain.optim.batch_size=8",
+        "sweep.pretrain.model.width=4", "transfer.finetune.clip.clip_len=8", "transfer.finetune.optim.epochs=2",
+        "transfer.finetune.optim.batch_size=8", "transfer.bias.clip_len=8", "transfer.bias.probe_steps=50",
+        "scratch=false"]
+
+
+def test_pipeline_on_the_synthetic_benchmark_then_a_rerun_skips_every_stage(tmp_path, ray_local):
+    cfg = load_config(PipelineConfig, ROOT / "configs/pipeline/quick.yaml", TINY + [f"out={tmp_path}"])
+    summary = run_pipeline(cfg)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    trials = on_disk["sweep"]["trials"]
+    assert sorted(t["lambda_scene"] for t in trials) == [0.2, 0.5] and all(t["lambda_mask"] == 1.0 for t in trials)
+    metric = cfg.sweep.metric
+    assert all(0.0 <= t[metric] <= 1.0 for t in trials)
+    assert on_disk["sweep"]["best"][metric] == max(t[metric] for t in trials)
+    rows = on_disk["transfer"]
+    assert {(r["pretrain"], r["target"], r["split"]) for r in rows} == {("baseline", "target", 1),
+                                                                       ("sweep_best", "target", 1)}
+    assert all(0.0 <= r["top1"] <= 1.0 and r["epochs"] == 2 for r in rows)
+    # the fine-tuning started from the pretrained backbone
+    run_cfg = json.loads((tmp_path / "transfer/runs/baseline__target__split1/config.json").read_text())
+    assert Path(run_cfg["model"]["init_from"]).parent.parent == tmp_path / "pretrain_baseline"
+    for name in ("baseline", "sweep_best"):
+        bias = on_disk["bias"][name]
+        assert 0.0 <= bias["scene_probe_acc"] <= 1.0 and bias["representation_bias"] >= 0.0
+        assert -1.0 <= bias["counterfactual_drop"] <= 1.0
+    for f in ("report.md", "transfer.png", "pretrain_curves.png", "transfer_curves.png"):
+        assert (tmp_path / f).stat().st_size > 500
+    assert "sweep_best" in (tmp_path / "report.md").read_text()
+
+    again = run_pipeline(cfg)
+    assert set(again["skipped"]) == {"synth", "data_source", "data_target_split1", "pretrain_baseline", "sweep",
+                                     "transfer"}
+    assert again["transfer"] == summary["transfer"] and again["sweep"] == summary["sweep"]
