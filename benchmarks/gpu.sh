@@ -5,7 +5,7 @@
 #
 # Runs the trainer benchmark (issue 5) and the labelling-stage benchmark (issue 4) with the machine's
 # own python3 and torch. Where Ray or segment-anything is not installed, it installs them from wheels
-# in .whl/ (built by hand for a machine without internet; see the README) into /tmp/site.
+# in .whl/ (benchmarks/gpu_wheels.sh builds them on a machine with internet) into /tmp/site.
 set -u -o pipefail
 out=${1:-out/gpu}
 mkdir -p "$out"
