@@ -318,6 +318,24 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def decode_jpegs_on(device: "torch.device", jpegs: list[bytes]) -> list["torch.Tensor"]:
+    """JPEG bytes -> (3, H, W) uint8 RGB tensors on `device`, the whole list in one call.
+
+    On CUDA, nvJPEG decodes the list as one batch (baseline JPEGs on the hardware JPEG engine of
+    A100/H100-class GPUs), so the frames never exist in host memory; on CPU, libjpeg-turbo. A
+    corrupt frame raises VideoError("corrupt_jpeg").
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg as tv_decode_jpeg
+
+    # bytearray: torch wants a writable buffer (a copy of a few KB; the decode costs far more)
+    data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
+    try:
+        return tv_decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError as e:
+        raise VideoError("corrupt_jpeg", f"corrupt JPEG frame ({e})") from e
+
+
 def pack_mask(mask: np.ndarray) -> bytes:
     """(H, W) bool -> bit-packed bytes (H*W/8); shape comes from the row's height/width."""
     return np.packbits(mask.astype(bool).ravel()).tobytes()
