@@ -81,6 +81,29 @@ def fill_people(frames: np.ndarray, masks: np.ndarray, fill: Fill, rng: np.rando
     return out
 
 
+def fill_people_torch(frames: "torch.Tensor", masks: "torch.Tensor", fill: Fill,
+                      generator: "torch.Generator | None" = None) -> "torch.Tensor":
+    """`fill_people` on tensors (any device): (..., 3, H, W) uint8 frames, (..., H, W) bool masks ->
+    new frames. "mean" is each frame's mean colour, rounded, as `fill_people`."""
+    import torch
+
+    m = masks.unsqueeze(-3)  # (..., 1, H, W), broadcast over the colour channels
+    if fill == "mean":
+        means = frames.float().mean(dim=(-2, -1), keepdim=True).round().to(torch.uint8)
+        return torch.where(m, means, frames)
+    if fill == "zero":
+        return frames.masked_fill(m, 0)
+    if fill == "noise":
+        noise = torch.randint(0, 256, frames.shape, dtype=torch.uint8, device=frames.device, generator=generator)
+        return torch.where(m, noise, frames)
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    k = max(3, (frames.shape[-2] // 4) | 1)  # as fill_people; sigma from k as OpenCV does for sigma 0
+    flat = frames.reshape(-1, *frames.shape[-3:]).float()
+    blurred = gaussian_blur(flat, [k, k]).round().clamp(0, 255).to(torch.uint8).reshape(frames.shape)
+    return torch.where(m, blurred, frames)
+
+
 def make_clip_fn(cfg: ClipConfig, train: bool, with_masked: bool, seed: int = 0) -> Callable[[dict], dict]:
     """Batch step: decode JPEG frames, pick windows and crops, build the masked twin. 1:1 per row when
     training (one random window), 1:eval_clips when evaluating (evenly spaced windows, centre crop).

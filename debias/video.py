@@ -344,3 +344,16 @@ def pack_mask(mask: np.ndarray) -> bytes:
 def unpack_mask(data: bytes, height: int, width: int) -> np.ndarray:
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=height * width)
     return bits.reshape(height, width).astype(bool)
+
+
+def unpack_masks_on(device: "torch.device", packed: list[bytes], height: int, width: int) -> "torch.Tensor":
+    """Bit-packed masks of one size (`pack_mask`) -> (N, height, width) bool on `device`; the bits are
+    unpacked there, so only the packed bytes (1/8 of a bool mask) cross to the GPU."""
+    import torch
+
+    row_bytes = (height * width + 7) // 8
+    data = np.frombuffer(b"".join(packed), dtype=np.uint8).reshape(len(packed), row_bytes)
+    data = torch.from_numpy(data.copy()).to(device)
+    shifts = torch.arange(7, -1, -1, device=device, dtype=torch.uint8)
+    bits = (data[:, :, None] >> shifts) & 1  # most significant bit first, as np.packbits
+    return bits.reshape(len(packed), -1)[:, : height * width].reshape(len(packed), height, width).bool()
