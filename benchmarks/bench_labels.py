@@ -7,14 +7,27 @@ Models (randomly initialised: speed does not depend on the weights, and no weigh
 is needed): SAM's box-prompted segmentation (`vit_b`, the real architecture; 2 person boxes per
 image), the person detector (torchvision Faster R-CNN ResNet-50 FPN, resizing to 800 px as in
 `labels.detector_min_size_px`) and Places365 (ResNet-50, 365 classes). `--quick`: a 2-block SAM at
-256 px, the MobileNetV3 detector at 64 px and ResNet-18. Frames are synthesised in memory (no video
-decoding, no PyAV). On GPU the models run under `--autocast` (bf16 default), batched as in the stages.
+256 px, the MobileNetV3 detector at 64 px and ResNet-18. Frames are synthesised in memory (smooth
+colour fields with noise and a figure, about 19 KB a JPEG at 224 px, like real frames; no video
+decoding, no PyAV). On GPU the models run under `--autocast` (bf16 default).
 
-Per model: the loop calls the model core (`BoxSegmenter`, `PersonDetector`, `PlacesClassifier`) on
-consecutive batches of `--batch` images (per-model defaults); the stage runs the same core in a
-`map_batches(..., compute=ActorPoolStrategy(size=A), num_gpus=1/A)` actor pool (`--actors`: 2 on a GPU, 1 on CPU) over the same images as
-Ray blocks of one batch each. Both rates are steady-state (the first batch, with model load and
-warm-up, is not counted); the bar is stage >= 85 % of loop. The last line is JSON.
+Per model, over the same images in blocks of `--rows` rows of `--frames-per-row` frames:
+
+- loop, the model alone: the core (`BoxSegmenter` with two fixed boxes per image, `PersonDetector`,
+  `PlacesClassifier`) called on each block's frames as one (N, 3, H, W) uint8 tensor that is already
+  decoded and already on the device. It includes the core's own work only: conversion to float,
+  resize and normalisation, the forward passes in chunks of `--batch` images, and the copy of the
+  small result to the host. It excludes JPEG decoding and any copy of pixels to the device.
+- stage, what the preprocess job runs: rows whose `frames` column holds the frames as JPEG bytes (as
+  the decode stage stores them) go through `map_batches(..., batch_format="pandas",
+  compute=ActorPoolStrategy(size=A), num_gpus=1/A)` (`--actors` A, default 1: a whole GPU, whose
+  actor still receives its next blocks while it computes). The actor decodes each block with
+  `debias.masks.decode_rows_on` (the production stages' decoder: one nvJPEG batch onto the GPU) and
+  runs the same core through `debias.masks.run_by_size`, as `SamMasks` and `Places365Scenes` do.
+
+Both rates are steady-state: the loop's first block, and for the stage everything up to the end of
+the last actor's first block (model load, warm-up), are not counted. The bar is stage >= 85 % of
+loop. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -23,18 +36,24 @@ import argparse
 import json
 import os
 import time
+from typing import Callable
 
+import cv2
 import numpy as np
+import pandas as pd
 import torch
 
 from debias.labels import LabelsConfig
 from debias.label_models import NUM_PLACES, BoxSegmenter, PersonDetector, PlacesClassifier, build_detector, tiny_sam
+from debias.masks import decode_rows_on, run_by_size
+from debias.video import decode_jpegs_on, encode_jpeg
 
 BAR = 0.85
+POOL_BLOCKS = 4  # distinct blocks of images; the run cycles through them (speed does not depend on content)
 
 
-def build_core(model: str, quick: bool, device: torch.device, labels: LabelsConfig):
-    """The model-only callable a stage wraps: uint8 (N, H, W, 3) -> a small numpy result."""
+def build_core(model: str, quick: bool, device: torch.device, labels: LabelsConfig) -> Callable[[torch.Tensor], np.ndarray]:
+    """The model-only callable a stage wraps: uint8 (N, 3, H, W) on the device -> a small numpy result."""
     torch.manual_seed(0)
     if model == "sam":
         from segment_anything import sam_model_registry
@@ -42,8 +61,8 @@ def build_core(model: str, quick: bool, device: torch.device, labels: LabelsConf
         sam = tiny_sam() if quick else sam_model_registry["vit_b"]()
         segment = BoxSegmenter(sam, labels, device)
 
-        def run(images: np.ndarray) -> np.ndarray:
-            h, w = images.shape[1:3]  # two people per frame, side by side
+        def run(images: torch.Tensor) -> np.ndarray:
+            h, w = images.shape[-2:]  # two people per frame, side by side
             boxes = torch.tensor([[0.1 * w, 0.2 * h, 0.45 * w, 0.95 * h], [0.55 * w, 0.2 * h, 0.9 * w, 0.95 * h]])
             return segment(images, [boxes] * len(images)).mean(axis=(1, 2))
         return run
@@ -59,66 +78,88 @@ def build_core(model: str, quick: bool, device: torch.device, labels: LabelsConf
 
 
 class Stage:
-    """The Ray Data actor: builds the core once, runs it on each batch of images."""
+    """The Ray Data actor: builds the core once; per block, decodes the rows' JPEG frames onto its
+    device and runs the core on them. Reads: frames, video_id, error. Writes (per row): images
+    (frames labelled), done_s (when its block finished), actor (process id)."""
 
     def __init__(self, model: str, quick: bool, labels: LabelsConfig) -> None:
-        self.run = build_core(model, quick, torch.device("cuda" if torch.cuda.is_available() else "cpu"), labels)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.run = build_core(model, quick, self.device, labels)
 
-    def __call__(self, batch: dict) -> dict:
-        return {"out": self.run(batch["data"]), "done_s": np.full(len(batch["data"]), time.perf_counter())}
+    def __call__(self, batch: pd.DataFrame) -> dict:
+        clips, errors = decode_rows_on(self.device, batch, "bench")
+        if errors.error.any():
+            raise RuntimeError(f"benchmark frames failed to decode: {errors.error[errors.error != ''].iloc[0]}")
+        outs = run_by_size(clips, self.run)  # numpy results: the device work is done
+        n = len(outs)
+        return {"images": np.array([len(o) for o in outs]), "done_s": np.full(n, time.perf_counter()),
+                "actor": np.full(n, os.getpid())}
 
 
 def synth_images(n: int, size_px: int, seed: int) -> np.ndarray:
-    """Smooth random colour fields with two figure-like blobs: frames the models treat as images."""
+    """Smooth random colour fields with sensor-like noise and a figure-like blob: frames the models
+    treat as images, and which compress like real frames."""
     rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (n, size_px // 8, size_px // 8, 3), dtype=np.uint8)
-    images = base.repeat(8, axis=1).repeat(8, axis=2)
+    images = np.empty((n, size_px, size_px, 3), np.uint8)
+    for i in range(n):
+        base = rng.integers(0, 256, (size_px // 8, size_px // 8, 3), dtype=np.uint8)
+        smooth = cv2.resize(base, (size_px, size_px), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        images[i] = np.clip(smooth + rng.normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
     images[:, size_px // 5 : -size_px // 20, size_px // 8 : size_px // 2 - 8] = rng.integers(0, 256, 3, dtype=np.uint8)
-    return np.ascontiguousarray(images)
+    return images
 
 
-def steady_rate(batch_sizes: list[int], done_s: list[float]) -> float:
-    """Images per second after the first batch (model load and warm-up excluded)."""
-    return sum(batch_sizes[1:]) / max(done_s[-1] - done_s[0], 1e-9)
+def jpeg_rows(images: np.ndarray, frames_per_row: int, block: int) -> pd.DataFrame:
+    """One block of label rows as the decode stage emits them: `frames_per_row` JPEG frames a row."""
+    jpegs = [encode_jpeg(image, 90) for image in images]
+    return pd.DataFrame([{"video_id": f"b{block}r{r}", "frames": jpegs[s : s + frames_per_row],
+                          "error": "", "error_code": "", "error_stage": ""}
+                         for r, s in enumerate(range(0, len(jpegs), frames_per_row))])
 
 
-def measure(model: str, args: argparse.Namespace, labels: LabelsConfig, device: torch.device, batch: int) -> dict:
+def steady_rate(sizes: list[int], done_s: list[float], start_s: float) -> float:
+    """Images per second finished after `start_s` (the end of warm-up)."""
+    after = [(n, t) for n, t in zip(sizes, done_s) if t > start_s]
+    return float(sum(n for n, _ in after) / max(max(t for _, t in after) - start_s, 1e-9)) if after else 0.0
+
+
+def measure(model: str, args: argparse.Namespace, labels: LabelsConfig, device: torch.device, rows: int) -> dict:
     import ray
     from ray.data import ActorPoolStrategy
 
+    block_images = rows * args.frames_per_row
+    pool = [jpeg_rows(synth_images(block_images, args.image_px, b), args.frames_per_row, b) for b in range(POOL_BLOCKS)]
+    # the loop's input: each block's frames decoded once, before timing, onto the device
+    decoded = [torch.stack(decode_jpegs_on(device, [f for frames in p.frames for f in frames])) for p in pool]
     core = build_core(model, args.quick, device, labels)
-    probe = synth_images(batch, args.image_px, 0)
-    core(probe)  # warm-up (cuDNN autotune, lazy init)
+    core(decoded[0])  # warm-up (cuDNN autotune, lazy init)
     t = time.perf_counter()
-    core(probe)
-    batch_s = time.perf_counter() - t
-    num_batches = int(min(args.max_batches, max(args.min_batches, args.seconds / max(batch_s, 1e-6))))
-    batches = [synth_images(batch, args.image_px, i + 1) for i in range(num_batches)]
+    core(decoded[1])
+    block_s = time.perf_counter() - t
+    num_blocks = int(min(args.max_batches, max(args.min_batches, args.seconds / max(block_s, 1e-6))))
 
-    sizes, done = [], []
-    for b in batches:  # the plain loop
-        core(b)
+    done = []
+    for b in range(num_blocks):  # the plain loop
+        core(decoded[b % POOL_BLOCKS])
         if device.type == "cuda":
             torch.cuda.synchronize()
-        sizes.append(len(b))
         done.append(time.perf_counter())
-    loop = steady_rate(sizes, done)
-    del core
+    loop = steady_rate([block_images] * num_blocks, done, done[0])
+    del core, decoded
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
-    ds = ray.data.from_numpy(batches).map_batches(  # one block per batch, as the decode stage emits them
-        Stage, fn_constructor_args=(model, args.quick, labels), batch_size=batch, batch_format="numpy",
+    ds = ray.data.from_pandas([pool[b % POOL_BLOCKS] for b in range(num_blocks)]).map_batches(  # a block a batch
+        Stage, fn_constructor_args=(model, args.quick, labels), batch_size=rows, batch_format="pandas",
         num_gpus=1 / args.actors if device.type == "cuda" else 0, num_cpus=1, compute=ActorPoolStrategy(size=args.actors))
-    sizes, done = [], []
-    for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
-        sizes.append(len(out["out"]))
-        done.append(float(out["done_s"].max()))
-    order = np.argsort(done)
-    stage = steady_rate([sizes[i] for i in order], sorted(done))
+    out = pd.concat([pd.DataFrame(b) for b in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)])
+    blocks = out.groupby(["actor", "done_s"], as_index=False).images.sum()
+    warm_s = blocks.groupby("actor").done_s.min().max()  # every actor has finished its first block
+    stage = steady_rate(blocks.images.tolist(), blocks.done_s.tolist(), warm_s)
+    assert out.images.sum() == num_blocks * block_images, "the stage lost images"
     return {"loop_images_per_s": round(loop, 2), "stage_images_per_s": round(stage, 2),
             "stage_over_loop": round(stage / loop, 3), "meets_bar": stage >= BAR * loop,
-            "batches": num_batches, "batch": batch}
+            "blocks": num_blocks, "block_images": block_images}
 
 
 def main() -> None:
@@ -126,21 +167,24 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="tiny models (CPU smoke run)")
     parser.add_argument("--models", default="sam,detector,places365")
+    parser.add_argument("--frames-per-row", type=int, default=0, help="JPEG frames per row, a clip (default: 16; 4 quick)")
+    parser.add_argument("--rows", type=int, default=0,
+                        help="rows per Ray block, one stage batch (default: Places365 32, as resources.label_batch_size, "
+                             "so that a fast model gets enough work per Ray task; SAM and detector 4; 2 quick)")
     parser.add_argument("--batch", type=int, default=0,
-                        help="images per batch (default: SAM and detector 16, Places365 128 on GPU; 4 quick)")
+                        help="images per model forward pass (default: SAM and detector 16, Places365 128 on GPU; 4 quick)")
     parser.add_argument("--image-px", type=int, default=0, help="frame size (default: 224; 64 quick)")
     parser.add_argument("--seconds", type=float, default=0, help="target loop time per model (default: 15 GPU, 5 quick)")
-    parser.add_argument("--actors", type=int, default=0,
-                        help="stage actors sharing the device (default: 2 on a GPU, so that one moves its next block "
-                             "while the other computes, as resources.label_gpus=0.5 allows in the preprocess job; 1 on "
-                             "CPU, where a second actor would also take a second core)")
-    parser.add_argument("--min-batches", type=int, default=6)
-    parser.add_argument("--max-batches", type=int, default=200)
+    parser.add_argument("--actors", type=int, default=1,
+                        help="stage actors sharing the device (default 1: measured on an H200, a second actor sharing "
+                             "the GPU made Places365 slower; 1 on CPU, where a second actor would take a second core)")
+    parser.add_argument("--min-batches", type=int, default=6, help="fewest blocks per model")
+    parser.add_argument("--max-batches", type=int, default=200, help="most blocks per model")
     parser.add_argument("--autocast", default="bf16", choices=["bf16", "fp16", "off"])
     args = parser.parse_args()
     args.image_px = args.image_px or (64 if args.quick else 224)
+    args.frames_per_row = args.frames_per_row or (4 if args.quick else 16)
     args.seconds = args.seconds or (5.0 if args.quick else 15.0)
-    args.actors = args.actors or (2 if args.device == "cuda" else 1)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible")
@@ -155,15 +199,16 @@ def main() -> None:
     t0 = time.perf_counter()
     results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                      "quick": args.quick, "autocast": args.autocast if device.type == "cuda" else "off",
-                     "image_px": args.image_px, "stage_actors": args.actors, "torch": torch.__version__}
+                     "image_px": args.image_px, "frames_per_row": args.frames_per_row, "stage_actors": args.actors,
+                     "torch": torch.__version__}
     for model in args.models.split(","):
         t = time.perf_counter()
-        # a small classifier needs bigger batches than SAM to keep a GPU busy between Ray tasks
         batch = args.batch or (4 if args.quick else 128 if model == "places365" else 16)
+        rows = args.rows or (2 if args.quick else 32 if model == "places365" else 4)
         labels = LabelsConfig(autocast=args.autocast, detector_min_size_px=64 if args.quick else 800,
                               sam_batch_images=batch, detector_batch_images=batch, places_batch_images=batch)
         try:
-            results[model] = measure(model, args, labels, device, batch)
+            results[model] = {**measure(model, args, labels, device, rows), "batch": batch}
         except Exception as e:  # noqa: BLE001 - one model's failure must not cost the others' numbers
             results[model] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         results[model]["seconds"] = round(time.perf_counter() - t, 1)

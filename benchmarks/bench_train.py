@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from debias.clips import write_pattern_shards
+from debias.clips import ClipCollate, write_pattern_shards
 from debias.config import load_config
 from debias.models import SDN
-from debias.train import LossConfig, PretrainConfig, make_optimizer, train_one_epoch
+from debias.train import LossConfig, PretrainConfig, decode_on_device, make_optimizer, train_one_epoch
 
 R3D18_FWD_GFLOPS_PER_CLIP = 81.0  # 16x112x112 clip (the issue's figure)
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -44,9 +44,9 @@ def settings(quick: bool, device: torch.device) -> dict:
             "steps": 30 if device.type == "cuda" else 3}
 
 
-def make_cfg(s: dict, shards: Path, sdn: bool) -> PretrainConfig:
+def make_cfg(s: dict, shards: Path, sdn: bool, decode_on: str) -> PretrainConfig:
     weights = ["loss.lambda_scene=0.5", "loss.lambda_mask=0.5"] if sdn else ["loss.lambda_scene=0", "loss.lambda_mask=0"]
-    return load_config(PretrainConfig, None, s["model"] + weights + [
+    return load_config(PretrainConfig, None, s["model"] + weights + [f"loader.decode_on={decode_on}",
         f"shards={shards}", f"optim.batch_size={s['batch']}", f"clip.clip_len={s['frames']}",
         f"clip.crop_px={s['crop_px']}", "clip.scales=[1.0, 0.841, 0.707, 0.595, 0.5]", "clip.flip=true"])
 
@@ -90,6 +90,27 @@ def clips_per_s(cfg: PretrainConfig, batches, warmup: int, steps: int, device: t
     return b * len(times) / sum(times), b / statistics.median(times)
 
 
+def time_loader(cfg: PretrainConfig, s: dict, device: torch.device) -> dict:
+    """The real path: the trainer's Ray Data pipeline (windows, multi-scale crop, flip, masked twin)
+    and its iterator settings (clips land on `device` in Ray's prefetch threads), timed with the step."""
+    from ray_jobs.pretrain import clip_dataset
+
+    ds = clip_dataset(cfg, "train", train=True)
+    iter_args = {"batch_size": s["batch"], "prefetch_batches": cfg.loader.prefetch_batches, "device": device,
+                 "collate_fn": ClipCollate(cfg.clip, device) if decode_on_device(cfg) else None}
+    # The first batches wait for the pipeline to spin up (tasks, first blocks): a cost per epoch,
+    # not per step, so the steady-state rate leaves out the first tenth of the epoch.
+    warmup = max(3, s["rows"] // s["batch"] // 10)
+    steps = max(1, s["rows"] // s["batch"] - warmup)
+    loader, median = clips_per_s(cfg, ds.iter_torch_batches(drop_last=True, **iter_args), warmup, steps, device)
+    # The loader alone (no training step): what it can deliver at most, spin-up included.
+    t = time.perf_counter()
+    n = sum(len(b["label_id"]) for b in ds.iter_torch_batches(**iter_args))
+    sync(device)
+    return {"loader_clips_per_s": round(loader, 2), "loader_median_step_clips_per_s": round(median, 2),
+            "loader_only_clips_per_s": round(n / (time.perf_counter() - t), 2)}
+
+
 def matmul_peak_tflops(device: torch.device) -> float:
     a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
@@ -108,6 +129,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="narrow model, tiny clips (a CPU check in a minute)")
     parser.add_argument("--out", help="folder for the generated shards (default: a temporary folder)")
+    parser.add_argument("--decode-on", help="loader paths to time, comma-separated, the first is the headline "
+                                            "(default: device,tasks on a GPU; tasks on CPU). device: JPEG decode, "
+                                            "crops and masked twin on the training device; tasks: Ray Data CPU tasks")
     parser.add_argument("--batch-size", type=int, help="clips per step (default: 32 full, 16 quick); the repro "
                                                        "configs' 4 per GPU is what 8 GPUs x 4 = 32 runs at")
     args = parser.parse_args()
@@ -116,9 +140,8 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True  # fixed clip shapes: let cuDNN pick its fastest kernels
     s = settings(args.quick, device)
     s["batch"] = args.batch_size or s["batch"]
+    paths = (args.decode_on or ("device,tasks" if device.type == "cuda" else "tasks")).split(",")
     import ray
-
-    from ray_jobs.pretrain import clip_dataset
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,37 +154,26 @@ def main() -> None:
         ray.data.DataContext.get_current().enable_progress_bars = False
         results: dict = {}
         for variant in ("baseline", "sdn"):
-            cfg = make_cfg(s, shards, sdn=variant == "sdn")
+            cfg = make_cfg(s, shards, sdn=variant == "sdn", decode_on=paths[0])
             batch = synthetic_batch(s, 4, device)
             synthetic, synthetic_median = clips_per_s(cfg, itertools.repeat(batch), 3, s["steps"], device)
-            # The real path: the same Ray Data pipeline the trainer reads (decode, multi-scale crop,
-            # flip, masked twin), batches handed over as torch tensors, moved to the device per step.
-            ds = clip_dataset(cfg, "train", train=True)
-            # The first batches wait for the pipeline to spin up (tasks, actors, first blocks): a cost per
-            # epoch, not per step, so the steady-state rate leaves out the first tenth of the epoch.
-            loader_warmup = max(3, s["rows"] // s["batch"] // 10)
-            loader_steps = max(1, s["rows"] // s["batch"] - loader_warmup)
-            loader, loader_median = clips_per_s(cfg, ds.iter_torch_batches(batch_size=s["batch"], drop_last=True,
-                                                            prefetch_batches=cfg.loader.prefetch_batches),
-                                 loader_warmup, loader_steps, device)
-            # The loader alone (no training step): what it can deliver at most, spin-up included.
-            t_only = time.perf_counter()
-            n_only = sum(len(b["label_id"]) for b in ds.iter_torch_batches(
-                batch_size=s["batch"], prefetch_batches=cfg.loader.prefetch_batches))
-            loader_only = n_only / (time.perf_counter() - t_only)
-            results[variant] = {"synthetic_clips_per_s": round(synthetic, 2), "loader_clips_per_s": round(loader, 2),
-                                "loader_over_synthetic": round(loader / synthetic, 3),
-                                "loader_only_clips_per_s": round(loader_only, 2),
-                                "synthetic_median_step_clips_per_s": round(synthetic_median, 2),
-                                "loader_median_step_clips_per_s": round(loader_median, 2)}
-            print(f"{variant}: synthetic {synthetic:.1f} clips/s (median step {synthetic_median:.1f}), loader "
-                  f"{loader:.1f} clips/s (median step {loader_median:.1f}), loader/synthetic {loader / synthetic:.0%}",
-                  flush=True)
+            results[variant] = {"synthetic_clips_per_s": round(synthetic, 2),
+                                "synthetic_median_step_clips_per_s": round(synthetic_median, 2)}
+            for path in paths:
+                loader = time_loader(make_cfg(s, shards, sdn=variant == "sdn", decode_on=path), s, device)
+                results[variant][f"decode_on_{path}"] = loader
+                print(f"{variant} decode_on={path}: synthetic {synthetic:.1f} clips/s (median step "
+                      f"{synthetic_median:.1f}), loader {loader['loader_clips_per_s']:.1f} clips/s (median step "
+                      f"{loader['loader_median_step_clips_per_s']:.1f}), loader alone {loader['loader_only_clips_per_s']:.1f}, "
+                      f"loader/synthetic {loader['loader_clips_per_s'] / synthetic:.0%}", flush=True)
+            headline = results[variant][f"decode_on_{paths[0]}"]
+            results[variant].update(loader_clips_per_s=headline["loader_clips_per_s"],
+                                    loader_over_synthetic=round(headline["loader_clips_per_s"] / synthetic, 3))
         ray.shutdown()
     sdn, base = results["sdn"], results["baseline"]
     summary = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-        "mode": "quick" if args.quick else "full", "model": " ".join(s["model"]), "batch_size": s["batch"],
+        "mode": "quick" if args.quick else "full", "decode_on": paths[0], "model": " ".join(s["model"]), "batch_size": s["batch"],
         "clip": f"{s['frames']}x{s['crop_px']}x{s['crop_px']}",
         "synthetic_clips_per_s": sdn["synthetic_clips_per_s"], "loader_clips_per_s": sdn["loader_clips_per_s"],
         # A step's cost, not the machine's mood: the ratio of median synthetic step times.

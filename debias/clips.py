@@ -1,9 +1,14 @@
 """Training-side clip building: shard rows -> uint8 clip tensors, plus the human-masked twin.
 
-Runs as a Ray Data `map_batches` step before the trainer, so JPEG decoding and augmentation happen
-on CPU workers in parallel with the training step. Clips stay uint8 until the device (4x less data
-to move); the model normalises them. `write_pattern_shards` writes small shards of a moving-square
-task directly in the shard schema, for tests and benchmarks that need no source videos.
+`plan_clips` draws each clip's window, crop and flip on CPU; then one of two renderers builds it
+(`loader.decode_on`):
+- tasks: `make_clip_fn`, a Ray Data `map_batches` step that decodes JPEGs, crops, resizes and fills
+  people with OpenCV on CPU workers, in parallel with the training step (right for CPU training);
+- device: `make_clip_plan_fn` keeps the frames as JPEG, and the training worker's `ClipCollate`
+  decodes (nvJPEG) and renders them on its GPU, in Ray's prefetch threads. Measured on an H200, CPU
+  rendering needed about 25 cores per GPU to keep SDN fed (README).
+Clips stay uint8 until the model, which normalises them. `write_pattern_shards` writes small shards
+of a moving-square task directly in the shard schema, for tests and benchmarks that need no videos.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from debias.config import check
 from debias.video import decode_jpeg, unpack_mask
@@ -104,84 +110,198 @@ def fill_people_torch(frames: "torch.Tensor", masks: "torch.Tensor", fill: Fill,
     return torch.where(m, blurred, frames)
 
 
+@dataclass(frozen=True)
+class ClipPlan:
+    """Where one training/eval clip comes from: the row, its frame indices, the square cut before any
+    resize to crop_px, and the flip. Drawn on CPU by `plan_clips`; rendered by `render_clips` (numpy,
+    in Ray Data tasks) or `ClipCollate` (torch, on the training device)."""
+
+    row: int
+    frames: np.ndarray  # (clip_len,) indices into the row's stored frames
+    top: int
+    left: int
+    side: int
+    flip: bool
+
+
+def plan_clips(cfg: ClipConfig, train: bool, batch: dict, rng: np.random.Generator) -> list[ClipPlan]:
+    """One random window per row when training (multi-scale corner crop, flip); `eval_clips` evenly
+    spaced windows per row with a centre crop when evaluating. Reads: frames, height, width."""
+    per_row = 1 if train else cfg.eval_clips
+    plans = []
+    for i in range(len(batch["label_id"])):
+        h, w, n = int(batch["height"][i]), int(batch["width"][i]), len(batch["frames"][i])
+        if train:
+            starts = [int(rng.integers(0, n - cfg.clip_len + 1)) if n > cfg.clip_len else 0]
+        elif per_row == 1:
+            starts = [max(0, (n - cfg.clip_len) // 2)]
+        else:
+            starts = [round(x) for x in np.linspace(0, max(0, n - cfg.clip_len), per_row)]
+        for start in starts:
+            frames = np.minimum(np.arange(start, start + cfg.clip_len), n - 1)  # repeat the last frame when short
+            if train and cfg.scales:
+                side = round(cfg.scales[int(rng.integers(len(cfg.scales)))] * min(h, w))
+                top, left = [(0, 0), (0, w - side), (h - side, 0), (h - side, w - side),
+                             ((h - side) // 2, (w - side) // 2)][int(rng.integers(5))]
+            else:
+                side = min(cfg.crop_px, h, w)
+                if train:
+                    top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+                else:
+                    top, left = (h - side) // 2, (w - side) // 2
+            flip = bool(train and cfg.flip and rng.random() < 0.5)
+            plans.append(ClipPlan(i, frames, top, left, side, flip))
+    return plans
+
+
+def clip_targets(cfg: ClipConfig, batch: dict, plans: list[ClipPlan]) -> dict[str, np.ndarray]:
+    """Per clip: mask_valid, label_id, scene_id, scene_probs, video_key (the non-pixel outputs)."""
+    rows = np.array([p.row for p in plans], np.int64)
+    # A clip with no person pixels has nothing to remove (its "masked" twin is the clip itself).
+    person = np.asarray(batch["person_frac"], np.float32)[rows]
+    return {
+        "mask_valid": (person > 0) & (person >= cfg.min_person_frac),
+        "label_id": np.asarray(batch["label_id"], np.int64)[rows],
+        "scene_id": np.asarray(batch["scene_id"], np.int64)[rows],
+        "scene_probs": np.stack([np.asarray(batch["scene_probs"][i], np.float32) for i in rows]),
+        "video_key": np.asarray([video_key(str(batch["video_id"][i])) for i in rows], np.int64),
+    }
+
+
+def render_clips(cfg: ClipConfig, batch: dict, plans: list[ClipPlan], with_masked: bool,
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Decode, cut, resize and flip each planned clip with OpenCV, and fill its people for the masked twin.
+    Returns clips (N, T, crop_px, crop_px, 3) uint8 and, if `with_masked`, masked (same)."""
+    # Written in place: stacking a list of clips would copy every batch once more.
+    shape = (len(plans), cfg.clip_len, cfg.crop_px, cfg.crop_px, 3)
+    clips = np.empty(shape, np.uint8)
+    masked = np.empty(shape, np.uint8) if with_masked else None
+    for k, p in enumerate(plans):
+        h, w = int(batch["height"][p.row]), int(batch["width"][p.row])
+        window = (slice(None), slice(p.top, p.top + p.side), slice(p.left, p.left + p.side))
+        frames = np.stack([decode_jpeg(batch["frames"][p.row][j]) for j in p.frames])[window]
+        if p.side != cfg.crop_px:
+            frames = _resize(frames, cfg.crop_px, cv2.INTER_LINEAR)
+        clips[k] = frames[:, :, ::-1] if p.flip else frames
+        if with_masked:
+            masks = np.stack([unpack_mask(batch["human_masks"][p.row][j], h, w) for j in p.frames])[window]
+            if p.side != cfg.crop_px:
+                masks = _resize(masks.astype(np.uint8), cfg.crop_px, cv2.INTER_NEAREST).astype(bool)
+            if p.flip:
+                masks = masks[:, :, ::-1]
+            if cfg.mask_tube:
+                masks = np.broadcast_to(masks.any(axis=0), masks.shape)
+            masked[k] = fill_people(clips[k], masks, cfg.mask_fill, rng)
+    return {"clips": clips, "masked": masked} if with_masked else {"clips": clips}
+
+
 def make_clip_fn(cfg: ClipConfig, train: bool, with_masked: bool, seed: int = 0) -> Callable[[dict], dict]:
-    """Batch step: decode JPEG frames, pick windows and crops, build the masked twin. 1:1 per row when
-    training (one random window), 1:eval_clips when evaluating (evenly spaced windows, centre crop).
+    """Batch step (loader.decode_on=tasks): JPEG decode, windows, crops and the masked twin on CPU.
+    1:1 per row when training (one random window), 1:eval_clips when evaluating.
 
     Reads: CLIP_COLUMNS. Writes: clips (N, T, crop_px, crop_px, 3) uint8, masked (same, if
-    `with_masked`), mask_valid (N,) bool, label_id (N,) int64, scene_id (N,) int64, scene_probs (N, S)
-    float32, video_key (N,) int64 (`video_key` of the row's video_id).
+    `with_masked`), and `clip_targets`' columns.
     """
-    per_row = 1 if train else cfg.eval_clips
-
-    def starts(rng: np.random.Generator, n: int) -> list[int]:
-        if train:
-            return [int(rng.integers(0, n - cfg.clip_len + 1)) if n > cfg.clip_len else 0]
-        if per_row == 1:
-            return [max(0, (n - cfg.clip_len) // 2)]
-        return [round(x) for x in np.linspace(0, max(0, n - cfg.clip_len), per_row)]
-
-    def crop_box(rng: np.random.Generator, h: int, w: int) -> tuple[int, int, int]:
-        """(top, left, side) of the square to cut before any resize."""
-        if train and cfg.scales:
-            side = round(cfg.scales[int(rng.integers(len(cfg.scales)))] * min(h, w))
-            top, left = [(0, 0), (0, w - side), (h - side, 0), (h - side, w - side),
-                         ((h - side) // 2, (w - side) // 2)][int(rng.integers(5))]
-            return top, left, side
-        side = min(cfg.crop_px, h, w)
-        if train:
-            return int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1)), side
-        return (h - side) // 2, (w - side) // 2, side
 
     def build(batch: dict) -> dict:
         rng = np.random.default_rng(None if train else seed)
-        rows = np.repeat(np.arange(len(batch["label_id"])), per_row)
-        # Written in place: stacking a list of clips would copy every batch once more.
-        shape = (len(rows), cfg.clip_len, cfg.crop_px, cfg.crop_px, 3)
-        clips = np.empty(shape, np.uint8)
-        masked = np.empty(shape, np.uint8) if with_masked else None
-        k = 0
-        for i in range(len(batch["label_id"])):
-            h, w = int(batch["height"][i]), int(batch["width"][i])
-            jpegs, packed = batch["frames"][i], batch["human_masks"][i]
-            n = len(jpegs)
-            for start in starts(rng, n):
-                idx = np.minimum(np.arange(start, start + cfg.clip_len), n - 1)  # repeat the last frame when short
-                frames = np.stack([decode_jpeg(jpegs[j]) for j in idx])
-                top, left, side = crop_box(rng, h, w)
-                window = (slice(None), slice(top, top + side), slice(left, left + side))
-                frames = frames[window]
-                if side != cfg.crop_px:
-                    frames = _resize(frames, cfg.crop_px, cv2.INTER_LINEAR)
-                flip = train and cfg.flip and rng.random() < 0.5
-                if flip:
-                    frames = frames[:, :, ::-1]
-                clips[k] = frames
-                if with_masked:
-                    masks = np.stack([unpack_mask(packed[j], h, w) for j in idx])[window]
-                    if side != cfg.crop_px:
-                        masks = _resize(masks.astype(np.uint8), cfg.crop_px, cv2.INTER_NEAREST).astype(bool)
-                    if flip:
-                        masks = masks[:, :, ::-1]
-                    if cfg.mask_tube:
-                        masks = np.broadcast_to(masks.any(axis=0), masks.shape)
-                    masked[k] = fill_people(clips[k], masks, cfg.mask_fill, rng)
-                k += 1
-        # A clip with no person pixels has nothing to remove (its "masked" twin is the clip itself).
-        person = np.asarray(batch["person_frac"], np.float32)[rows]
-        out = {
-            "clips": clips,
-            "mask_valid": (person > 0) & (person >= cfg.min_person_frac),
-            "label_id": np.asarray(batch["label_id"], np.int64)[rows],
-            "scene_id": np.asarray(batch["scene_id"], np.int64)[rows],
-            "scene_probs": np.stack([np.asarray(batch["scene_probs"][i], np.float32) for i in rows]),
-            "video_key": np.asarray([video_key(str(batch["video_id"][i])) for i in rows], np.int64),
-        }
-        if with_masked:
-            out["masked"] = masked
-        return out
+        plans = plan_clips(cfg, train, batch, rng)
+        return {**render_clips(cfg, batch, plans, with_masked, rng), **clip_targets(cfg, batch, plans)}
 
     return build
+
+
+def pack_clips(batch: dict, plans: list[ClipPlan], with_masked: bool) -> dict[str, np.ndarray]:
+    """The planned clips still encoded, for `ClipCollate`: per clip the window's JPEGs in one blob with
+    their end offsets, and its packed masks in one blob (1/8 byte per pixel)."""
+    jpegs, ends, masks = [], [], []
+    for p in plans:
+        frames = [batch["frames"][p.row][j] for j in p.frames]
+        jpegs.append(b"".join(frames))
+        ends.append(np.cumsum([len(f) for f in frames]))
+        if with_masked:
+            masks.append(b"".join(batch["human_masks"][p.row][j] for j in p.frames))
+    rows = [p.row for p in plans]
+    out = {"jpegs": np.array(jpegs, dtype=object), "jpeg_ends": np.stack(ends).astype(np.int64),
+           "height": np.asarray(batch["height"], np.int64)[rows], "width": np.asarray(batch["width"], np.int64)[rows],
+           "box": np.array([(p.top, p.left, p.side) for p in plans], np.int64).reshape(-1, 3),
+           "flip": np.array([p.flip for p in plans], bool)}
+    if with_masked:
+        out["packed_masks"] = np.array(masks, dtype=object)
+    return out
+
+
+def make_clip_plan_fn(cfg: ClipConfig, train: bool, with_masked: bool, seed: int = 0) -> Callable[[dict], dict]:
+    """Batch step (loader.decode_on=device): only draws the windows, crops and flips on CPU and keeps
+    the frames as JPEG (about 10x fewer bytes through the object store than decoded clips); the
+    training worker's `ClipCollate` decodes and renders them on its device. Same cardinality as
+    `make_clip_fn`. Reads: CLIP_COLUMNS. Writes: `pack_clips`' and `clip_targets`' columns."""
+
+    def plan(batch: dict) -> dict:
+        plans = plan_clips(cfg, train, batch, np.random.default_rng(None if train else seed))
+        return {**pack_clips(batch, plans, with_masked), **clip_targets(cfg, batch, plans)}
+
+    return plan
+
+
+class ClipCollate(NumpyBatchCollateFn):
+    """`iter_torch_batches` collate step (loader.decode_on=device): rows of `make_clip_plan_fn` ->
+    the batch `train_one_epoch` / `evaluate` read, rendered on `device`.
+
+    On CUDA the batch's JPEGs are decoded in one nvJPEG call (the hardware JPEG engine on A100/H100),
+    cut and resized for all clips at once (`roi_align`: bilinear at the same sample points as OpenCV's
+    INTER_LINEAR), flipped, and the masked twin filled there, so the CPU only reads Parquet and draws
+    random numbers. Ray runs it in its prefetch threads, beside the training step. Returns clips
+    (and masked) (B, T, crop_px, crop_px, 3) uint8 plus `clip_targets`' columns, on `device`.
+    """
+
+    def __init__(self, cfg: ClipConfig, device: "torch.device") -> None:
+        self.cfg, self.device = cfg, device
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        import torch
+        from torchvision.ops import roi_align
+
+        from debias.video import decode_jpegs_on, unpack_masks_on
+
+        cfg, dev = self.cfg, self.device
+        n, t, px = len(batch["jpegs"]), cfg.clip_len, cfg.crop_px
+        jpegs = []
+        for blob, ends in zip(batch["jpegs"], batch["jpeg_ends"]):
+            starts = np.concatenate([[0], ends[:-1]])
+            jpegs += [blob[a:b] for a, b in zip(starts, ends)]
+        decoded = decode_jpegs_on(dev, jpegs)  # n * t tensors (3, h, w)
+        with_masked = "packed_masks" in batch
+        clips = torch.empty((n, t, 3, px, px), dtype=torch.uint8, device=dev)
+        masks = torch.empty((n, t, px, px), dtype=torch.bool, device=dev) if with_masked else None
+        sizes = np.stack([batch["height"], batch["width"]], axis=1)
+        for h, w in np.unique(sizes, axis=0):  # roi_align needs one frame size per call
+            idx = np.flatnonzero((sizes == (h, w)).all(axis=1))
+            frames = torch.stack([decoded[i * t + j] for i in idx for j in range(t)]).float()  # (k*t, 3, h, w)
+            top, left, side = (torch.as_tensor(batch["box"][idx], dtype=torch.float32)[:, c].repeat_interleave(t)
+                               for c in range(3))
+            # (frame index, x1, y1, x2, y2); aligned=True puts samples at pixel centres, as OpenCV does.
+            boxes = torch.stack([torch.arange(len(top), dtype=torch.float32), left, top, left + side, top + side],
+                                dim=1).to(dev)
+            cut = roi_align(frames, boxes, output_size=px, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+            clips[idx] = cut.round_().clamp_(0, 255).to(torch.uint8).view(len(idx), t, 3, px, px)
+            if with_masked:
+                packed = [blob[j * len(blob) // t:(j + 1) * len(blob) // t] for i in idx
+                          for blob in [batch["packed_masks"][i]] for j in range(t)]
+                full = unpack_masks_on(dev, packed, int(h), int(w)).float().unsqueeze(1)  # (k*t, 1, h, w)
+                cut = roi_align(full, boxes, output_size=px, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+                masks[idx] = (cut > 0.5).view(len(idx), t, px, px)
+        flip = torch.as_tensor(batch["flip"]).to(dev)
+        clips = torch.where(flip.view(n, 1, 1, 1, 1), clips.flip(-1), clips)
+        out = {k: torch.as_tensor(batch[k]).to(dev) for k in
+               ("mask_valid", "label_id", "scene_id", "scene_probs", "video_key")}
+        if with_masked:
+            masks = torch.where(flip.view(n, 1, 1, 1), masks.flip(-1), masks)
+            if cfg.mask_tube:
+                masks = masks.any(dim=1, keepdim=True).expand_as(masks)
+            out["masked"] = fill_people_torch(clips, masks, cfg.mask_fill).permute(0, 1, 3, 4, 2).contiguous()
+        out["clips"] = clips.permute(0, 1, 3, 4, 2).contiguous()
+        return out
 
 
 def write_pattern_shards(out: str | Path, splits: dict[str, int], num_classes: int = 4, num_frames: int = 8,

@@ -2,7 +2,9 @@
 
 No Ray, no video decoding (so the GPU benchmark runs where PyAV is absent): `debias/masks.py` and
 `debias/scenes.py` wrap these cores as Ray Data stages, `debias/weights.py` uses the loaders as load
-checks, `benchmarks/bench_labels.py` times the cores in a plain loop against those stages.
+checks, `benchmarks/bench_labels.py` times the cores in a plain loop against those stages. The cores
+take (N, 3, H, W) uint8 tensors, as `debias.video.decode_jpegs_on` decodes them: the stages decode
+straight onto the model's device, so the frames never cross to the GPU as pixels.
 """
 
 from __future__ import annotations
@@ -116,11 +118,12 @@ class PersonDetector:
         self.detector, self.labels, self.device = detector.to(device).eval(), labels, device
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray) -> list[torch.Tensor]:
-        """(N, H, W, 3) uint8 -> per image a (P, 4) xyxy float tensor of person boxes, P <= max_people."""
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(N, 3, H, W) uint8 (best on the device) -> per image a (P, 4) xyxy float tensor of person
+        boxes on the device, P <= max_people."""
         boxes = []
         for part in chunks(len(images), self.labels.detector_batch_images):
-            x = torch.from_numpy(images[part]).to(self.device).permute(0, 3, 1, 2).float() / 255
+            x = images[part].to(self.device).float() / 255
             with autocast_context(self.device, self.labels.autocast):
                 found = self.detector(list(x))
             for d in found:  # sorted by score
@@ -140,15 +143,16 @@ class BoxSegmenter:
         self.resize = ResizeLongestSide(sam.image_encoder.img_size)
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray, boxes: list[torch.Tensor]) -> np.ndarray:
-        """(N, H, W, 3) uint8 + per-image (P, 4) boxes -> (N, H, W) bool; no box, no SAM pass."""
-        n, h, w = images.shape[:3]
+    def __call__(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> np.ndarray:
+        """(N, 3, H, W) uint8 (best on the device) + per-image (P, 4) boxes -> (N, H, W) bool numpy (the
+        stage packs them on the host); no box, no SAM pass."""
+        n, (h, w) = len(images), images.shape[-2:]
         out = np.zeros((n, h, w), bool)
         with_people = [i for i in range(n) if len(boxes[i])]
         new_h, new_w = self.resize.get_preprocess_shape(h, w, self.resize.target_length)
         for part in chunks(len(with_people), self.labels.sam_batch_images):
             idx = with_people[part]
-            x = torch.from_numpy(images[idx]).to(self.device).permute(0, 3, 1, 2).float()
+            x = images[idx].to(self.device).float()
             x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
             union = torch.zeros((len(idx), h, w), dtype=torch.bool, device=self.device)
             with autocast_context(self.device, self.labels.autocast):
@@ -199,13 +203,15 @@ class PlacesClassifier:
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> (N, 365) float32 probabilities (images resized to 224 x 224)."""
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        """(N, 3, H, W) uint8 (best on the device) -> (N, 365) float32 probabilities (images resized to
+        224 x 224)."""
         out = []
         for part in chunks(len(images), self.labels.places_batch_images):
-            x = torch.from_numpy(images[part]).to(self.device).permute(0, 3, 1, 2).float() / 255
+            x = images[part].to(self.device).float() / 255
             x = (F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False) - self.mean) / self.std
             with autocast_context(self.device, self.labels.autocast):
                 logits = self.model(x)
-            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, NUM_PLACES), np.float32)
+            out.append(torch.softmax(logits.float(), dim=1))
+        # one device sync per call, not per chunk: the GPU runs the chunks back to back
+        return torch.cat(out).cpu().numpy() if out else np.zeros((0, NUM_PLACES), np.float32)

@@ -16,17 +16,20 @@ them). Providers:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import cv2
 import numpy as np
 import pandas as pd
+import torch
 
 from debias.curate import DecodeConfig, PreprocessConfig, _apply_per_row
 from debias.label_models import BoxSegmenter, PersonDetector, label_device, load_detector, load_sam
 from debias.labels import LabelsConfig
 from debias.synth import load_annotation
-from debias.video import VideoError, decode_jpeg, pack_mask, resize_crop
+from debias.video import VideoError, decode_jpeg, decode_jpegs_on, pack_mask, resize_crop
+
+Clip = TypeVar("Clip")
 
 MASK_COLUMNS = {"human_masks": [], "mask_coverage": [], "person_frac": 0.0, "mask_source": ""}
 
@@ -38,21 +41,61 @@ def mask_columns(masks: list[np.ndarray], source: str) -> dict:
             "person_frac": float(np.mean([c > 0 for c in coverage])) if coverage else 0.0, "mask_source": source}
 
 
-def decode_rows(batch: pd.DataFrame, stage: str) -> tuple[list[np.ndarray | None], pd.DataFrame]:
-    """Decode every good row's JPEG frames to (T, H, W, 3) uint8; a corrupt frame makes the row an
-    error row. Returns the clips (None for rows in error) and the updated error columns."""
+def _decode_each(batch: pd.DataFrame, stage: str, decode: Callable[[list[bytes]], Clip]) -> tuple[list[Clip | None], pd.DataFrame]:
+    """`decode` every good row's JPEG frames; a row whose decode raises becomes an error row. Returns
+    the clips (None for rows in error) and the updated error columns."""
     errors = batch[["error", "error_code", "error_stage"]].copy()
-    clips: list[np.ndarray | None] = []
+    clips: list[Clip | None] = []
     for i, row in enumerate(batch.itertuples(index=False)):
         if row.error:
             clips.append(None)
             continue
         try:
-            clips.append(np.stack([decode_jpeg(f) for f in row.frames]))
+            clips.append(decode(list(row.frames)))
         except (VideoError, ValueError) as e:
             clips.append(None)
             errors.iloc[i] = [f"{stage} for {row.video_id}: {e}", f"{stage}_failed", stage]
     return clips, errors
+
+
+def decode_rows(batch: pd.DataFrame, stage: str) -> tuple[list[np.ndarray | None], pd.DataFrame]:
+    """Decode every good row's JPEG frames on the CPU to (T, H, W, 3) uint8; a corrupt frame makes the
+    row an error row. Returns the clips (None for rows in error) and the updated error columns."""
+    return _decode_each(batch, stage, lambda jpegs: np.stack([decode_jpeg(f) for f in jpegs]))
+
+
+def _stack_frames(frames: list[torch.Tensor]) -> torch.Tensor:
+    if not frames or any(f.shape != frames[0].shape for f in frames):
+        raise ValueError(f"a clip needs frames of one size, got {[tuple(f.shape) for f in frames]}")
+    return torch.stack(frames)
+
+
+def decode_rows_on(device: torch.device, batch: pd.DataFrame, stage: str) -> tuple[list[torch.Tensor | None], pd.DataFrame]:
+    """Decode every good row's JPEG frames onto `device` as (T, 3, H, W) uint8, as `decode_rows` does
+    on the CPU (same error rows). The frames of all good rows go to one `decode_jpegs_on` call, so a
+    GPU decodes them as one nvJPEG batch; only when that call fails are the rows decoded one by one,
+    to find the corrupt frame's row."""
+    jpegs = [f for row in batch.itertuples(index=False) if not row.error for f in row.frames]
+    try:
+        decoded = iter(decode_jpegs_on(device, jpegs) if jpegs else [])
+    except (VideoError, ValueError):
+        return _decode_each(batch, stage, lambda row_jpegs: _stack_frames(decode_jpegs_on(device, row_jpegs)))
+    # each good row takes its own frames from the batch's, in order
+    return _decode_each(batch, stage, lambda row_jpegs: _stack_frames([next(decoded) for _ in row_jpegs]))
+
+
+def run_by_size(clips: list[torch.Tensor | None], model: Callable[[torch.Tensor], np.ndarray]) -> list[np.ndarray | None]:
+    """Run `model` ((N, 3, H, W) uint8 -> N results) once per frame size over the frames of all clips of
+    that size; returns each clip's slice of the results (None for None)."""
+    sizes = {tuple(c.shape[-2:]) for c in clips if c is not None}
+    results: list[np.ndarray | None] = [None] * len(clips)
+    for size in sizes:
+        idx = [i for i, c in enumerate(clips) if c is not None and tuple(c.shape[-2:]) == size]
+        out, start = model(torch.cat([clips[i] for i in idx])), 0
+        for i in idx:
+            results[i] = out[start : start + len(clips[i])]
+            start += len(clips[i])
+    return results
 
 
 def with_columns(batch: pd.DataFrame, results: list[dict | None], errors: pd.DataFrame, empty: dict) -> pd.DataFrame:
@@ -74,24 +117,16 @@ class SamMasks:
     source = "sam"
 
     def __init__(self, detector_path: str, sam_path: str, labels: LabelsConfig) -> None:
-        device = label_device()
+        self.device = device = label_device()
         detector = load_detector(detector_path, labels.detector, labels.detector_min_size_px,
                                  min(labels.person_score_min, 0.05))
         self.detect = PersonDetector(detector, labels, device)
         self.segment = BoxSegmenter(load_sam(sam_path), labels, device)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        clips, errors = decode_rows(batch, "masks")
-        good = [c for c in clips if c is not None]
-        images = np.concatenate(good) if good else np.zeros((0, 1, 1, 3), np.uint8)
-        masks = self.segment(images, self.detect(images))
-        results, start = [], 0
-        for clip in clips:
-            if clip is None:
-                results.append(None)
-                continue
-            results.append(mask_columns(list(masks[start : start + len(clip)]), self.source))
-            start += len(clip)
+        clips, errors = decode_rows_on(self.device, batch, "masks")
+        masks = run_by_size(clips, lambda images: self.segment(images, self.detect(images)))
+        results = [None if m is None else mask_columns(list(m), self.source) for m in masks]
         return with_columns(batch, results, errors, MASK_COLUMNS)
 
 

@@ -25,14 +25,14 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from debias.clips import fill_people
+from debias.clips import fill_people_torch
 from debias.curate import PreprocessConfig, _apply_per_row, make_decode_fn
-from debias.label_models import NUM_PLACES, PlacesClassifier, label_device, load_categories, load_places365
+from debias.label_models import PlacesClassifier, label_device, load_categories, load_places365
 from debias.labels import LabelsConfig
-from debias.masks import decode_rows, with_columns
+from debias.masks import decode_rows, decode_rows_on, run_by_size, with_columns
 from debias.sources import Row
 from debias.synth import load_annotation
-from debias.video import unpack_mask
+from debias.video import unpack_masks_on
 
 SCENE_COLUMNS = {"scene_id": -1, "scene_probs": [], "scene_source": ""}
 
@@ -62,26 +62,18 @@ class Places365Scenes:
     def __init__(self, model_path: str, categories_path: str, labels: LabelsConfig) -> None:
         load_categories(categories_path)  # a release whose names do not match its 365 outputs stops here
         self.labels = labels
-        self.classifier = PlacesClassifier(load_places365(model_path, labels.places_model), labels, label_device())
+        self.device = label_device()
+        self.classifier = PlacesClassifier(load_places365(model_path, labels.places_model), labels, self.device)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        clips, errors = decode_rows(batch, "scenes")
+        clips, errors = decode_rows_on(self.device, batch, "scenes")
         if self.labels.places_mask_people:
-            rng = np.random.default_rng(0)
-            clips = [None if c is None else fill_people(c, np.stack([unpack_mask(m, row.height, row.width)
-                                                                      for m in row.human_masks]), "mean", rng)
+            clips = [None if c is None else
+                     fill_people_torch(c, unpack_masks_on(self.device, list(row.human_masks), row.height, row.width), "mean")
                      for c, row in zip(clips, batch.itertuples(index=False))]
-        good = [c for c in clips if c is not None]
-        probs = self.classifier(np.concatenate(good)) if good else np.zeros((0, NUM_PLACES), np.float32)
-        results, start = [], 0
-        for clip in clips:
-            if clip is None:
-                results.append(None)
-                continue
-            frame_probs = probs[start : start + len(clip)]
-            start += len(clip)
-            results.append({"scene_id": hard_label(frame_probs, self.labels.scene_hard),
-                            "scene_probs": frame_probs.mean(axis=0).tolist(), "scene_source": self.source})
+        results = [None if p is None else {"scene_id": hard_label(p, self.labels.scene_hard),
+                                           "scene_probs": p.mean(axis=0).tolist(), "scene_source": self.source}
+                   for p in run_by_size(clips, self.classifier)]
         return with_columns(batch, results, errors, SCENE_COLUMNS)
 
 

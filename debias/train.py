@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from debias.clips import ClipConfig
+from debias.clips import ClipCollate, ClipConfig
 from debias.config import check, from_dict
 from debias.losses import (
     action_loss,
@@ -113,8 +113,12 @@ class ScalingConfig:
 class LoaderConfig:
     cache_rows: bool = True  # hold each split's shard rows (JPEG bytes) in Ray's object store after the
     #                          first read; for datasets that fit in memory: saves a Parquet scan per epoch
-    clip_cpus: float = 0.5  # CPUs per Ray Data task that decodes JPEGs into clips
-    prefetch_batches: int = 2
+    # Where JPEGs become clips: tasks = Ray Data CPU tasks (OpenCV); device = the training worker's
+    # device, in Ray's prefetch threads (nvJPEG + crops + masked twin on the GPU; CPU tasks only draw
+    # windows). auto = device when training on GPUs (CPU rendering needs ~25 cores per H200), else tasks.
+    decode_on: Literal["auto", "tasks", "device"] = "auto"
+    clip_cpus: float = 0.5  # CPUs per Ray Data task that plans (and with decode_on=tasks, renders) clips
+    prefetch_batches: int = 2  # also the number of threads that render clips with decode_on=device
 
 
 @dataclass
@@ -135,6 +139,11 @@ class PretrainConfig:
 
 
 Batch = dict[str, torch.Tensor]
+
+
+def decode_on_device(cfg: PretrainConfig) -> bool:
+    """Whether the training workers render clips themselves (`ClipCollate`) rather than Ray Data tasks."""
+    return cfg.loader.decode_on == "device" or (cfg.loader.decode_on == "auto" and cfg.scaling.use_gpu)
 
 
 def _distributed() -> bool:
@@ -380,6 +389,8 @@ def train_loop_per_worker(config: dict) -> None:
     run_dir = Path(cfg.out).resolve() / cfg.name
     events = EventWriter(run_dir / "tensorboard") if rank == 0 and cfg.tensorboard else None
     iter_args = {"batch_size": cfg.optim.batch_size, "prefetch_batches": cfg.loader.prefetch_batches}
+    if decode_on_device(cfg):
+        iter_args["collate_fn"] = ClipCollate(cfg.clip, device)
     for epoch in range(start_epoch, cfg.optim.epochs):
         schedule.apply(optimizer, epoch)
         grl_alpha = cfg.loss.grl_alpha_at(epoch, cfg.optim.epochs)

@@ -20,11 +20,11 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig
 from ray.train import ScalingConfig as RayScaling
 from ray.train.torch import TorchTrainer
 
-from debias.clips import CLIP_COLUMNS, make_clip_fn
+from debias.clips import CLIP_COLUMNS, make_clip_fn, make_clip_plan_fn
 from debias.config import to_dict
 from debias.curate import shard_files
 from debias.models import SDN
-from debias.train import PretrainConfig, read_metrics, train_loop_per_worker
+from debias.train import PretrainConfig, decode_on_device, read_metrics, train_loop_per_worker
 from ray_jobs.common import init_ray, job_parser, load_job_config
 
 
@@ -35,11 +35,12 @@ def clip_dataset(cfg: PretrainConfig, split: str, train: bool) -> ray.data.Datas
     ds = ray.data.read_parquet(files).select_columns(CLIP_COLUMNS + ["split"]).filter(expr=col("split") == split)
     if cfg.loader.cache_rows:  # small data: scan once, then every epoch streams from the object store
         ds = ds.materialize()
-    # 2. JPEG decode + window/crop (+ the human-masked twin), every epoch (fresh random windows and
-    #    crops): 1:1 per row when training, 1:clip.eval_clips when evaluating (video-level scores).
-    #    CPU work beside the trainer; a fraction of a CPU per task so that it overlaps the training
-    #    step instead of waiting for a whole core.
-    return ds.map_batches(make_clip_fn(cfg.clip, train, with_masked, cfg.seed), batch_format="numpy",
+    # 2. fresh random windows, crops and flips every epoch: 1:1 per row when training, 1:clip.eval_clips
+    #    when evaluating (video-level scores). decode_on=tasks also decodes and renders the clips here
+    #    (OpenCV); decode_on=device keeps them JPEG for the worker's GPU (ClipCollate in the trainer).
+    #    A fraction of a CPU per task, so that it overlaps the training step instead of waiting for a core.
+    make_fn = make_clip_plan_fn if decode_on_device(cfg) else make_clip_fn
+    return ds.map_batches(make_fn(cfg.clip, train, with_masked, cfg.seed), batch_format="numpy",
                           batch_size=cfg.optim.batch_size, num_cpus=cfg.loader.clip_cpus)
 
 

@@ -14,10 +14,10 @@ import torch
 from debias.curate import DecodeConfig, make_decode_fn
 from debias.labels import LabelsConfig
 from debias.label_models import BoxSegmenter, PersonDetector, load_detector, load_sam, tiny_sam
-from debias.masks import MotionMasks, SamMasks, motion_masks
+from debias.masks import MotionMasks, SamMasks, decode_rows, decode_rows_on, motion_masks
 from debias.sources import InputConfig
 from debias.synth import SynthConfig, generate, load_annotation
-from debias.video import decode_jpeg, resize_crop, unpack_mask
+from debias.video import decode_jpeg, encode_jpeg, resize_crop, unpack_mask
 from debias.weights import WeightsError, catalog, resolve_providers
 
 DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"  # the smallest torchvision COCO detector
@@ -98,8 +98,8 @@ def test_sam_stage_in_ray_data_matches_the_model_alone(ray_local, synth, weights
     detect = PersonDetector(load_detector(paths["detector"], DETECTOR, 64), labels, torch.device("cpu"))
     segment = BoxSegmenter(load_sam(paths["sam"]), labels, torch.device("cpu"))
     good = [r for r in rows if not r["error"]]
-    frames = np.stack([np.stack([decode_jpeg(f) for f in r["frames"]]) for r in good])
-    images = frames.reshape(-1, 32, 32, 3)
+    frames = np.stack([np.stack([decode_jpeg(f) for f in r["frames"]]) for r in good])  # the CPU decoder
+    images = torch.from_numpy(frames.reshape(-1, 32, 32, 3)).permute(0, 3, 1, 2)
     expected = segment(images, detect(images)).reshape(len(good), 4, 32, 32)
     assert expected.any(), "the always-person detector must prompt SAM"
     for r, want in zip(good, expected):
@@ -110,6 +110,57 @@ def test_sam_stage_in_ray_data_matches_the_model_alone(ray_local, synth, weights
         np.testing.assert_allclose(got["mask_coverage"], want.mean(axis=(1, 2)), rtol=1e-6)
         assert got["person_frac"] == pytest.approx(want.any(axis=(1, 2)).mean())
     assert out[rows[1]["video_id"]]["error"] == "decode failed earlier"
+
+
+def jpeg_rows(sizes: list[tuple[int, int]], frames: int = 3, seed: int = 0) -> pd.DataFrame:
+    """A label batch as the decode stage emits it: per row `frames` JPEGs of one (height, width)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, (h, w) in enumerate(sizes):
+        images = rng.integers(0, 256, (frames, h // 4, w // 4, 3), dtype=np.uint8).repeat(4, 1).repeat(4, 2)
+        rows.append({"video_id": f"v{i}", "frames": [encode_jpeg(im, 90) for im in images], "height": h, "width": w,
+                     "error": "", "error_code": "", "error_stage": ""})
+    return pd.DataFrame(rows)
+
+
+def test_device_decode_fails_only_the_row_with_a_corrupt_frame():
+    """One batched decode for the good rows; a corrupt frame (or one of another size) makes only its row
+    an error row, with the same error columns as the CPU decoder's, and rows of other sizes decode."""
+    batch = jpeg_rows([(32, 32), (32, 32), (48, 40), (32, 32), (32, 32)])
+    batch.at[1, "frames"] = [batch.frames[1][0], b"not a jpeg", batch.frames[1][2]]
+    batch.at[3, "frames"] = [batch.frames[3][0], batch.frames[2][0]]
+    batch.loc[4, ["error", "error_code", "error_stage"]] = ["decode failed earlier", "x", "decode"]
+    clips, errors = decode_rows_on(torch.device("cpu"), batch, "masks")
+    cpu_clips, cpu_errors = decode_rows(batch, "masks")
+    assert [c is None for c in clips] == [c is None for c in cpu_clips] == [False, True, False, True, True]
+    for clip, want in zip(clips, cpu_clips):
+        if want is not None:
+            assert clip.dtype == torch.uint8
+            np.testing.assert_array_equal(clip.permute(0, 2, 3, 1).numpy(), want)
+    assert clips[2].shape == (3, 3, 48, 40)
+    assert errors.error_code.tolist() == cpu_errors.error_code.tolist() == ["", "masks_failed", "", "masks_failed", "x"]
+    assert errors.error[1].startswith("masks for v1: corrupt JPEG frame") and errors.error[4] == "decode failed earlier"
+
+
+def test_sam_stage_labels_a_batch_of_mixed_sizes_around_a_corrupt_row(weights):
+    """The stage itself (no Ray): frames of two sizes and a corrupt row in one batch; every good row gets
+    the masks of the model alone."""
+    d, labels = weights
+    _mask_provider, _scenes, paths = resolve_providers(labels)
+    batch = jpeg_rows([(32, 32), (48, 40), (32, 32), (32, 32)], seed=1)
+    batch.at[2, "frames"] = [b"\xff\xd8 truncated"] * 3
+    out = SamMasks(str(paths["detector"]), str(paths["sam"]), labels)(batch)
+    assert out.error_code.tolist() == ["", "", "masks_failed", ""]
+    detect = PersonDetector(load_detector(paths["detector"], DETECTOR, 64), labels, torch.device("cpu"))
+    segment = BoxSegmenter(load_sam(paths["sam"]), labels, torch.device("cpu"))
+    for i in (0, 1, 3):
+        images = torch.from_numpy(np.stack([decode_jpeg(f) for f in batch.frames[i]])).permute(0, 3, 1, 2)
+        want = segment(images, detect(images))
+        assert want.any(), "the always-person detector must prompt SAM"
+        got = np.stack([unpack_mask(m, batch.height[i], batch.width[i]) for m in out.human_masks[i]])
+        np.testing.assert_array_equal(got, want)
+        assert out.mask_source[i] == "sam"
+    assert out.human_masks[2] == [] and out.mask_source[2] == ""
 
 
 def test_named_sam_fails_before_any_video_on_missing_or_corrupt_weights(tmp_path, weights):

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from debias.clips import fill_people
 from debias.curate import DecodeConfig, PreprocessConfig, make_decode_fn
 from debias.labels import LabelsConfig
 from debias.masks import MotionMasks
@@ -18,7 +19,7 @@ from debias.label_models import PlacesClassifier, load_categories, load_places36
 from debias.scenes import ClusterScenes, Places365Scenes, fit_scene_clusters, hard_label
 from debias.sources import InputConfig, read_source
 from debias.synth import SynthConfig, generate, load_annotation
-from debias.video import decode_jpeg
+from debias.video import decode_jpeg, encode_jpeg, pack_mask, unpack_mask
 from debias.weights import WeightsError, resolve_providers
 
 DECODE = DecodeConfig(num_frames=4, short_side_px=32, crop_px=32)
@@ -61,6 +62,11 @@ def places(tmp_path_factory) -> LabelsConfig:
                         weights_dir=str(d), places_batch_images=5, places_mask_people=True, scene_hard="vote")
 
 
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, H, W), as the model cores take frames."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+
 def test_hard_label_argmax_vs_vote():
     # frame 0 is very sure of class 2; frames 1-2 mildly prefer class 1
     p = np.array([[0.0, 0.0, 1.0], [0.3, 0.4, 0.3], [0.3, 0.4, 0.3]])
@@ -85,9 +91,6 @@ def test_places365_stage_in_ray_data_matches_the_model_alone(ray_local, synth, p
     import ray
     from ray.data import ActorPoolStrategy
 
-    from debias.clips import fill_people
-    from debias.video import unpack_mask
-
     cfg = synth_config(synth)
     rows, _ = read_source(cfg.input)
     masks, scenes, paths = resolve_providers(places)
@@ -104,10 +107,37 @@ def test_places365_stage_in_ray_data_matches_the_model_alone(ray_local, synth, p
         assert r["error"] == "" and r["scene_source"] == "places365" and len(r["scene_probs"]) == 365
         clip = np.stack([decode_jpeg(f) for f in r["frames"]])
         people = np.stack([unpack_mask(m, 32, 32) for m in r["human_masks"]])
-        frame_probs = classifier(fill_people(clip, people, "mean", np.random.default_rng(0)))
+        frame_probs = classifier(to_tensor(fill_people(clip, people, "mean", np.random.default_rng(0))))
         np.testing.assert_allclose(r["scene_probs"], frame_probs.mean(0), atol=1e-5)
         assert r["scene_id"] == hard_label(frame_probs, "vote")
         assert sum(r["scene_probs"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_places365_stage_fills_people_on_the_device_as_the_numpy_path(places):
+    """The stage itself (no Ray): people filled on the device (`fill_people_torch`) classify as with the
+    numpy `fill_people`, over a batch with frames of two sizes and a corrupt row that alone fails."""
+    _masks, _scenes, paths = resolve_providers(places)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (h, w) in enumerate([(32, 32), (40, 48), (32, 32), (40, 48)]):
+        frames = rng.integers(0, 256, (3, h // 4, w // 4, 3), dtype=np.uint8).repeat(4, 1).repeat(4, 2)
+        people = np.zeros((3, h, w), bool)
+        people[:, 4 : h - 4, 8 + i : w // 2] = True  # a person-shaped block, a different one per row
+        rows.append({"video_id": f"v{i}", "frames": [encode_jpeg(f, 90) for f in frames], "height": h, "width": w,
+                     "human_masks": [pack_mask(m) for m in people], "error": "", "error_code": "", "error_stage": ""})
+    batch = pd.DataFrame(rows)
+    batch.at[2, "frames"] = [batch.frames[2][0], b"not a jpeg", batch.frames[2][2]]
+    out = Places365Scenes(str(paths["places365"]), str(paths["places365_categories"]), places)(batch)
+    assert out.error_code.tolist() == ["", "", "scenes_failed", ""] and out.scene_probs[2] == []
+    classifier = PlacesClassifier(load_places365(paths["places365"], "resnet18"), places, torch.device("cpu"))
+    for i in (0, 1, 3):
+        clip = np.stack([decode_jpeg(f) for f in batch.frames[i]])
+        people = np.stack([unpack_mask(m, batch.height[i], batch.width[i]) for m in batch.human_masks[i]])
+        frame_probs = classifier(to_tensor(fill_people(clip, people, "mean", rng)))
+        np.testing.assert_allclose(out.scene_probs[i], frame_probs.mean(0), atol=1e-5)
+        assert out.scene_id[i] == hard_label(frame_probs, "vote") and out.scene_source[i] == "places365"
+        unmasked = classifier(to_tensor(clip)).mean(0)
+        assert np.abs(unmasked - frame_probs.mean(0)).max() > 1e-4, "the fill must change what the model sees"
 
 
 def test_named_places365_fails_on_missing_weights(tmp_path):

@@ -295,8 +295,9 @@ def test_stopped_run_resumes_at_the_right_epoch_with_the_same_optimizer_state(sh
 
 
 def test_killed_worker_is_recovered_from_the_last_checkpoint(shards, tmp_path, ray_local):
+    # decode_on=device: the workers render their clips themselves (ClipCollate, here on CPU), as on GPUs
     cfg = _cfg(shards, tmp_path, "killed", "scaling.num_workers=2", "scaling.max_failures=1",
-               "loss.update=alternating")
+               "loss.update=alternating", "loader.decode_on=device")
     thread, result = _run_in_thread(cfg)
     registered, before = _kill_after_first_checkpoint(tmp_path / "killed", thread)
     restarted = False
