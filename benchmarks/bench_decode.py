@@ -158,6 +158,8 @@ def main() -> None:
     parser.add_argument("video_dir", nargs="?", default=str(DEFAULT_DIR), help="folder of videos (default: the real clips)")
     parser.add_argument("--repeat", type=int, default=20, help="times the files are repeated for the Ray stage")
     parser.add_argument("--skip-ray", action="store_true", help="only the single-core figures")
+    parser.add_argument("--workers", default="1,2", help="Ray stage worker counts to time, comma-separated; the "
+                                                         "bar is 2 over 1 (e.g. 1,2,4,8 on a machine with the cores)")
     args = parser.parse_args()
     files = sorted(p for p in Path(args.video_dir).iterdir() if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".webm"))
     if not files:
@@ -191,15 +193,18 @@ def main() -> None:
         # Logical CPUs beyond the 2 workers: Ray Data splits its CPU budget over all operators of the
         # plan (the count after the decode too), and with exactly 2 it often ran one decode task at a
         # time. The decode's TaskPoolStrategy(size=workers) is what bounds the cores used.
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        workers = sorted({int(w) for w in args.workers.split(",")} | {1, 2})
+        ray.init(num_cpus=max(4, workers[-1] + 2), include_dashboard=False, log_to_driver=False)
         ray_stage_fps(files[:4], 1, 2, frames)  # start the workers before timing
-        one = ray_stage_fps(files, args.repeat, 1, frames)
-        two = ray_stage_fps(files, args.repeat, 2, frames)
+        fps = {w: ray_stage_fps(files, args.repeat * max(1, w // 2), w, frames) for w in workers}
+        one, two = fps[1], fps[2]
         result.update(ray_1_worker_fps=round(one, 1), ray_2_workers_fps=round(two, 1), scaling_2_over_1=round(two / one, 3))
+        result["ray_stage_fps_by_workers"] = {str(w): round(f, 1) for w, f in fps.items()}
+        for w, f in fps.items():
+            print(f"  Ray decode stage: {w} worker(s) {f:.0f} frames/s, x{f / one:.2f} over 1")
         if result["decord_fps_per_core"] is not None:
             result["ray_read_videos_fps"] = round(ray_read_videos_fps(usable), 1)
         ray.shutdown()
-        print(f"  Ray decode stage: 1 worker {one:.0f} frames/s, 2 workers {two:.0f} frames/s, x{two / one:.2f}")
     result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " + \
         next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(json.dumps(result))

@@ -257,8 +257,26 @@ class ClipCollate(NumpyBatchCollateFn):
 
     def __init__(self, cfg: ClipConfig, device: "torch.device") -> None:
         self.cfg, self.device = cfg, device
+        self.stream = None  # CUDA: a side stream, made on first use (in the thread that renders)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        import torch
+
+        if self.device.type != "cuda":
+            return self._render(batch)
+        # A side stream: the decoder makes the current stream wait for nvJPEG, and on the training
+        # step's stream that wait would stall the step. The thread waits for its own work instead,
+        # and record_stream keeps the allocator from reusing the memory while the step still reads it.
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self.stream):
+            out = self._render(batch)
+        self.stream.synchronize()
+        for t in out.values():
+            t.record_stream(torch.cuda.default_stream(self.device))
+        return out
+
+    def _render(self, batch: dict[str, np.ndarray]) -> dict:
         import torch
         from torchvision.ops import roi_align
 

@@ -31,18 +31,23 @@ def batch(tmp_path_factory) -> dict:
     return {k: table.column(k).to_numpy(zero_copy_only=False) for k in CLIP_COLUMNS}
 
 
-def _both(cfg: ClipConfig, train: bool, batch: dict) -> tuple[dict, dict]:
+# The torch path on CPU here; on a GPU machine also on CUDA (nvJPEG, a side stream).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _both(cfg: ClipConfig, train: bool, batch: dict, device: str = "cpu") -> tuple[dict, dict]:
     plans = plan_clips(cfg, train, batch, np.random.default_rng(3))
     cpu = render_clips(cfg, batch, plans, True, np.random.default_rng(0)) | clip_targets(cfg, batch, plans)
-    device = ClipCollate(cfg, torch.device("cpu"))(pack_clips(batch, plans, True) | clip_targets(cfg, batch, plans))
-    return cpu, {k: v.numpy() for k, v in device.items()}
+    out = ClipCollate(cfg, torch.device(device))(pack_clips(batch, plans, True) | clip_targets(cfg, batch, plans))
+    return cpu, {k: v.cpu().numpy() for k, v in out.items()}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fill", ["mean", "zero", "blur"])
 @pytest.mark.parametrize("train", [True, False])
-def test_device_rendering_equals_opencv_without_resize(batch, fill, train):
+def test_device_rendering_equals_opencv_without_resize(batch, fill, train, device):
     cfg = ClipConfig(clip_len=8, crop_px=32, flip=True, mask_fill=fill, eval_clips=2, mask_tube=fill == "zero")
-    cpu, device = _both(cfg, train, batch)
+    cpu, device = _both(cfg, train, batch, device)
     assert device["clips"].shape == cpu["clips"].shape == (len(batch["label_id"]) * (1 if train else 2), 8, 32, 32, 3)
     assert device["clips"].dtype == np.uint8
     np.testing.assert_array_equal(device["clips"], cpu["clips"])
@@ -52,12 +57,13 @@ def test_device_rendering_equals_opencv_without_resize(batch, fill, train):
         np.testing.assert_array_equal(device[key], cpu[key])
 
 
-def test_device_rendering_of_multiscale_crops_matches_opencv_up_to_edges(batch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_rendering_of_multiscale_crops_matches_opencv_up_to_edges(batch, device):
     """Resized crops: roi_align samples where INTER_LINEAR does; beyond rounding they differ only where an upscaled crop
     reads half a pixel beyond its edge (OpenCV repeats the edge) and along mask borders (bilinear+0.5
     vs nearest)."""
     cfg = ClipConfig(clip_len=8, crop_px=32, scales=[1.0, 0.841, 0.707, 0.5], flip=True)
-    cpu, device = _both(cfg, True, batch)
+    cpu, device = _both(cfg, True, batch, device)
     diff = np.abs(device["clips"].astype(int) - cpu["clips"].astype(int))
     assert diff.mean() < 0.5 and (diff > 2).mean() < 0.005  # OpenCV rounds its weights to 11 bits: off by 1
     masked_diff = np.abs(device["masked"].astype(int) - cpu["masked"].astype(int))

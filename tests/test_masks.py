@@ -145,7 +145,7 @@ def test_device_decode_fails_only_the_row_with_a_corrupt_frame():
 def test_sam_stage_labels_a_batch_of_mixed_sizes_around_a_corrupt_row(weights):
     """The stage itself (no Ray): frames of two sizes and a corrupt row in one batch; every good row gets
     the masks of the model alone."""
-    d, labels = weights
+    _dir, labels = weights
     _mask_provider, _scenes, paths = resolve_providers(labels)
     batch = jpeg_rows([(32, 32), (48, 40), (32, 32), (32, 32)], seed=1)
     batch.at[2, "frames"] = [b"\xff\xd8 truncated"] * 3
