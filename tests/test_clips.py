@@ -47,14 +47,17 @@ def _both(cfg: ClipConfig, train: bool, batch: dict, device: str = "cpu") -> tup
 @pytest.mark.parametrize("train", [True, False])
 def test_device_rendering_equals_opencv_without_resize(batch, fill, train, device):
     cfg = ClipConfig(clip_len=8, crop_px=32, flip=True, mask_fill=fill, eval_clips=2, mask_tube=fill == "zero")
-    cpu, device = _both(cfg, train, batch, device)
-    assert device["clips"].shape == cpu["clips"].shape == (len(batch["label_id"]) * (1 if train else 2), 8, 32, 32, 3)
-    assert device["clips"].dtype == np.uint8
-    np.testing.assert_array_equal(device["clips"], cpu["clips"])
-    # blur: torchvision's Gaussian kernel in float vs OpenCV's fixed point, at most a level or two
-    assert np.abs(device["masked"].astype(int) - cpu["masked"].astype(int)).max() <= (2 if fill == "blur" else 0)
+    cpu, out = _both(cfg, train, batch, device)
+    assert out["clips"].shape == cpu["clips"].shape == (len(batch["label_id"]) * (1 if train else 2), 8, 32, 32, 3)
+    assert out["clips"].dtype == np.uint8
+    clip_diff = np.abs(out["clips"].astype(int) - cpu["clips"].astype(int))
+    masked_diff = np.abs(out["masked"].astype(int) - cpu["masked"].astype(int))
+    if device == "cpu":  # the same libjpeg-turbo decode: identical, but for blur's float vs fixed-point kernel
+        assert clip_diff.max() == 0 and masked_diff.max() <= (2 if fill == "blur" else 0)
+    else:  # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's by a few levels
+        assert clip_diff.mean() < 1.5 and masked_diff.mean() < 1.5 and np.percentile(clip_diff, 99.9) <= 12
     for key in ("mask_valid", "label_id", "scene_id", "scene_probs", "video_key"):
-        np.testing.assert_array_equal(device[key], cpu[key])
+        np.testing.assert_array_equal(out[key], cpu[key])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -63,11 +66,13 @@ def test_device_rendering_of_multiscale_crops_matches_opencv_up_to_edges(batch, 
     reads half a pixel beyond its edge (OpenCV repeats the edge) and along mask borders (bilinear+0.5
     vs nearest)."""
     cfg = ClipConfig(clip_len=8, crop_px=32, scales=[1.0, 0.841, 0.707, 0.5], flip=True)
-    cpu, device = _both(cfg, True, batch, device)
-    diff = np.abs(device["clips"].astype(int) - cpu["clips"].astype(int))
-    assert diff.mean() < 0.5 and (diff > 2).mean() < 0.005  # OpenCV rounds its weights to 11 bits: off by 1
-    masked_diff = np.abs(device["masked"].astype(int) - cpu["masked"].astype(int))
-    assert (masked_diff > 2).mean() < 0.02
+    cpu, out = _both(cfg, True, batch, device)
+    diff = np.abs(out["clips"].astype(int) - cpu["clips"].astype(int))
+    masked_diff = np.abs(out["masked"].astype(int) - cpu["masked"].astype(int))
+    if device == "cpu":  # OpenCV rounds its weights to 11 bits: off by 1
+        assert diff.mean() < 0.5 and (diff > 2).mean() < 0.005 and (masked_diff > 2).mean() < 0.02
+    else:  # and nvJPEG decodes a few levels apart from libjpeg-turbo
+        assert diff.mean() < 2.0 and (diff > 12).mean() < 0.005 and (masked_diff > 12).mean() < 0.02
 
 
 def test_plan_step_keeps_jpegs_and_its_cardinality(batch):
