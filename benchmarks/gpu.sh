@@ -27,6 +27,8 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, torchvision, ray; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ray', ray.__version__)" | tee -a "$out/gpu.txt"
 status=0
+# The CUDA rendering path against the OpenCV one (its CUDA cases skip on machines without a GPU).
+python3 -m pytest -q -p no:cacheprovider tests/test_clips.py 2>&1 | tee "$out/test_clips.log" | tail -3 || status=1
 python3 benchmarks/bench_train.py --device cuda 2>&1 | tee "$out/bench_train.log" || status=1
 python3 benchmarks/bench_labels.py --device cuda 2>&1 | tee "$out/bench_labels.log" || status=1
 # The reproduction configs' per-GPU batch (8 GPUs x 4 clips): what their GPU-hour estimates use.
