@@ -20,8 +20,9 @@ Per model, over the same images in blocks of `--rows` rows of `--frames-per-row`
   small result to the host. It excludes JPEG decoding and any copy of pixels to the device.
 - stage, what the preprocess job runs: rows whose `frames` column holds the frames as JPEG bytes (as
   the decode stage stores them) go through `map_batches(..., batch_format="pandas",
-  compute=ActorPoolStrategy(size=A), num_gpus=1/A)` (`--actors` A, default 1: a whole GPU, whose
-  actor still receives its next blocks while it computes). The actor decodes each block with
+  compute=ActorPoolStrategy(size=A, max_concurrent_calls_per_actor=C), num_gpus=1/A)` (`--actors` A,
+  default 1: a whole GPU; `--calls` C, default 2 on a GPU: two blocks at once in threads on their own
+  CUDA streams, so that one block's decode overlaps the other's forward pass). The actor decodes each block with
   `debias.masks.decode_rows_on` (the production stages' decoder: one nvJPEG batch onto the GPU) and
   runs the same core through `debias.masks.run_by_size`, as `SamMasks` and `Places365Scenes` do.
 
@@ -46,7 +47,7 @@ import torch
 from debias.labels import LabelsConfig
 from debias.label_models import NUM_PLACES, BoxSegmenter, PersonDetector, PlacesClassifier, build_detector, tiny_sam
 from debias.masks import decode_rows_on, run_by_size
-from debias.video import decode_jpegs_on, encode_jpeg
+from debias.video import decode_jpegs_on, encode_jpeg, thread_stream
 
 BAR = 0.85
 POOL_BLOCKS = 4  # distinct blocks of images; the run cycles through them (speed does not depend on content)
@@ -87,10 +88,11 @@ class Stage:
         self.run = build_core(model, quick, self.device, labels)
 
     def __call__(self, batch: pd.DataFrame) -> dict:
-        clips, errors = decode_rows_on(self.device, batch, "bench")
-        if errors.error.any():
-            raise RuntimeError(f"benchmark frames failed to decode: {errors.error[errors.error != ''].iloc[0]}")
-        outs = run_by_size(clips, self.run)  # numpy results: the device work is done
+        with thread_stream(self.device):  # as the production stages: concurrent calls overlap
+            clips, errors = decode_rows_on(self.device, batch, "bench")
+            if errors.error.any():
+                raise RuntimeError(f"benchmark frames failed to decode: {errors.error[errors.error != ''].iloc[0]}")
+            outs = run_by_size(clips, self.run)  # numpy results: the device work is done
         n = len(outs)
         return {"images": np.array([len(o) for o in outs]), "done_s": np.full(n, time.perf_counter()),
                 "actor": np.full(n, os.getpid())}
@@ -151,7 +153,9 @@ def measure(model: str, args: argparse.Namespace, labels: LabelsConfig, device: 
 
     ds = ray.data.from_pandas([pool[b % POOL_BLOCKS] for b in range(num_blocks)]).map_batches(  # a block a batch
         Stage, fn_constructor_args=(model, args.quick, labels), batch_size=rows, batch_format="pandas",
-        num_gpus=1 / args.actors if device.type == "cuda" else 0, num_cpus=1, compute=ActorPoolStrategy(size=args.actors))
+        num_gpus=1 / args.actors if device.type == "cuda" else 0, num_cpus=1,
+        compute=ActorPoolStrategy(size=args.actors, max_concurrent_calls_per_actor=args.calls,
+                                  enable_true_multi_threading=args.calls > 1))
     out = pd.concat([pd.DataFrame(b) for b in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)])
     blocks = out.groupby(["actor", "done_s"], as_index=False).images.sum()
     warm_s = blocks.groupby("actor").done_s.min().max()  # every actor has finished its first block
@@ -178,6 +182,9 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=1,
                         help="stage actors sharing the device (default 1: measured on an H200, a second actor sharing "
                              "the GPU made Places365 slower; 1 on CPU, where a second actor would take a second core)")
+    parser.add_argument("--calls", type=int, default=0,
+                        help="blocks an actor runs at once, in threads on their own CUDA streams, as "
+                             "resources.label_calls_per_actor in the preprocess job (default: 2 on a GPU, 1 on CPU)")
     parser.add_argument("--min-batches", type=int, default=6, help="fewest blocks per model")
     parser.add_argument("--max-batches", type=int, default=200, help="most blocks per model")
     parser.add_argument("--autocast", default="bf16", choices=["bf16", "fp16", "off"])
@@ -185,6 +192,7 @@ def main() -> None:
     args.image_px = args.image_px or (64 if args.quick else 224)
     args.frames_per_row = args.frames_per_row or (4 if args.quick else 16)
     args.seconds = args.seconds or (5.0 if args.quick else 15.0)
+    args.calls = args.calls or (2 if args.device == "cuda" else 1)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible")
@@ -200,6 +208,7 @@ def main() -> None:
     results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                      "quick": args.quick, "autocast": args.autocast if device.type == "cuda" else "off",
                      "image_px": args.image_px, "frames_per_row": args.frames_per_row, "stage_actors": args.actors,
+                     "calls_per_actor": args.calls,
                      "torch": torch.__version__}
     for model in args.models.split(","):
         t = time.perf_counter()

@@ -257,23 +257,19 @@ class ClipCollate(NumpyBatchCollateFn):
 
     def __init__(self, cfg: ClipConfig, device: "torch.device") -> None:
         self.cfg, self.device = cfg, device
-        self.stream = None  # CUDA: a side stream, made on first use (in the thread that renders)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
         import torch
 
-        if self.device.type != "cuda":
-            return self._render(batch)
-        # A side stream: the decoder makes the current stream wait for nvJPEG, and on the training
-        # step's stream that wait would stall the step. The thread waits for its own work instead,
-        # and record_stream keeps the allocator from reusing the memory while the step still reads it.
-        if self.stream is None:
-            self.stream = torch.cuda.Stream(self.device)
-        with torch.cuda.stream(self.stream):
+        from debias.video import thread_stream
+
+        # On its own stream, so that waiting for nvJPEG never stalls the training step's stream;
+        # record_stream keeps the allocator from reusing the memory while the step still reads it.
+        with thread_stream(self.device) as stream:
             out = self._render(batch)
-        self.stream.synchronize()
-        for t in out.values():
-            t.record_stream(torch.cuda.default_stream(self.device))
+        if stream is not None:
+            for t in out.values():
+                t.record_stream(torch.cuda.default_stream(self.device))
         return out
 
     def _render(self, batch: dict[str, np.ndarray]) -> dict:
@@ -284,18 +280,19 @@ class ClipCollate(NumpyBatchCollateFn):
 
         cfg, dev = self.cfg, self.device
         n, t, px = len(batch["jpegs"]), cfg.clip_len, cfg.crop_px
-        jpegs = []
-        for blob, ends in zip(batch["jpegs"], batch["jpeg_ends"]):
-            starts = np.concatenate([[0], ends[:-1]])
-            jpegs += [blob[a:b] for a, b in zip(starts, ends)]
-        decoded = decode_jpegs_on(dev, jpegs)  # n * t tensors (3, h, w)
+        # One buffer for the batch's JPEGs, split into per-frame views in one call: per-frame Python
+        # work here holds the GIL that the training step in the main thread needs to launch its kernels.
+        data = torch.frombuffer(bytearray(b"".join(batch["jpegs"])), dtype=torch.uint8)
+        lengths = np.diff(batch["jpeg_ends"], axis=1, prepend=0).ravel()
+        decoded = decode_jpegs_on(dev, list(torch.split(data, lengths.tolist())))  # n * t tensors (3, h, w)
         with_masked = "packed_masks" in batch
         clips = torch.empty((n, t, 3, px, px), dtype=torch.uint8, device=dev)
         masks = torch.empty((n, t, px, px), dtype=torch.bool, device=dev) if with_masked else None
         sizes = np.stack([batch["height"], batch["width"]], axis=1)
         for h, w in np.unique(sizes, axis=0):  # roi_align needs one frame size per call
             idx = np.flatnonzero((sizes == (h, w)).all(axis=1))
-            frames = torch.stack([decoded[i * t + j] for i in idx for j in range(t)]).float()  # (k*t, 3, h, w)
+            frame_idx = (idx[:, None] * t + np.arange(t)).ravel()
+            frames = torch.stack(decoded if len(idx) == n else [decoded[k] for k in frame_idx]).float()
             top, left, side = (torch.as_tensor(batch["box"][idx], dtype=torch.float32)[:, c].repeat_interleave(t)
                                for c in range(3))
             # (frame index, x1, y1, x2, y2); aligned=True puts samples at pixel centres, as OpenCV does.
@@ -303,11 +300,10 @@ class ClipCollate(NumpyBatchCollateFn):
                                 dim=1).to(dev)
             cut = roi_align(frames, boxes, output_size=px, spatial_scale=1.0, sampling_ratio=1, aligned=True)
             clips[idx] = cut.round_().clamp_(0, 255).to(torch.uint8).view(len(idx), t, 3, px, px)
-            if with_masked:
-                packed = [blob[j * len(blob) // t:(j + 1) * len(blob) // t] for i in idx
-                          for blob in [batch["packed_masks"][i]] for j in range(t)]
-                full = unpack_masks_on(dev, packed, int(h), int(w)).float().unsqueeze(1)  # (k*t, 1, h, w)
-                cut = roi_align(full, boxes, output_size=px, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+            if with_masked:  # each clip's packed masks are t frames back to back
+                full = unpack_masks_on(dev, [batch["packed_masks"][i] for i in idx], int(h), int(w))
+                cut = roi_align(full.float().unsqueeze(1), boxes, output_size=px, spatial_scale=1.0, sampling_ratio=1,
+                                aligned=True)
                 masks[idx] = (cut > 0.5).view(len(idx), t, px, px)
         flip = torch.as_tensor(batch["flip"]).to(dev)
         clips = torch.where(flip.view(n, 1, 1, 1, 1), clips.flip(-1), clips)

@@ -84,6 +84,9 @@ class ResourcesConfig:
     # GPUs per model actor (SAM, Places365) when the cluster has GPUs, else CPU; half, so that the mask and
     # scene actors share one GPU (with a whole one each, one GPU would deadlock the two stages)
     label_gpus: float = 0.5
+    # Batches a model actor runs at once on a GPU (threads, each on its own CUDA stream): one batch's
+    # JPEG decode overlaps another's forward pass. 1 on CPU whatever this says.
+    label_calls_per_actor: int = 2
     rows_per_shard: int = 2000  # target rows per Parquet file
 
 

@@ -27,7 +27,7 @@ from debias.curate import DecodeConfig, PreprocessConfig, _apply_per_row
 from debias.label_models import BoxSegmenter, PersonDetector, label_device, load_detector, load_sam
 from debias.labels import LabelsConfig
 from debias.synth import load_annotation
-from debias.video import VideoError, decode_jpeg, decode_jpegs_on, pack_mask, resize_crop
+from debias.video import VideoError, decode_jpeg, decode_jpegs_on, pack_mask, resize_crop, thread_stream
 
 Clip = TypeVar("Clip")
 
@@ -124,8 +124,9 @@ class SamMasks:
         self.segment = BoxSegmenter(load_sam(sam_path), labels, device)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        clips, errors = decode_rows_on(self.device, batch, "masks")
-        masks = run_by_size(clips, lambda images: self.segment(images, self.detect(images)))
+        with thread_stream(self.device):  # concurrent calls of this actor overlap (preprocess: 2 per actor)
+            clips, errors = decode_rows_on(self.device, batch, "masks")
+            masks = run_by_size(clips, lambda images: self.segment(images, self.detect(images)))
         results = [None if m is None else mask_columns(list(m), self.source) for m in masks]
         return with_columns(batch, results, errors, MASK_COLUMNS)
 

@@ -32,7 +32,7 @@ from debias.labels import LabelsConfig
 from debias.masks import decode_rows, decode_rows_on, run_by_size, with_columns
 from debias.sources import Row
 from debias.synth import load_annotation
-from debias.video import unpack_masks_on
+from debias.video import thread_stream, unpack_masks_on
 
 SCENE_COLUMNS = {"scene_id": -1, "scene_probs": [], "scene_source": ""}
 
@@ -66,14 +66,16 @@ class Places365Scenes:
         self.classifier = PlacesClassifier(load_places365(model_path, labels.places_model), labels, self.device)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        clips, errors = decode_rows_on(self.device, batch, "scenes")
-        if self.labels.places_mask_people:
-            clips = [None if c is None else
-                     fill_people_torch(c, unpack_masks_on(self.device, list(row.human_masks), row.height, row.width), "mean")
-                     for c, row in zip(clips, batch.itertuples(index=False))]
+        with thread_stream(self.device):  # concurrent calls of this actor overlap (preprocess: 2 per actor)
+            clips, errors = decode_rows_on(self.device, batch, "scenes")
+            if self.labels.places_mask_people:
+                clips = [None if c is None else fill_people_torch(
+                         c, unpack_masks_on(self.device, list(row.human_masks), row.height, row.width), "mean")
+                         for c, row in zip(clips, batch.itertuples(index=False))]
+            probs = run_by_size(clips, self.classifier)
         results = [None if p is None else {"scene_id": hard_label(p, self.labels.scene_hard),
                                            "scene_probs": p.mean(axis=0).tolist(), "scene_source": self.source}
-                   for p in run_by_size(clips, self.classifier)]
+                   for p in probs]
         return with_columns(batch, results, errors, SCENE_COLUMNS)
 
 

@@ -183,8 +183,10 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable[Batch], optimizer:
     separate_head = getattr(model, "module", model).mask_head is not None
     mask_term = mask_head_loss if separate_head else mask_confusion_loss
     autocast = {"device_type": device.type, "dtype": torch.bfloat16, "enabled": device.type == "cuda"}
-    sums = {"loss": 0.0, "action_loss": 0.0, "scene_loss": 0.0, "mask_loss": 0.0, "correct": 0.0,
-            "scene_correct": 0.0, "masked_entropy": 0.0, "n": 0.0}
+    # Running sums stay on the device: a per-step .item() would make the CPU wait for every step,
+    # leaving the GPU idle while the next one is launched and its batch fetched.
+    sums = {k: torch.zeros((), dtype=torch.float64, device=device) for k in
+            ("loss", "action_loss", "scene_loss", "mask_loss", "correct", "scene_correct", "masked_entropy", "n")}
     for batch in batches:
         clips = batch["clips"].to(device, non_blocking=True)
         labels = batch["label_id"].to(device).long()
@@ -210,17 +212,17 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable[Batch], optimizer:
             weighted = loss_cfg.lambda_mask * l_mask
             _step(model, optimizer, loss + weighted if joint_masked else weighted, train_backbone)
             loss = loss.detach() + weighted.detach()
-            sums["mask_loss"] += l_mask.item() * b
-            sums["masked_entropy"] += entropy(masked_action.detach()).sum().item()
+            sums["mask_loss"] += l_mask.detach() * b
+            sums["masked_entropy"] += entropy(masked_action.detach()).sum()
         else:
             _step(model, optimizer, loss, train_backbone)
-        sums["loss"] += loss.item() * b
-        sums["action_loss"] += l_action.item() * b
-        sums["scene_loss"] += l_scene.item() * b
-        sums["correct"] += (action_logits.argmax(1) == labels).sum().item()
-        sums["scene_correct"] += (scene_logits.argmax(1) == batch["scene_id"].to(device)).sum().item()
+        sums["loss"] += loss.detach() * b
+        sums["action_loss"] += l_action.detach() * b
+        sums["scene_loss"] += l_scene.detach() * b
+        sums["correct"] += (action_logits.argmax(1) == labels).sum()
+        sums["scene_correct"] += (scene_logits.argmax(1) == batch["scene_id"].to(device)).sum()
         sums["n"] += b
-    totals = dict(zip(sums, _global_sum(list(sums.values()), device)))
+    totals = dict(zip(sums, _global_sum(torch.stack(list(sums.values())).tolist(), device)))
     n = max(totals.pop("n"), 1.0)
     correct, scene_correct = totals.pop("correct"), totals.pop("scene_correct")
     metrics = {k: v / n for k, v in totals.items()}

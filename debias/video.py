@@ -11,6 +11,9 @@ costs about as much as decoding it, so converting only the kept ones is most of 
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -318,7 +321,7 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def decode_jpegs_on(device: "torch.device", jpegs: list[bytes]) -> list["torch.Tensor"]:
+def decode_jpegs_on(device: "torch.device", jpegs: "list[bytes] | list[torch.Tensor]") -> list["torch.Tensor"]:
     """JPEG bytes -> (3, H, W) uint8 RGB tensors on `device`, the whole list in one call.
 
     On CUDA, nvJPEG decodes the list as one batch (baseline JPEGs on the hardware JPEG engine of
@@ -328,8 +331,9 @@ def decode_jpegs_on(device: "torch.device", jpegs: list[bytes]) -> list["torch.T
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg as tv_decode_jpeg
 
-    # bytearray: torch wants a writable buffer (a copy of a few KB; the decode costs far more)
-    data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
+    # bytes -> tensors (bytearray: torch wants a writable buffer; a copy of a few KB); callers with many
+    # frames pass 1-D uint8 tensors, e.g. views split off one buffer, to save the per-frame Python work
+    data = [j if isinstance(j, torch.Tensor) else torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
     try:
         return tv_decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError as e:
@@ -346,14 +350,40 @@ def unpack_mask(data: bytes, height: int, width: int) -> np.ndarray:
     return bits.reshape(height, width).astype(bool)
 
 
+_thread_streams = threading.local()
+
+
+@contextlib.contextmanager
+def thread_stream(device: "torch.device") -> "Iterator[torch.cuda.Stream | None]":
+    """Run the block on this thread's own CUDA stream (made once per thread), then wait for it.
+
+    The JPEG decoder makes the calling thread's current stream wait for nvJPEG; on the shared default
+    stream that wait would also hold back every other thread's kernels (the training step, or a second
+    concurrent call of a label actor). On its own stream one thread's decode overlaps another's
+    compute. A no-op on CPU."""
+    if device.type != "cuda":
+        yield None
+        return
+    import torch
+
+    streams = _thread_streams.__dict__.setdefault("by_device", {})
+    stream = streams.get(device)
+    if stream is None:
+        stream = streams[device] = torch.cuda.Stream(device)
+    with torch.cuda.stream(stream):
+        yield stream
+    stream.synchronize()
+
+
 def unpack_masks_on(device: "torch.device", packed: list[bytes], height: int, width: int) -> "torch.Tensor":
     """Bit-packed masks of one size (`pack_mask`) -> (N, height, width) bool on `device`; the bits are
-    unpacked there, so only the packed bytes (1/8 of a bool mask) cross to the GPU."""
+    unpacked there, so only the packed bytes (1/8 of a bool mask) cross to the GPU. An item of `packed`
+    may hold several masks back to back (N counts masks, not items)."""
     import torch
 
     row_bytes = (height * width + 7) // 8
-    data = np.frombuffer(b"".join(packed), dtype=np.uint8).reshape(len(packed), row_bytes)
-    data = torch.from_numpy(data.copy()).to(device)
+    data = np.frombuffer(bytearray(b"".join(packed)), dtype=np.uint8).reshape(-1, row_bytes)
+    data = torch.from_numpy(data).to(device)
     shifts = torch.arange(7, -1, -1, device=device, dtype=torch.uint8)
     bits = (data[:, :, None] >> shifts) & 1  # most significant bit first, as np.packbits
-    return bits.reshape(len(packed), -1)[:, : height * width].reshape(len(packed), height, width).bool()
+    return bits.reshape(len(data), -1)[:, : height * width].reshape(len(data), height, width).bool()

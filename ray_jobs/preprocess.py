@@ -82,6 +82,14 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     timings["ray_start"] = time.perf_counter() - t
     # The model providers take label_gpus GPUs per actor where the cluster has GPUs (they autocast there).
     gpus = res.label_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
+
+    def label_pool(model: bool) -> ActorPoolStrategy:
+        """A model actor on a GPU runs label_calls_per_actor batches at once, each thread on its own
+        CUDA stream, so that one batch's JPEG decode overlaps another's forward pass."""
+        calls = res.label_calls_per_actor if model and gpus else 1
+        return ActorPoolStrategy(size=res.label_actors, max_concurrent_calls_per_actor=calls,
+                                 enable_true_multi_threading=calls > 1)
+
     # Blocks of <= ~32 videos once there are many (from_items stops at 200 blocks, which would cap the
     # decode tasks of a big cluster at 200); one block a video for a small run.
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), max(200, len(rows) // 32))))
@@ -95,11 +103,11 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     #    so that it never starves the decoders; SAM + detector get a GPU where there is one.
     ds = ds.map_batches(masks_step[0], fn_constructor_args=masks_step[1], batch_format="pandas",
                         batch_size=res.label_batch_size, num_cpus=0.5,
-                        num_gpus=gpus if mask_provider == "sam" else 0, compute=ActorPoolStrategy(size=res.label_actors))
+                        num_gpus=gpus if mask_provider == "sam" else 0, compute=label_pool(mask_provider == "sam"))
     # 3. scene labels, 1:1, same resources and reasons as the masks (Places365 on the GPU).
     ds = ds.map_batches(scenes_step[0], fn_constructor_args=scenes_step[1], batch_format="pandas",
                         batch_size=res.label_batch_size, num_cpus=0.5,
-                        num_gpus=gpus if scene_provider == "places365" else 0, compute=ActorPoolStrategy(size=res.label_actors))
+                        num_gpus=gpus if scene_provider == "places365" else 0, compute=label_pool(scene_provider == "places365"))
     # 4. finalize, 1:(0 or 1): error rows go to the error table, good rows are cast to the shard schema.
     #    Arrow-only work: a quarter CPU.
     ds = ds.map_batches(make_finalize_fn(str(run_dir)), batch_format="pyarrow", num_cpus=0.25)
