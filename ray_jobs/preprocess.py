@@ -23,7 +23,7 @@ import ray
 from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
 from debias.config import to_dict
-from debias.curate import PreprocessConfig, make_decode_fn, make_finalize_fn, publish_run
+from debias.curate import Decoder, PreprocessConfig, make_finalize_fn, publish_run
 from debias.download import DownloadConfig, make_download_fn, merge_download_status, skip_known_dead
 from debias.masks import mask_step
 from debias.scenes import scene_step
@@ -94,11 +94,13 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     # decode tasks of a big cluster at 200); one block a video for a small run.
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), max(200, len(rows) // 32))))
     # 1. decode + sample + resize/crop + JPEG, 1:N (N = decode.clips_per_video under sampling=clips,
-    #    else 1; a failure is one error row, not a lost row). CPU-bound, decode_cpus per task (PyAV
-    #    decodes a stream on ~one core with decode.threads=1); capped when asked, so a shared cluster
-    #    keeps cores for training.
-    ds = ds.flat_map(make_decode_fn(cfg.decode), num_cpus=res.decode_cpus,
-                     compute=TaskPoolStrategy(size=res.decode_tasks) if res.decode_tasks else None)
+    #    else 1; a failure is one error row, not a lost row). CPU-bound, decode_cpus per actor (PyAV
+    #    decodes a stream on ~one core with decode.threads=1). An actor pool: Ray Data's task scheduler
+    #    kept ~1 decode task busy (Decoder's docstring). decode_workers actors, or one per CPU beside 2
+    #    for the label actors and the finalize tasks; a shared cluster sets fewer to keep cores for training.
+    decoders = res.decode_workers or max(1, int((ray.cluster_resources().get("CPU", 1) - 2) // res.decode_cpus))
+    ds = ds.flat_map(Decoder, fn_constructor_args=(cfg.decode,), num_cpus=res.decode_cpus,
+                     compute=ActorPoolStrategy(size=decoders))
     # 2. human masks, 1:1. A provider is an actor so a model loads once per worker; half a CPU each
     #    so that it never starves the decoders; SAM + detector get a GPU where there is one.
     ds = ds.map_batches(masks_step[0], fn_constructor_args=masks_step[1], batch_format="pandas",
