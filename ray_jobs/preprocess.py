@@ -26,7 +26,7 @@ from debias.config import to_dict
 from debias.curate import Decoder, PreprocessConfig, make_finalize_fn, publish_run
 from debias.download import DownloadConfig, make_download_fn, merge_download_status, skip_known_dead
 from debias.masks import mask_step
-from debias.scenes import scene_step
+from debias.scenes import scene_names, scene_step
 from debias.sources import Row, read_source
 from debias.weights import resolve_providers
 from ray_jobs.common import init_ray, job_parser, load_job_config
@@ -75,6 +75,8 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     run_dir = out / f".run-{uuid.uuid4().hex[:8]}"  # the run writes here; publish_run swaps it in at the end
     (run_dir / "shards").mkdir(parents=True)
     (out / "classes.json").write_text(json.dumps(classes, indent=1))
+    # what each scene_id means (Places365 category, cluster number, annotated scene); [] without scenes
+    (out / "scenes.json").write_text(json.dumps(scene_names(cfg, scene_provider, weights), indent=1))
     res = cfg.resources
 
     t = time.perf_counter()

@@ -87,6 +87,8 @@ def test_preprocess_writes_schema_shards_and_accounts_for_every_video(tmp_path, 
     assert sum(row["scene_probs"]) == 1.0 and row["scene_probs"][row["scene_id"]] == 1.0
     classes = json.loads((out / "classes.json").read_text())
     assert classes[row["label_id"]] == row["label"]
+    scenes = json.loads((out / "scenes.json").read_text())  # the synthetic task's annotated scene names
+    assert len(scenes) == len(row["scene_probs"]) and all(isinstance(n, str) and n for n in scenes)
 
     # A rerun replaces the shards instead of appending; a killed run's staging folder is cleared and
     # was never visible under shards/.

@@ -4,6 +4,7 @@ background clusters against the synthetic benchmark's scene ids, as Ray Data act
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,7 @@ def test_preprocess_job_on_a_fresh_machine_uses_the_weight_free_providers(ray_lo
     table = pq.read_table(tmp_path / "out" / "shards")
     assert table.num_rows == summary["videos_ok"] == 24
     assert all(len(p) == 6 for p in table.column("scene_probs").to_pylist())
+    assert json.loads((tmp_path / "out" / "scenes.json").read_text()) == [f"cluster_{k}" for k in range(6)]
 
 
 def test_scene_names_say_what_each_id_means(synth, places):
