@@ -305,9 +305,10 @@ class ClipCollate(NumpyBatchCollateFn):
                 cut = roi_align(full.float().unsqueeze(1), boxes, output_size=px, spatial_scale=1.0, sampling_ratio=1,
                                 aligned=True)
                 masks[idx] = (cut > 0.5).view(len(idx), t, px, px)
-        flip = torch.as_tensor(batch["flip"]).to(dev)
+        # torch.tensor copies: the batch's arrays can be read-only views of Arrow memory
+        flip = torch.tensor(batch["flip"]).to(dev)
         clips = torch.where(flip.view(n, 1, 1, 1, 1), clips.flip(-1), clips)
-        out = {k: torch.as_tensor(batch[k]).to(dev) for k in
+        out = {k: torch.tensor(batch[k]).to(dev) for k in
                ("mask_valid", "label_id", "scene_id", "scene_probs", "video_key")}
         if with_masked:
             masks = torch.where(flip.view(n, 1, 1, 1), masks.flip(-1), masks)
