@@ -77,7 +77,7 @@ class DecodeConfig:
 class ResourcesConfig:
     """Per-stage parallelism; the driver passes these to Ray Data where it makes each call."""
 
-    decode_cpus: float = 1.0  # CPUs per decode task (PyAV decodes one stream on ~1 core)
+    decode_cpus: float = 1.0  # CPUs per decode actor (PyAV decodes one stream on ~1 core)
     # decode actors (one video at a time each); 0 = one per decode_cpus of the cluster, less 2 CPUs
     # for the label actors and the finalize tasks
     decode_workers: int = 0
@@ -122,7 +122,7 @@ class Decoder:
     Same rows in and out as `make_decode_fn`. An actor pool rather than tasks because Ray Data 2.60's
     streaming executor kept about one decode task running whatever the task cap (instrumented: its
     resource allocator granted the flat_map 0-1 CPU); an actor pool of N keeps N cores decoding
-    (measured: 2 actors 1.75x one on 2 cores, README)."""
+    (measured: 2 actors 1.76x one on 2 cores, README)."""
 
     def __init__(self, cfg: DecodeConfig) -> None:
         self.decode = make_decode_fn(cfg)
