@@ -49,7 +49,7 @@ def settings(quick: bool, device: torch.device) -> dict:
 def make_cfg(s: dict, shards: Path, sdn: bool, decode_on: str) -> PretrainConfig:
     weights = ["loss.lambda_scene=0.5", "loss.lambda_mask=0.5"] if sdn else ["loss.lambda_scene=0", "loss.lambda_mask=0"]
     return load_config(PretrainConfig, None, s["model"] + weights + [f"loader.decode_on={decode_on}",
-        f"shards={shards}", f"optim.batch_size={s['batch']}", f"clip.clip_len={s['frames']}",
+        f"shards={shards}", "eval_splits=[]", f"optim.batch_size={s['batch']}", f"clip.clip_len={s['frames']}",
         f"clip.crop_px={s['crop_px']}", "clip.scales=[1.0, 0.841, 0.707, 0.595, 0.5]", "clip.flip=true"])
 
 
@@ -111,9 +111,9 @@ def median_step_clips_per_s(cfg: PretrainConfig, batch: dict, steps: int, device
 def time_loader(cfg: PretrainConfig, s: dict, device: torch.device) -> dict:
     """The real path: the trainer's Ray Data pipeline (windows, multi-scale crop, flip, masked twin)
     and its iterator settings (clips land on `device` in Ray's prefetch threads), timed with the step."""
-    from ray_jobs.pretrain import clip_dataset
+    from ray_jobs.pretrain import clip_dataset, split_rows
 
-    ds = clip_dataset(cfg, "train", train=True)
+    ds = clip_dataset(cfg, split_rows(cfg)[cfg.train_split], train=True)
     iter_args = {"batch_size": s["batch"], "prefetch_batches": cfg.loader.prefetch_batches, "device": device,
                  "collate_fn": ClipCollate(cfg.clip, device) if decode_on_device(cfg) else None}
     # The first batches wait for the pipeline to spin up (tasks, first blocks): a cost per epoch,

@@ -28,20 +28,28 @@ from debias.train import PretrainConfig, decode_on_device, read_metrics, train_l
 from ray_jobs.common import init_ray, job_parser, load_job_config
 
 
-def clip_dataset(cfg: PretrainConfig, split: str, train: bool) -> ray.data.Dataset:
+def split_rows(cfg: PretrainConfig) -> dict[str, ray.data.Dataset]:
+    """The shard rows of each split the run reads (train and eval), only the columns a clip needs."""
     files = [str(f) for f in shard_files(Path(cfg.shards) / "shards")]
+    splits = list(dict.fromkeys([cfg.train_split, *cfg.eval_splits]))
+    rows = ray.data.read_parquet(files).select_columns(CLIP_COLUMNS + ["split"])
+    if not cfg.loader.cache_rows:  # each split's filter is pushed into its own Parquet scan, every epoch
+        return {s: rows.filter(expr=col("split") == s) for s in splits}
+    # small data: one scan for all splits (a scan costs seconds of task start-up even when tiny), then
+    # every epoch streams each split from the object store
+    cached = rows.filter(expr=col("split").is_in(splits)).materialize()
+    return {s: cached.filter(expr=col("split") == s).materialize() for s in splits}
+
+
+def clip_dataset(cfg: PretrainConfig, rows: ray.data.Dataset, train: bool) -> ray.data.Dataset:
     with_masked = cfg.loss.lambda_mask > 0 or not train  # eval always measures the masked-clip entropy
-    # 1. read one split, only the columns a clip needs (the filter is pushed into the Parquet scan).
-    ds = ray.data.read_parquet(files).select_columns(CLIP_COLUMNS + ["split"]).filter(expr=col("split") == split)
-    if cfg.loader.cache_rows:  # small data: scan once, then every epoch streams from the object store
-        ds = ds.materialize()
-    # 2. fresh random windows, crops and flips every epoch: 1:1 per row when training, 1:clip.eval_clips
-    #    when evaluating (video-level scores). decode_on=tasks also decodes and renders the clips here
-    #    (OpenCV); decode_on=device keeps them JPEG for the worker's GPU (ClipCollate in the trainer).
-    #    A fraction of a CPU per task, so that it overlaps the training step instead of waiting for a core.
+    # fresh random windows, crops and flips every epoch: 1:1 per row when training, 1:clip.eval_clips
+    # when evaluating (video-level scores). decode_on=tasks also decodes and renders the clips here
+    # (OpenCV); decode_on=device keeps them JPEG for the worker's GPU (ClipCollate in the trainer).
+    # A fraction of a CPU per task, so that it overlaps the training step instead of waiting for a core.
     make_fn = make_clip_plan_fn if decode_on_device(cfg) else make_clip_fn
-    return ds.map_batches(make_fn(cfg.clip, train, with_masked, cfg.seed), batch_format="numpy",
-                          batch_size=cfg.optim.batch_size, num_cpus=cfg.loader.clip_cpus)
+    return rows.map_batches(make_fn(cfg.clip, train, with_masked, cfg.seed), batch_format="numpy",
+                            batch_size=cfg.optim.batch_size, num_cpus=cfg.loader.clip_cpus)
 
 
 def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict:
@@ -67,8 +75,10 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict:
     # Same blocks in the same order every epoch and every run: with the seeded shuffle, a rerun
     # of a config reproduces its numbers (streaming order otherwise depends on task timing).
     ctx.execution_options.preserve_order = True
-    datasets = {cfg.train_split: clip_dataset(cfg, cfg.train_split, train=True)}
-    datasets.update({s: clip_dataset(cfg, s, train=False) for s in cfg.eval_splits})
+    # 1. read the splits' rows (once, when cached); 2. clips from them, 1:1 (train) or 1:eval_clips (eval)
+    rows = split_rows(cfg)
+    datasets = {cfg.train_split: clip_dataset(cfg, rows[cfg.train_split], train=True)}
+    datasets.update({s: clip_dataset(cfg, rows[s], train=False) for s in cfg.eval_splits})
     sc = cfg.scaling
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -1,12 +1,11 @@
-"""The whole chain on Ray, on a tiny benchmark: synth -> preprocess -> 4 x pretrain -> report."""
+"""The whole chain on Ray, on a tiny benchmark: synth -> preprocess -> 4 x pretrain -> report.
+(Resuming a run: tests/test_train.py.)"""
 
-import dataclasses
 import json
 
 from debias.config import load_config
 from debias.train import read_metrics
 from ray_jobs.demo import DemoConfig, run_demo
-from ray_jobs.pretrain import run_pretrain
 
 TINY = ["synth.train_per_class=4", "synth.val_per_class=2", "synth.ood_per_class=2",
         "synth.target_train_per_class=1", "synth.target_test_per_class=1", "synth.frame_size_px=32",
@@ -31,12 +30,3 @@ def test_demo_runs_the_whole_chain_and_reports(tmp_path, ray_local):
     # SDN trains its mask branch: the masked-clip entropy is measured and in [0, log 6].
     assert 0.0 <= on_disk["sdn"]["val_masked_entropy"] <= 1.7918
 
-    # Starting the same run again with more epochs resumes from its last checkpoint.
-    sdn = dataclasses.replace(cfg.pretrain, shards=str(out / "data"), out=str(out / "runs"), name="sdn",
-                              optim=dataclasses.replace(cfg.pretrain.optim, epochs=3))
-    before = read_metrics(out / "runs" / "sdn")
-    result = run_pretrain(sdn)
-    assert [m["epoch"] for m in result["history"]] == [0, 1, 2]
-    assert result["history"][:2] == before  # the first two epochs were not re-run
-    lines = (out / "runs" / "sdn" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 3
