@@ -26,7 +26,12 @@ Per model, over the same images in blocks of `--rows` rows of `--frames-per-row`
   `debias.masks.decode_rows_on` (the production stages' decoder: one nvJPEG batch onto the GPU) and
   runs the same core through `debias.masks.run_by_size`, as `SamMasks` and `Places365Scenes` do.
 
-Both rates are steady-state: the loop's first block, and for the stage everything up to the end of
+- decode, the stage's extra work alone: the same blocks' JPEG rows decoded onto the device by
+  `decode_rows_on`, block after block. With the decode at or under the loop's rate, the card's JPEG
+  decoder (not Ray) is what bounds the stage.
+
+With a GPU, the card's busy share (nvidia-smi) over the loop and over the stage run says whether the
+stage leaves the GPU idle. Both rates are steady-state: the loop's first block, and for the stage everything up to the end of
 the last actor's first block (model load, warm-up), are not counted. The bar is stage >= 85 % of
 loop. The last line is JSON.
 """
@@ -48,6 +53,7 @@ from debias.labels import LabelsConfig
 from debias.label_models import NUM_PLACES, BoxSegmenter, PersonDetector, PlacesClassifier, build_detector, tiny_sam
 from debias.masks import decode_rows_on, run_by_size
 from debias.video import decode_jpegs_on, encode_jpeg, thread_stream
+from gpu_busy import GpuBusy  # benchmarks/, beside this script
 
 BAR = 0.85
 POOL_BLOCKS = 4  # distinct blocks of images; the run cycles through them (speed does not depend on content)
@@ -140,13 +146,21 @@ def measure(model: str, args: argparse.Namespace, labels: LabelsConfig, device: 
     block_s = time.perf_counter() - t
     num_blocks = int(min(args.max_batches, max(args.min_batches, args.seconds / max(block_s, 1e-6))))
 
-    done = []
-    for b in range(num_blocks):  # the plain loop
-        core(decoded[b % POOL_BLOCKS])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        done.append(time.perf_counter())
-    loop = steady_rate([block_images] * num_blocks, done, done[0])
+    def timed_blocks(work: Callable[[int], object]) -> tuple[float, float | None]:
+        """Steady images/s of `work(block)` run block after block (synchronised), and the GPU's busy %."""
+        done = []
+        with GpuBusy(device) as busy:
+            for b in range(num_blocks):
+                work(b)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                done.append(time.perf_counter())
+        return steady_rate([block_images] * num_blocks, done, done[0]), busy.pct
+
+    loop, loop_busy = timed_blocks(lambda b: core(decoded[b % POOL_BLOCKS]))  # the plain loop
+    # The work the stage adds, alone: each block's JPEG rows decoded onto the device by the production
+    # decoder. Near the loop's rate or under it, the card's JPEG decoder is what the stage waits on.
+    decode, _ = timed_blocks(lambda b: decode_rows_on(device, pool[b % POOL_BLOCKS], "bench"))
     del core, decoded
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -156,13 +170,17 @@ def measure(model: str, args: argparse.Namespace, labels: LabelsConfig, device: 
         num_gpus=1 / args.actors if device.type == "cuda" else 0, num_cpus=1,
         compute=ActorPoolStrategy(size=args.actors, max_concurrent_calls_per_actor=args.calls,
                                   enable_true_multi_threading=args.calls > 1))
-    out = pd.concat([pd.DataFrame(b) for b in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)])
+    with GpuBusy(device) as stage_busy:
+        out = pd.concat([pd.DataFrame(b) for b in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)])
     blocks = out.groupby(["actor", "done_s"], as_index=False).images.sum()
     warm_s = blocks.groupby("actor").done_s.min().max()  # every actor has finished its first block
     stage = steady_rate(blocks.images.tolist(), blocks.done_s.tolist(), warm_s)
     assert out.images.sum() == num_blocks * block_images, "the stage lost images"
     return {"loop_images_per_s": round(loop, 2), "stage_images_per_s": round(stage, 2),
             "stage_over_loop": round(stage / loop, 3), "meets_bar": stage >= BAR * loop,
+            "decode_images_per_s": round(decode, 2), "decode_over_loop": round(decode / loop, 3),
+            # busy share of the card: the loop's, and the stage's (model load and warm-up included)
+            "loop_gpu_busy_pct": loop_busy, "stage_gpu_busy_pct": stage_busy.pct,
             "blocks": num_blocks, "block_images": block_images}
 
 

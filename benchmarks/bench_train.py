@@ -32,6 +32,7 @@ from debias.clips import ClipCollate, write_pattern_shards
 from debias.config import load_config
 from debias.models import SDN
 from debias.train import LossConfig, PretrainConfig, decode_on_device, make_optimizer, train_one_epoch
+from gpu_busy import GpuBusy  # benchmarks/, beside this script
 
 R3D18_FWD_GFLOPS_PER_CLIP = 81.0  # 16x112x112 clip (the issue's figure)
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -74,23 +75,25 @@ def fresh_model(cfg: PretrainConfig, device: torch.device) -> tuple[SDN, torch.o
     return model, make_optimizer(model, cfg.optim)
 
 
-def clips_per_s(cfg: PretrainConfig, batches, warmup: int, steps: int, device: torch.device) -> float:
+def clips_per_s(cfg: PretrainConfig, batches, warmup: int, steps: int, device: torch.device) -> tuple[float, float | None]:
     """Clips/s of `train_one_epoch` over `steps` batches after `warmup` untimed ones, run as the trainer
     runs an epoch: one call, no host sync between steps, so the CPU fetches batches and launches
     kernels ahead of the GPU. Waiting for a batch shows in the time, so a loader that cannot keep
-    up shows."""
+    up shows. Also returns the GPU's busy share (%) over the timed steps (None on CPU)."""
     model, optimizer = fresh_model(cfg, device)
     loss_cfg: LossConfig = cfg.loss
     it = iter(batches)
     train_one_epoch(model, itertools.islice(it, warmup), optimizer, loss_cfg, device)
     sync(device)
     done = []
-    start = time.perf_counter()
-    metrics = train_one_epoch(model, (done.append(1) or b for b in itertools.islice(it, steps)), optimizer,
-                              loss_cfg, device)
-    sync(device)
+    with GpuBusy(device) as busy:
+        start = time.perf_counter()
+        metrics = train_one_epoch(model, (done.append(1) or b for b in itertools.islice(it, steps)), optimizer,
+                                  loss_cfg, device)
+        sync(device)
+        elapsed_s = time.perf_counter() - start
     assert done and metrics["loss"] == metrics["loss"], "no steps, or the loss is NaN"
-    return cfg.optim.batch_size * len(done) / (time.perf_counter() - start)
+    return cfg.optim.batch_size * len(done) / elapsed_s, busy.pct
 
 
 def median_step_clips_per_s(cfg: PretrainConfig, batch: dict, steps: int, device: torch.device) -> float:
@@ -120,12 +123,13 @@ def time_loader(cfg: PretrainConfig, s: dict, device: torch.device) -> dict:
     # not per step, so the steady-state rate leaves out the first tenth of the epoch.
     warmup = max(3, s["rows"] // s["batch"] // 10)
     steps = max(1, s["rows"] // s["batch"] - warmup)
-    loader = clips_per_s(cfg, ds.iter_torch_batches(drop_last=True, **iter_args), warmup, steps, device)
+    loader, busy_pct = clips_per_s(cfg, ds.iter_torch_batches(drop_last=True, **iter_args), warmup, steps, device)
     # The loader alone (no training step): what it can deliver at most, spin-up included.
     t = time.perf_counter()
     n = sum(len(b["label_id"]) for b in ds.iter_torch_batches(**iter_args))
     sync(device)
-    return {"loader_clips_per_s": round(loader, 2), "loader_only_clips_per_s": round(n / (time.perf_counter() - t), 2)}
+    return {"loader_clips_per_s": round(loader, 2), "loader_gpu_busy_pct": busy_pct,
+            "loader_only_clips_per_s": round(n / (time.perf_counter() - t), 2)}
 
 
 def matmul_peak_tflops(device: torch.device) -> float:
@@ -173,9 +177,9 @@ def main() -> None:
         for variant in ("baseline", "sdn"):
             cfg = make_cfg(s, shards, sdn=variant == "sdn", decode_on=paths[0])
             batch = synthetic_batch(s, 4, device)
-            synthetic = clips_per_s(cfg, itertools.repeat(batch), 3, s["steps"], device)
+            synthetic, synthetic_busy_pct = clips_per_s(cfg, itertools.repeat(batch), 3, s["steps"], device)
             synthetic_median = median_step_clips_per_s(cfg, batch, s["steps"], device)
-            results[variant] = {"synthetic_clips_per_s": round(synthetic, 2),
+            results[variant] = {"synthetic_clips_per_s": round(synthetic, 2), "synthetic_gpu_busy_pct": synthetic_busy_pct,
                                 "synthetic_median_step_clips_per_s": round(synthetic_median, 2)}
             for path in paths:
                 loader = time_loader(make_cfg(s, shards, sdn=variant == "sdn", decode_on=path), s, device)
