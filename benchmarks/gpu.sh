@@ -30,9 +30,13 @@ status=0
 # The CUDA rendering path against the OpenCV one (its CUDA cases skip on machines without a GPU).
 python3 -m pytest -q -p no:cacheprovider tests/test_clips.py 2>&1 | tee "$out/test_clips.log" | tail -3 || status=1
 python3 benchmarks/bench_train.py --device cuda 2>&1 | tee "$out/bench_train.log" || status=1
-# LABEL_ACTORS="1 2": the stage with 1 actor holding the GPU and with 2 sharing it (label_gpus=0.5)
+# LABEL_ACTORS="1 2": the stage with 1 actor holding the GPU and with 2 sharing it (label_gpus=0.5);
+# LABEL_CALLS="2 3": blocks each actor runs at once (resources.label_calls_per_actor)
 for a in ${LABEL_ACTORS:-1}; do
-  python3 benchmarks/bench_labels.py --device cuda --actors "$a" ${LABEL_ARGS:-} 2>&1 | tee "$out/bench_labels_a$a.log" || status=1
+  for c in ${LABEL_CALLS:-2}; do
+    python3 benchmarks/bench_labels.py --device cuda --actors "$a" --calls "$c" ${LABEL_ARGS:-} 2>&1 \
+      | tee "$out/bench_labels_a${a}_c$c.log" || status=1
+  done
 done
 # The reproduction configs' per-GPU batch (8 GPUs x 4 clips): what their GPU-hour estimates use.
 [ "${SKIP_B4:-0}" = 1 ] || python3 benchmarks/bench_train.py --device cuda --batch-size 4 --decode-on device 2>&1 \

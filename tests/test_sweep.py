@@ -1,7 +1,9 @@
 """The loss-weight sweep: search spaces and trial sizing (no cluster), then real Tune sweeps of Ray
-Train runs on a tiny synthetic benchmark: the best trial is picked, an interrupted sweep resumes."""
+Train runs on a tiny synthetic benchmark: ASHA stops a weak trial, the best trial is picked, an
+interrupted sweep resumes."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,18 @@ def test_best_trial_follows_the_mode():
 
 
 @pytest.fixture(scope="module")
+def ray_local():
+    """This module's Ray runs the dashboard: Ray Train frees an ASHA-stopped trial's placement group
+    through the State API that the dashboard serves (the sweep refuses ASHA without it)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
+             object_store_memory=512 * 1024**2, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def shards(tmp_path_factory, ray_local):
     out = tmp_path_factory.mktemp("bench")
     run_synth(load_config(SynthConfig, None, [f"out={out / 'synth'}", "train_per_class=4", "val_per_class=2",
@@ -69,21 +83,48 @@ def shards(tmp_path_factory, ray_local):
     return pre.out
 
 
-def test_two_trial_sweep_picks_the_better_trial(tmp_path, shards):
+def test_asha_without_the_state_api_fails_before_any_trial(tmp_path, shards, monkeypatch):
+    import ray_jobs.sweep
+
+    assert ray_jobs.sweep.state_api_error() is None  # this module's Ray has it
+    monkeypatch.setattr(ray_jobs.sweep, "state_api_error", lambda: "Failed to connect to API server")
+    cfg = load_config(SweepConfig, None, TINY_TRAINING + [f"storage={tmp_path}", f"pretrain.shards={shards}"])
+    with pytest.raises(SystemExit, match=r"asha\.enabled=true needs Ray's State API.*Failed to connect"):
+        run_sweep(cfg)
+    assert not (tmp_path / "sweep").exists()  # nothing started
+
+
+def _live_placement_groups() -> list:
+    import ray
+
+    return [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
+
+
+def test_asha_stops_the_weak_trial_the_next_trial_still_runs_and_the_best_is_picked(tmp_path, shards):
+    """One trial at a time, best by train_loss (min). The mask term of the loss is -lambda_mask x the
+    masked clips' entropy (~ -1.7 x lambda_mask here), so the weights order the trials for sure: the
+    lambda_mask=0 trial is worse than the first at the grace rung and ASHA stops it; the third must then
+    get its resources (a stopped trial's Train workers and placement group are released) and wins."""
     cfg = load_config(SweepConfig, None, TINY_TRAINING + [
-        f"storage={tmp_path}", "lambda_scene.values=[0.0,0.5]", "lambda_mask.values=[0.0]", "asha.grace_period=1",
-        "metric=val_acc", f"pretrain.shards={shards}"])
+        f"storage={tmp_path}", "lambda_scene.values=[0.0]", "lambda_mask.values=[1.0,0.0,2.0]", "asha.grace_period=1",
+        "asha.reduction_factor=2", "metric=train_loss", "mode=min", "max_concurrent_trials=1", f"pretrain.shards={shards}"])
     summary = run_sweep(cfg)
-    trials = summary["trials"]
-    assert sorted(t["lambda_scene"] for t in trials) == [0.0, 0.5] and all(t["lambda_mask"] == 0.0 for t in trials)
-    assert all(t["status"] == "TERMINATED" and t["val_acc"] is not None for t in trials)
-    assert summary["best"]["val_acc"] == max(t["val_acc"] for t in trials)
+    trials = {t["lambda_mask"]: t for t in summary["trials"]}
+    assert all(t["status"] == "TERMINATED" and t["train_loss"] is not None for t in trials.values())
+    assert (trials[0.0]["epochs"], trials[0.0]["stopped_early"]) == (1, True)
+    assert [(trials[w]["epochs"], trials[w]["stopped_early"]) for w in (1.0, 2.0)] == [(2, False), (2, False)]
+    assert summary["best"]["lambda_mask"] == 2.0
+    assert summary["best"]["train_loss"] == min(t["train_loss"] for t in summary["trials"])
     on_disk = json.loads((tmp_path / "sweep" / "summary.json").read_text())
     assert on_disk["best"] == summary["best"]
     # every epoch reached Tune (ASHA needs them) and the trial's own metrics file
     best = summary["best"]
-    assert best["epochs"] == len(read_metrics(Path(best["checkpoint"]).parent)) or best["stopped_early"]
+    assert best["epochs"] == len(read_metrics(Path(best["checkpoint"]).parent))
     assert (Path(best["checkpoint"]) / "state.pt").is_file()
+    deadline = time.time() + 30  # Train's placement-group cleaner runs asynchronously
+    while _live_placement_groups() and time.time() < deadline:
+        time.sleep(1)
+    assert not _live_placement_groups()
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, shards):
