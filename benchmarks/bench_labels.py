@@ -25,15 +25,17 @@ Per model, over the same images in blocks of `--rows` rows of `--frames-per-row`
   CUDA streams, so that one block's decode overlaps the other's forward pass). The actor decodes each block with
   `debias.masks.decode_rows_on` (the production stages' decoder: one nvJPEG batch onto the GPU) and
   runs the same core through `debias.masks.run_by_size`, as `SamMasks` and `Places365Scenes` do.
-
 - decode, the stage's extra work alone: the same blocks' JPEG rows decoded onto the device by
   `decode_rows_on`, block after block. With the decode at or under the loop's rate, the card's JPEG
   decoder (not Ray) is what bounds the stage.
+- decode then model, the stage's per-block work (`decode_rows_on`, then the core) in a plain loop,
+  one block at a time: the stage over it is what Ray (actor, blocks, concurrent calls) costs or gains.
+  Information only; the bar stays stage against the model alone.
 
 With a GPU, the card's busy share (nvidia-smi) over the loop and over the stage run says whether the
-stage leaves the GPU idle. Both rates are steady-state: the loop's first block, and for the stage everything up to the end of
-the last actor's first block (model load, warm-up), are not counted. The bar is stage >= 85 % of
-loop. The last line is JSON.
+stage leaves the GPU idle. Rates are steady-state: the first block of each loop, and for the stage
+everything up to the end of the last actor's first block (model load, warm-up), are not counted. The
+bar is stage >= 85 % of loop. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -161,6 +163,9 @@ def measure(model: str, args: argparse.Namespace, labels: LabelsConfig, device: 
     # The work the stage adds, alone: each block's JPEG rows decoded onto the device by the production
     # decoder. Near the loop's rate or under it, the card's JPEG decoder is what the stage waits on.
     decode, _ = timed_blocks(lambda b: decode_rows_on(device, pool[b % POOL_BLOCKS], "bench"))
+    # The stage's whole per-block work (decode, then the core) one block after another without Ray:
+    # the stage over this is what Ray's actor, blocks and concurrent calls cost or gain.
+    plain, _ = timed_blocks(lambda b: run_by_size(decode_rows_on(device, pool[b % POOL_BLOCKS], "bench")[0], core))
     del core, decoded
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -179,6 +184,7 @@ def measure(model: str, args: argparse.Namespace, labels: LabelsConfig, device: 
     return {"loop_images_per_s": round(loop, 2), "stage_images_per_s": round(stage, 2),
             "stage_over_loop": round(stage / loop, 3), "meets_bar": stage >= BAR * loop,
             "decode_images_per_s": round(decode, 2), "decode_over_loop": round(decode / loop, 3),
+            "decode_then_model_images_per_s": round(plain, 2), "stage_over_decode_then_model": round(stage / plain, 3),
             # busy share of the card: the loop's, and the stage's (model load and warm-up included)
             "loop_gpu_busy_pct": loop_busy, "stage_gpu_busy_pct": stage_busy.pct,
             "blocks": num_blocks, "block_images": block_images}
