@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -155,7 +156,13 @@ def main() -> None:
                                             "crops and masked twin on the training device; tasks: Ray Data CPU tasks")
     parser.add_argument("--batch-size", type=int, help="clips per step (default: 32 full, 16 quick); the repro "
                                                        "configs' 4 per GPU is what 8 GPUs x 4 = 32 runs at")
+    parser.add_argument("--switch-interval-ms", type=float,
+                        help="Python's GIL switch interval for this process (default: Python's 5 ms). The GPU "
+                             "loader renders in Ray's prefetch threads beside the training loop, which needs the "
+                             "GIL to launch its kernels; a shorter interval hands it back sooner")
     args = parser.parse_args()
+    if args.switch_interval_ms:
+        sys.setswitchinterval(args.switch_interval_ms / 1e3)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed clip shapes: let cuDNN pick its fastest kernels
@@ -195,7 +202,8 @@ def main() -> None:
     sdn, base = results["sdn"], results["baseline"]
     summary = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-        "mode": "quick" if args.quick else "full", "decode_on": paths[0], "model": " ".join(s["model"]), "batch_size": s["batch"],
+        "mode": "quick" if args.quick else "full", "gil_switch_interval_ms": sys.getswitchinterval() * 1e3,
+        "decode_on": paths[0], "model": " ".join(s["model"]), "batch_size": s["batch"],
         "clip": f"{s['frames']}x{s['crop_px']}x{s['crop_px']}",
         "synthetic_clips_per_s": sdn["synthetic_clips_per_s"], "loader_clips_per_s": sdn["loader_clips_per_s"],
         # A step's cost, not the machine's mood: the ratio of median synthetic step times.

@@ -30,6 +30,9 @@ status=0
 # The CUDA rendering path against the OpenCV one (its CUDA cases skip on machines without a GPU).
 python3 -m pytest -q -p no:cacheprovider tests/test_clips.py 2>&1 | tee "$out/test_clips.log" | tail -3 || status=1
 python3 benchmarks/bench_train.py --device cuda 2>&1 | tee "$out/bench_train.log" || status=1
+# TRAIN_ARGS="--decode-on device --switch-interval-ms 0.5": a variant of the trainer run beside the default
+[ -z "${TRAIN_ARGS:-}" ] || python3 benchmarks/bench_train.py --device cuda $TRAIN_ARGS 2>&1 \
+  | tee "$out/bench_train_variant.log" || status=1
 # LABEL_ACTORS="1 2": the stage with 1 actor holding the GPU and with 2 sharing it (label_gpus=0.5);
 # LABEL_CALLS="2 3": blocks each actor runs at once (resources.label_calls_per_actor)
 for a in ${LABEL_ACTORS:-1}; do
