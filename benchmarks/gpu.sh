@@ -29,13 +29,15 @@ python3 -c "import torch, torchvision, ray; print('torch', torch.__version__, 't
 status=0
 # The CUDA rendering path against the OpenCV one (its CUDA cases skip on machines without a GPU).
 python3 -m pytest -q -p no:cacheprovider tests/test_clips.py 2>&1 | tee "$out/test_clips.log" | tail -3 || status=1
-python3 benchmarks/bench_train.py --device cuda 2>&1 | tee "$out/bench_train.log" || status=1
+# SKIP_TRAIN=1 / SKIP_LABELS=1 leave out the trainer / labelling benchmarks (to split the work over two
+# device calls of at most 10 min each, on the same warm machine)
+[ "${SKIP_TRAIN:-0}" = 1 ] || python3 benchmarks/bench_train.py --device cuda 2>&1 | tee "$out/bench_train.log" || status=1
 # TRAIN_ARGS="--decode-on device --switch-interval-ms 0.5": a variant of the trainer run beside the default
 [ -z "${TRAIN_ARGS:-}" ] || python3 benchmarks/bench_train.py --device cuda $TRAIN_ARGS 2>&1 \
   | tee "$out/bench_train_variant.log" || status=1
 # LABEL_ACTORS="1 2": the stage with 1 actor holding the GPU and with 2 sharing it (label_gpus=0.5);
 # LABEL_CALLS="2 3": blocks each actor runs at once (resources.label_calls_per_actor)
-for a in ${LABEL_ACTORS:-1}; do
+[ "${SKIP_LABELS:-0}" = 1 ] || for a in ${LABEL_ACTORS:-1}; do
   for c in ${LABEL_CALLS:-2}; do
     python3 benchmarks/bench_labels.py --device cuda --actors "$a" --calls "$c" ${LABEL_ARGS:-} 2>&1 \
       | tee "$out/bench_labels_a${a}_c$c.log" || status=1
