@@ -269,6 +269,20 @@ def _final_state(result: dict) -> dict:
     return torch.load(Path(result["checkpoint"]) / "state.pt", weights_only=True)
 
 
+@pytest.mark.parametrize("cache_rows", [True, False])
+def test_each_split_reads_its_own_rows_cached_or_not(shards, tmp_path, ray_local, cache_rows):
+    """cache_rows: one scan for every split, then a filter per split; without: a filtered scan per split."""
+    from ray_jobs.pretrain import split_rows
+
+    cfg = _cfg(shards, tmp_path, "rows", "train_split=val", "eval_splits=[train,val]", f"loader.cache_rows={cache_rows}")
+    rows = split_rows(cfg)
+    assert set(rows) == {"train", "val"}
+    table = pq.read_table(shards / "shards", columns=["video_id", "split"]).to_pandas()
+    for split, ds in rows.items():
+        got = sorted(r["video_id"] for r in ds.select_columns(["video_id"]).take_all())
+        assert got == sorted(table.video_id[table.split == split]), split
+
+
 def test_stopped_run_resumes_at_the_right_epoch_with_the_same_optimizer_state(shards, tmp_path, ray_local):
     from ray_jobs.pretrain import run_pretrain
 
