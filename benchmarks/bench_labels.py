@@ -166,7 +166,7 @@ def measure(model: str, args: argparse.Namespace, labels: LabelsConfig, device: 
     # The stage's whole per-block work (decode, then the core) one block after another without Ray:
     # the stage over this is what Ray's actor, blocks and concurrent calls cost or gain.
     plain, _ = timed_blocks(lambda b: run_by_size(decode_rows_on(device, pool[b % POOL_BLOCKS], "bench")[0], core))
-    del core, decoded
+    core = decoded = None  # free the loop's model and frames on the device before the stage loads its own
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
