@@ -52,3 +52,30 @@ def plot_bars(rows: list[dict], group_key: str, series: list[str], path: str | P
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_sweep(rows: list[dict], metric: str, best_trial: str, path: str | Path) -> None:
+    """The sweep at a glance: each trial that reported `metric` at (lambda_scene, lambda_mask), coloured
+    and labelled by its final value; a small marker and "(stopped)" for a trial ASHA stopped early, a
+    ring around the best."""
+    scored = [r for r in rows if r.get(metric) is not None]
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    if scored:
+        points = ax.scatter([r["lambda_scene"] for r in scored], [r["lambda_mask"] for r in scored],
+                            c=[r[metric] for r in scored], s=[60 if r["stopped_early"] else 260 for r in scored],
+                            marker="s", cmap="viridis")
+        fig.colorbar(points, ax=ax, label=metric)
+        for r in scored:
+            ax.annotate(f"{r[metric]:.3f}" + (" (stopped)" if r["stopped_early"] else ""),
+                        (r["lambda_scene"], r["lambda_mask"]), textcoords="offset points", xytext=(0, 11),
+                        ha="center", fontsize=7)
+            if r["trial"] == best_trial:
+                ax.scatter([r["lambda_scene"]], [r["lambda_mask"]], s=520, facecolors="none", edgecolors="red")
+    ax.set_xlabel("lambda_scene")
+    ax.set_ylabel("lambda_mask")
+    ax.margins(0.25)
+    ax.set_title(f"sweep: final {metric} per trial (red ring: best)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from typing import TypeVar
 
@@ -70,6 +71,18 @@ def init_ray(local_num_cpus: int = 0) -> None:
     # retried; on a busy small machine importing torch in a fresh worker can take longer than that,
     # and then no attempt ever succeeds. Local workers inherit this process's environment.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
-    # The dashboard (http://127.0.0.1:8265) shows progress, and Ray Train needs its state API.
+    # The dashboard shows progress, and Ray Train needs its State API: its placement-group cleaner frees
+    # the workers of a run killed mid-fit (a trial that ASHA stops). Left to itself, that cleaner finds
+    # the API by auto-detecting "the" local Ray and dies when the machine runs another Ray instance, so
+    # every process of this Ray is told where its dashboard is.
+    port = free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(num_cpus=local_num_cpus or max(4, os.cpu_count() or 1), include_dashboard=True,
-             dashboard_host="127.0.0.1", log_to_driver=True)
+             dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

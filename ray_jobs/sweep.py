@@ -4,7 +4,8 @@
 
 Trials report every epoch (so ASHA can stop the weak ones); the best trial is chosen by `metric`.
 Running the same STORAGE/NAME again resumes an interrupted sweep (Tuner.restore): finished trials are
-kept, unfinished and errored ones continue from their last checkpoint. Writes STORAGE/NAME/summary.json.
+kept, unfinished and errored ones continue from their last checkpoint. Writes STORAGE/NAME/summary.json,
+sweep.png (each trial's final metric over the two weights) and curves.png (each trial's epochs).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from debias.config import to_dict
-from debias.report import table
+from debias.report import plot_curves, plot_sweep, table
 from debias.sweep import (SWEPT, SweepConfig, best_trial, concurrent_trials, num_trials, param_space,
                           trial_pretrain_config, trial_resources, trial_rows)
+from debias.train import read_metrics
 from ray_jobs.common import init_ray, job_parser, load_job_config
 from ray_jobs.pretrain import run_pretrain
 
@@ -75,12 +77,14 @@ def make_tuner(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) 
 
 
 def state_api_error() -> str | None:
-    """Why Ray's State API (served by the dashboard) cannot be reached, or None when it can."""
+    """Why the State API (served by the dashboard) of the Ray this process is connected to cannot be
+    reached, or None when it can. The cluster's own address: left to find one, the State API gives up
+    on a machine that runs several Ray instances."""
     from ray.util.state import list_actors
     from ray.util.state.exception import RayStateApiException
 
     try:
-        list_actors(limit=1, timeout=10)
+        list_actors(address=ray.get_runtime_context().gcs_address, limit=1, timeout=10)
     except RayStateApiException as e:
         return str(e).split(". ")[0]
     return None
@@ -118,10 +122,13 @@ def run_sweep(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -
                "errors": [str(r.error) for r in grid if r.error], "wall_s": round(time.perf_counter() - t0, 1),
                "config": to_dict(cfg)}
     (path / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot_sweep(rows, cfg.metric, best["trial"], path / "sweep.png")
+    histories = {r["trial"]: read_metrics(path / "runs" / r["trial"]) for r in rows}
+    plot_curves(histories, list(dict.fromkeys(["train_loss", "train_acc", cfg.metric])), path / "curves.png")
     print("\n" + table(rows, ["trial", *SWEPT, cfg.metric, "epochs", "stopped_early", "status"]))
     print(f"\nsweep: best {cfg.metric}={best[cfg.metric]:.3f} at lambda_scene={best['lambda_scene']:g}, "
           f"lambda_mask={best['lambda_mask']:g} (trial {best['trial']}); {len(summary['errors'])} errored; "
-          f"summary: {path / 'summary.json'}")
+          f"summary: {path / 'summary.json'}  plots: {path / 'sweep.png'}, {path / 'curves.png'}")
     return summary
 
 

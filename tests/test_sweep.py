@@ -14,6 +14,7 @@ from debias.curate import PreprocessConfig
 from debias.sweep import SweepConfig, best_trial, concurrent_runs, num_trials, param_space
 from debias.synth import SynthConfig
 from debias.train import read_metrics
+from ray_jobs.common import init_ray
 from ray_jobs.preprocess import run_preprocess
 from ray_jobs.sweep import run_sweep, trial_driver
 from ray_jobs.synth import run_synth
@@ -60,14 +61,26 @@ def test_best_trial_follows_the_mode():
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """This module's Ray runs the dashboard: Ray Train frees an ASHA-stopped trial's placement group
-    through the State API that the dashboard serves (the sweep refuses ASHA without it)."""
+    """This module's Ray is the jobs' own (`init_ray`: with the dashboard, whose State API Ray Train
+    needs to free an ASHA-stopped trial's workers), beside a second Ray instance on the same machine,
+    which made Ray Train's placement-group cleaner give up ("multiple active Ray instances")."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
-             object_store_memory=512 * 1024**2, log_to_driver=False)
+    other = subprocess.Popen([sys.executable, "-c", "import ray, time; ray.init(num_cpus=1, include_dashboard=False); "
+                              "print('up', flush=True); time.sleep(3600)"], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "up"
+    before = os.environ.get("RAY_API_SERVER_ADDRESS")
+    init_ray(4)
     yield ray
     ray.shutdown()
+    os.environ.pop("RAY_API_SERVER_ADDRESS", None) if before is None else os.environ.update(RAY_API_SERVER_ADDRESS=before)
+    other.send_signal(signal.SIGINT)  # its ray.init's exit handler stops that instance
+    other.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +134,8 @@ def test_asha_stops_the_weak_trial_the_next_trial_still_runs_and_the_best_is_pic
     best = summary["best"]
     assert best["epochs"] == len(read_metrics(Path(best["checkpoint"]).parent))
     assert (Path(best["checkpoint"]) / "state.pt").is_file()
+    for plot in ("sweep.png", "curves.png"):
+        assert (tmp_path / "sweep" / plot).stat().st_size > 5000
     deadline = time.time() + 30  # Train's placement-group cleaner runs asynchronously
     while _live_placement_groups() and time.time() < deadline:
         time.sleep(1)
