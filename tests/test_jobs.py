@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,16 +13,11 @@ import pytest
 
 from debias.config import load_config
 from debias.synth import SynthConfig
+from ray_jobs.common import free_port
 from ray_jobs.synth import run_synth
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +28,16 @@ def ray_head(tmp_path_factory):
     # no drain on SIGTERM: Ray 2.60 otherwise waits 30 s for the node's idle workers before it stops
     env.update(HOME=str(home), RAY_AUTH_MODE="token", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
     subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    address = f"http://127.0.0.1:{_free_port()}"
+    address = f"http://127.0.0.1:{free_port()}"
     # --block keeps this head's processes tied to one process we can stop; `ray stop` would also kill
     # any other Ray instance on the machine.
     log = open(home / "ray-start.log", "w")  # a file, not a pipe: a full pipe would stall the head
     temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+    head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
                              f"--temp-dir={temp_dir}",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={address.rsplit(':', 1)[1]}",
                              # own agent port: the default (52365) may be held by another Ray on the machine
-                             f"--dashboard-agent-listen-port={_free_port()}",
+                             f"--dashboard-agent-listen-port={free_port()}",
                              "--num-cpus=4", "--include-dashboard=true", "--disable-usage-stats"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
