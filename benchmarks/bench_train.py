@@ -1,5 +1,5 @@
 """Training throughput: clips/s of the real training step, on synthetic in-memory tensors and fed by
-the real shard loader (Ray Data, `ray_jobs.pretrain.clip_dataset`), for the baseline and SDN.
+the real shard loader (Ray Data, `debias.pretrain.clip_dataset`), for the baseline and SDN.
 
     PYTHONPATH=. python benchmarks/bench_train.py --device cuda        # full: r3d_18, 16x112x112, batch 32
     PYTHONPATH=. python benchmarks/bench_train.py --quick --device cpu # narrow model, tiny clips
@@ -115,7 +115,7 @@ def median_step_clips_per_s(cfg: PretrainConfig, batch: dict, steps: int, device
 def time_loader(cfg: PretrainConfig, s: dict, device: torch.device) -> dict:
     """The real path: the trainer's Ray Data pipeline (windows, multi-scale crop, flip, masked twin)
     and its iterator settings (clips land on `device` in Ray's prefetch threads), timed with the step."""
-    from ray_jobs.pretrain import clip_dataset, split_rows
+    from debias.pretrain import clip_dataset, split_rows
 
     ds = clip_dataset(cfg, split_rows(cfg)[cfg.train_split], train=True)
     iter_args = {"batch_size": s["batch"], "prefetch_batches": cfg.loader.prefetch_batches, "device": device,
@@ -176,7 +176,7 @@ def main() -> None:
         shards = write_pattern_shards(Path(args.out or tmp), {"train": s["rows"]}, num_frames=s["frames"],
                                       size_px=s["stored_px"], rows_per_file=64)
         print(f"wrote {s['rows']} rows of {s['frames']}x{s['stored_px']}px in {time.perf_counter() - t0:.1f} s", flush=True)
-        # As the jobs do (ray_jobs.common.init_ray): at least 4 logical CPUs, so that decode tasks
+        # As the jobs do (debias.cluster.init_ray): at least 4 logical CPUs, so that decode tasks
         # overlap the step on a small machine; no dashboard (a GPU box may lack its extra packages).
         ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False

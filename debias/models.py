@@ -8,7 +8,6 @@ Backbones are torchvision's video ResNets (`r3d_18`, `mc3_18`, `r2plus1d_18`) fo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
@@ -16,7 +15,7 @@ from torch import nn
 from torchvision.models.video import mc3_18, r2plus1d_18, r3d_18
 from torchvision.models.video.resnet import BasicBlock, Conv3DSimple
 
-from debias.config import ConfigError, check
+from debias.config import check
 
 # Kinetics statistics used by torchvision's video models (inputs are RGB in [0, 1]).
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -38,9 +37,9 @@ class ModelConfig:
     # fine-tuning with a few clips per GPU, where batch statistics are noise.
     freeze_bn: bool = False
     # Backbone weights to start from (heads start fresh, so the number of classes may differ): one of
-    # our pretrain checkpoints (its directory, the state.pt in it, or a run directory OUT/NAME: its
-    # latest checkpoint) or, for the torchvision backbones, a torchvision-format weights file (.pth).
-    # "" = random initialisation.
+    # our pretrain checkpoints (its folder, the state.pt in it, or a run folder OUT/NAME: its latest
+    # checkpoint) or, for the torchvision backbones, a torchvision-format weights file (.pth); local or a
+    # URI. "" = random initialisation.
     init_from: str = ""
 
     def __post_init__(self) -> None:
@@ -108,52 +107,21 @@ def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
     return net, features
 
 
-def _init_error(path: str, message: str) -> ConfigError:
-    return ConfigError(f"model.init_from: {path}: {message}")
-
-
-def backbone_state(path: str) -> dict[str, torch.Tensor]:
-    """The backbone weights stored at `path`, keyed as in `build_backbone`'s module.
-
-    `path`: a pretrain checkpoint directory (holds state.pt), a pretrain run directory (OUT/NAME: its
-    latest checkpoint), a state.pt ({"model": SDN state dict, ...}), or a torchvision weights file
-    (the whole video ResNet's state dict; its `fc` is dropped).
-    """
-    file = Path(path).expanduser()
-    if file.is_dir() and not (file / "state.pt").is_file():
-        # Ray Train names checkpoints checkpoint_<timestamp>: the last in name order is the latest.
-        checkpoints = sorted(file.glob("checkpoint_*/state.pt"))
-        file = checkpoints[-1] if checkpoints else file / "state.pt"
-    elif file.is_dir():
-        file = file / "state.pt"
-    if not file.is_file():
-        raise _init_error(path, f"no such file ({file})")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise _init_error(path, f"cannot be read as torch weights ({type(e).__name__}: {e})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # our checkpoint
-        return {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
-    if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):  # torchvision
-        return {k: v for k, v in state.items() if not k.startswith("fc.")}
-    raise _init_error(path, "neither a pretrain checkpoint ({'model': ...}) nor a state dict of tensors")
-
-
-def load_backbone(backbone: nn.Module, path: str) -> None:
-    """Copy the weights at `path` into `backbone`; every key and shape must match."""
-    state = backbone_state(path)
+def load_backbone(backbone: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy `state` (backbone weights, as `debias.runs.backbone_weights` reads them) into `backbone`;
+    every key and shape must match, else ValueError saying which."""
     own = backbone.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise _init_error(path, f"backbone keys do not match this model.backbone: missing {missing[:3]}"
-                                f"{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
-                                f"{' ...' if len(unexpected) > 3 else ''} ({len(missing)} missing, "
-                                f"{len(unexpected)} unexpected)")
+        raise ValueError(f"backbone keys do not match this model.backbone: missing {missing[:3]}"
+                         f"{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                         f"{' ...' if len(unexpected) > 3 else ''} ({len(missing)} missing, "
+                         f"{len(unexpected)} unexpected)")
     for k, v in state.items():
         if v.shape != own[k].shape:
-            raise _init_error(path, f"backbone weight {k} has shape {tuple(v.shape)}, this model.backbone "
-                                    f"expects {tuple(own[k].shape)} (another width/backbone?)")
+            raise ValueError(f"backbone weight {k} has shape {tuple(v.shape)}, this model.backbone "
+                             f"expects {tuple(own[k].shape)} (another width/backbone?)")
     backbone.load_state_dict(state)
 
 
@@ -180,9 +148,7 @@ class SDN(nn.Module):
     def __init__(self, cfg: ModelConfig, num_actions: int, num_scenes: int, grl_alpha: float = 1.0) -> None:
         super().__init__()
         self.freeze_bn = cfg.freeze_bn
-        self.backbone, dim = build_backbone(cfg)
-        if cfg.init_from:
-            load_backbone(self.backbone, cfg.init_from)
+        self.backbone, dim = build_backbone(cfg)  # cfg.init_from is loaded by debias.runs.build_model
         self.dropout = nn.Dropout(cfg.dropout)
         self.action_head = nn.Linear(dim, num_actions)
         layers: list[nn.Module] = [GradReverse(grl_alpha)]

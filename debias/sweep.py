@@ -14,6 +14,7 @@ from typing import Any, Literal
 from ray import tune
 
 from debias.config import check, from_dict
+from debias import runs
 from debias.train import PretrainConfig
 
 SWEPT = ("lambda_scene", "lambda_mask")  # the PretrainConfig.loss keys a sweep searches over

@@ -1,6 +1,6 @@
 """The debiased trainer: plain `train_one_epoch` / `evaluate` functions and the Ray Train worker loop.
 
-`train_loop_per_worker` is what `ray_jobs/pretrain.py` hands to `TorchTrainer`; everything else here
+`train_loop_per_worker` is what `debias.pretrain.run_pretrain` hands to `TorchTrainer`; everything else here
 runs without Ray (the tests call it on in-memory batches, in one process or under torch.distributed).
 
 Every choice of the paper and of its official code is a config key: the update (joint: one summed
@@ -11,10 +11,9 @@ plateau) and a warm-up that trains only the new heads.
 
 from __future__ import annotations
 
-import json
+import logging
 import math
-import socket
-import struct
+import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -23,8 +22,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from tqdm import tqdm
 
 from debias.clips import ClipCollate, ClipConfig
+from debias.cluster import configure_logging
 from debias.config import check, from_dict
 from debias.losses import (
     action_loss,
@@ -34,6 +35,9 @@ from debias.losses import (
     scene_loss,
 )
 from debias.models import SDN, ModelConfig
+from debias.runs import STATE_FILE, RunWriter, build_model, checkpoint_name
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,12 +134,23 @@ class PretrainConfig:
     train_split: str = "train"
     eval_splits: list[str] = field(default_factory=lambda: ["val", "ood"])
     tensorboard: bool = True  # also write the per-epoch metrics as TensorBoard events in OUT/NAME/tensorboard
+    # ranks the checkpoints ("best" in `debias predict/export --checkpoint best`); "" = the first eval
+    # split's accuracy. Maximised when it ends in acc/top5 or holds "entropy", else minimised.
+    best_metric: str = ""
+    checkpoint_keep: int = 2  # best checkpoints kept by best_metric (Ray keeps the latest besides)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+    def __post_init__(self) -> None:
+        check(self.checkpoint_keep >= 1, "checkpoint_keep", "must be >= 1")
+        prefixes = ("train_", *(f"{s}_" for s in self.eval_splits))
+        check(not self.best_metric or self.best_metric.startswith(prefixes), "best_metric",
+              f"must be a per-epoch metric of train_split or an eval split (a name starting with {list(prefixes)}), "
+              f"got {self.best_metric!r}")
 
 
 Batch = dict[str, torch.Tensor]
@@ -237,18 +252,22 @@ def _topk_hits(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: SDN, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
+def evaluate(model: SDN, batches: Iterable[Batch], device: torch.device) -> dict[str, float | list[list[int]]]:
     """Action loss and accuracy per clip, accuracy per video (mean softmax over a video's clips: rows sharing
     `video_key`), top-1 and top-5; the scene head's accuracy (how much scene the features still carry);
     and, when batches hold masked clips, the mean entropy of the masked-clip prediction.
 
     Keys: loss (action cross-entropy per clip), acc, top5, scene_acc, video_acc and video_top5 (if batches hold video_key), masked_entropy
-    (if batches hold masked clips).
+    (if batches hold masked clips), and confusion: (A, A) nested lists of counts, row = true class, column =
+    predicted, per video (mean softmax) when batches hold video_key, else per clip; its diagonal over its row
+    sums is the per-class accuracy (which actions lean on the scene: compare an in-distribution split's with
+    an out-of-context one's).
     """
     model.eval()
     autocast = {"device_type": device.type, "dtype": torch.bfloat16, "enabled": device.type == "cuda"}
     sums = {"loss": 0.0, "correct": 0.0, "top5": 0.0, "scene_correct": 0.0, "masked_entropy": 0.0, "masked_n": 0.0,
             "n": 0.0}
+    confusion = None  # (A, A) clip-level counts, once the first batch tells A
     videos: dict[int, list] = {}  # video_key -> [sum of softmax (A,), number of clips, label]
     for batch in batches:
         clips = batch["clips"].to(device)
@@ -265,6 +284,10 @@ def evaluate(model: SDN, batches: Iterable[Batch], device: torch.device) -> dict
         sums["top5"] += _topk_hits(probs, labels, 5)
         sums["scene_correct"] += (out.scene.argmax(1) == batch["scene_id"].to(device)).sum().item()
         sums["n"] += len(labels)
+        if confusion is None:
+            confusion = torch.zeros(probs.shape[1], probs.shape[1], dtype=torch.float64)
+        confusion.index_put_((labels.cpu(), probs.argmax(1).cpu()), torch.ones(len(labels), dtype=torch.float64),
+                             accumulate=True)
         for key, p, label in zip(batch["video_key"].tolist() if "video_key" in batch else [],
                                  probs.cpu(), labels.tolist()):
             entry = videos.setdefault(key, [torch.zeros_like(p), 0, label])
@@ -288,6 +311,12 @@ def evaluate(model: SDN, batches: Iterable[Batch], device: torch.device) -> dict
         labels = torch.tensor([label for *_, label in videos.values()])
         out_metrics.update(video_acc=_topk_hits(probs, labels, 1) / len(videos),
                            video_top5=_topk_hits(probs, labels, 5) / len(videos))
+        confusion = torch.zeros(probs.shape[1], probs.shape[1], dtype=torch.float64)
+        confusion.index_put_((labels, probs.argmax(1)), torch.ones(len(labels), dtype=torch.float64), accumulate=True)
+    elif confusion is not None:  # per clip: each worker counted its own clips
+        confusion = torch.tensor(_global_sum(confusion.flatten().tolist(), device), dtype=torch.float64).view_as(confusion)
+    if confusion is not None:
+        out_metrics["confusion"] = confusion.long().tolist()
     if t["masked_n"]:
         out_metrics["masked_entropy"] = t["masked_entropy"] / t["masked_n"]
     return out_metrics
@@ -352,15 +381,17 @@ class LRSchedule:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train worker: `config` = {"cfg": PretrainConfig as a dict, "num_actions", "num_scenes"}.
+    """Ray Train worker: `config` = {"cfg": PretrainConfig as a dict, "num_actions", "num_scenes", "run":
+    the run folder, "steps": {split: batches per worker per epoch}}.
 
     Resumes from the run's latest checkpoint when there is one (model, optimizer with its momentum,
-    LR schedule state, epoch); reports (and checkpoints) each epoch, and from rank 0 appends the
-    epoch's metrics to OUT/NAME/metrics.jsonl and to TensorBoard events in OUT/NAME/tensorboard.
+    LR schedule state, epoch); reports (and checkpoints) each epoch; rank 0 writes the epoch's metrics,
+    confusion matrices and TensorBoard events through `debias.runs.RunWriter`.
     """
     import ray.train
     import ray.train.torch
 
+    configure_logging()  # the driver's level, from the environment the workers inherit
     cfg = from_dict(PretrainConfig, config["cfg"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -370,7 +401,7 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         torch.backends.cudnn.benchmark = True  # fixed clip shapes: cuDNN may pick its fastest kernels once
     torch.manual_seed(cfg.seed)  # same initial weights on every worker (DDP also broadcasts them)
-    core = SDN(cfg.model, config["num_actions"], config["num_scenes"], cfg.loss.grl_alpha)
+    core = build_model(cfg.model, config["num_actions"], config["num_scenes"], cfg.loss.grl_alpha)
     if cfg.scaling.sync_batchnorm and device.type == "cuda" and ctx.get_world_size() > 1:
         core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
     # Alternating steps, or a mask head the loss does not read, leave parameters without gradient in
@@ -383,13 +414,12 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", map_location=device, weights_only=True)
+            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         start_epoch = state["epoch"] + 1
-    run_dir = Path(cfg.out).resolve() / cfg.name
-    events = EventWriter(run_dir / "tensorboard") if rank == 0 and cfg.tensorboard else None
+    writer = RunWriter(config["run"], cfg.tensorboard) if rank == 0 else None
     iter_args = {"batch_size": cfg.optim.batch_size, "prefetch_batches": cfg.loader.prefetch_batches}
     if decode_on_device(cfg):
         iter_args["collate_fn"] = ClipCollate(cfg.clip, device)
@@ -399,97 +429,42 @@ def train_loop_per_worker(config: dict) -> None:
         core.set_grl_alpha(grl_alpha)
         warmup = epoch < cfg.optim.head_warmup_epochs
         metrics: dict = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                         "head_lr": optimizer.param_groups[1]["lr"], "grl_alpha": grl_alpha}
+                         "head_lr": optimizer.param_groups[1]["lr"], "grl_alpha": grl_alpha,
+                         "checkpoint": checkpoint_name(epoch)}
         t0 = time.perf_counter()
         batches = ray.train.get_dataset_shard(cfg.train_split).iter_torch_batches(
             **iter_args, local_shuffle_buffer_size=4 * cfg.optim.batch_size, local_shuffle_seed=cfg.seed + epoch)
-        result = train_one_epoch(model, batches, optimizer, cfg.loss, device, train_backbone=not warmup)
+        bar = progress(batches, config["steps"][cfg.train_split], f"[{cfg.name}] epoch {epoch + 1}", rank)
+        result = train_one_epoch(model, bar, optimizer, cfg.loss, device, train_backbone=not warmup)
         metrics.update({f"train_{k}": v for k, v in result.items()})
         t1 = time.perf_counter()
+        confusion = {}
         for split in cfg.eval_splits:
-            result = evaluate(core, ray.train.get_dataset_shard(split).iter_torch_batches(**iter_args), device)
+            shard = ray.train.get_dataset_shard(split).iter_torch_batches(**iter_args)
+            result = evaluate(core, progress(shard, config["steps"][split], f"[{cfg.name}] {split}", rank), device)
+            if "confusion" in result:
+                confusion[split] = result.pop("confusion")
             metrics.update({f"{split}_{k}": v for k, v in result.items()})
         metrics.update(train_time_s=t1 - t0, eval_time_s=time.perf_counter() - t1)
         schedule.observe(epoch, metrics)
         with tempfile.TemporaryDirectory() as d:
             saved = None
-            if rank == 0:
+            if writer:
                 torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(), "epoch": epoch}, Path(d) / "state.pt")
-                run_dir.mkdir(parents=True, exist_ok=True)
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                if events:
-                    events.scalars(metrics, step=epoch)
+                            "schedule": schedule.state_dict(), "epoch": epoch}, Path(d) / STATE_FILE)
+                writer.epoch(metrics, confusion)
                 saved = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=saved)
+            ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=checkpoint_name(epoch))
         if rank == 0:
-            shown = {k: round(v, 3) for k, v in metrics.items() if k.endswith(("acc", "loss", "entropy", "_s"))}
-            print(f"[{cfg.name}] epoch {epoch + 1}/{cfg.optim.epochs} {shown}", flush=True)
+            shown = {k: round(v, 3) for k, v in metrics.items()
+                     if isinstance(v, float) and k.endswith(("acc", "loss", "entropy", "_s"))}
+            log.info("[%s] epoch %d/%d %s", cfg.name, epoch + 1, cfg.optim.epochs, shown)
+    if writer:
+        writer.close()
 
 
-def _crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-_CRC32C_TABLE = [0] * 256
-for _i in range(256):
-    _c = _i
-    for _ in range(8):
-        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-    _CRC32C_TABLE[_i] = _c
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-class EventWriter:
-    """TensorBoard scalars without the tensorboard package: `Event` protos (encoded by hand) in
-    TFRecord framing, one events.out.tfevents.* file per writer (TensorBoard merges a folder's files)."""
-
-    def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{time.time_ns()}"
-        self._write(b"\x09" + struct.pack("<d", time.time()) + b"\x1a" + _varint(13) + b"brain.Event:2")
-
-    def _write(self, event: bytes) -> None:
-        def masked_crc(data: bytes) -> bytes:
-            crc = _crc32c(data)
-            return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
-
-        length = struct.pack("<Q", len(event))
-        with open(self.path, "ab") as f:
-            f.write(length + masked_crc(length) + event + masked_crc(event))
-
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        """One event holding every numeric value as a scalar summary at `step`."""
-        summary = b""
-        for tag, v in values.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                name = tag.encode()
-                value = b"\x0a" + _varint(len(name)) + name + b"\x15" + struct.pack("<f", float(v))
-                summary += b"\x0a" + _varint(len(value)) + value
-        self._write(b"\x09" + struct.pack("<d", time.time()) + b"\x10" + _varint(step)
-                    + b"\x2a" + _varint(len(summary)) + summary)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The per-epoch metrics a run wrote (latest run of each epoch wins after a resume)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    by_epoch: dict[int, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                m = json.loads(line)
-                by_epoch[m["epoch"]] = m
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
+def progress(batches: Iterable[Batch], total: int, desc: str, rank: int) -> Iterable[Batch]:
+    """Batches with a progress bar and ETA on rank 0 when stderr is a terminal; as they are otherwise."""
+    if rank != 0 or not sys.stderr.isatty():
+        return batches
+    return tqdm(batches, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)

@@ -9,17 +9,13 @@ Top-1 is video-level: the trainer's `video_acc` on the test split (mean softmax 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from statistics import mean
 
-import torch
-
+from debias import runs, storage
 from debias.bias import BiasConfig
-from debias.config import check, from_dict
-from debias.models import SDN
-from debias.train import LossConfig, PretrainConfig
+from debias.config import check
+from debias.train import PretrainConfig
 
 SCRATCH = "scratch"  # the pretraining name that means "no pretraining" (random initialisation)
 
@@ -48,8 +44,8 @@ class TargetConfig:
 @dataclass
 class TransferConfig:
     out: str = "out/transfer"  # runs in OUT/runs, summary.json, report.md and plots in OUT
-    # name -> pretraining checkpoint, or a pretrain run directory (its latest checkpoint); the name
-    # `scratch` with "" is the from-scratch reference
+    # name -> pretraining checkpoint folder, or a pretrain run folder (its latest checkpoint), local or a
+    # URI; the name `scratch` with "" is the from-scratch reference
     pretrained: dict[str, str] = field(default_factory=dict)
     source_shards: str = "out/shards"  # the pretraining data: the scene-bias measurements run on it
     targets: dict[str, TargetConfig] = field(default_factory=dict)
@@ -76,18 +72,6 @@ class RunSpec:
     config: PretrainConfig
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory (holds state.pt) as given, or a run directory's latest checkpoint."""
-    path = Path(path).resolve()
-    if (path / "state.pt").is_file():
-        return path
-    checkpoints = sorted(p for p in path.glob("checkpoint_*") if (p / "state.pt").is_file())  # named by time
-    if not checkpoints:
-        raise FileNotFoundError(f"{path}: neither a checkpoint (state.pt) nor a run directory with checkpoint_* "
-                                "folders (pretrained: {name: path})")
-    return checkpoints[-1]
-
-
 def run_specs(cfg: TransferConfig) -> list[RunSpec]:
     """Every (pretrained, target, split) fine-tuning run, with its PretrainConfig."""
     specs = []
@@ -95,11 +79,11 @@ def run_specs(cfg: TransferConfig) -> list[RunSpec]:
         for target, t in cfg.targets.items():
             for k, fold in enumerate(t.folds, start=1):
                 run = dataclasses.replace(
-                    cfg.finetune, shards=str(Path(fold.shards).resolve()), out=str(Path(cfg.out).resolve() / "runs"),
+                    cfg.finetune, shards=storage.absolute(fold.shards), out=storage.join(storage.absolute(cfg.out), "runs"),
                     name=f"{pre}__{target}__split{k}", train_split=fold.train, eval_splits=[fold.test],
                     loss=dataclasses.replace(cfg.finetune.loss, lambda_scene=0.0, lambda_mask=0.0),
                     model=dataclasses.replace(cfg.finetune.model,
-                                              init_from=str(resolve_checkpoint(checkpoint)) if checkpoint else ""))
+                                              init_from=runs.checkpoint_path(checkpoint) if checkpoint else ""))
                 specs.append(RunSpec(pre, target, k, run))
     return specs
 
@@ -114,22 +98,3 @@ def transfer_table(rows: list[dict], targets: list[str]) -> list[dict]:
             entry[target] = mean(scores) if scores else None
         table.append(entry)
     return table
-
-
-def load_pretrained(checkpoint: str | Path) -> tuple[SDN, dict]:
-    """The whole SDN (backbone and both heads) of a pretraining checkpoint, and its run's config.
-
-    The run's config.json (written beside its checkpoints) gives the architecture and class counts.
-    """
-    checkpoint = resolve_checkpoint(checkpoint)
-    config_file = checkpoint.parent / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{checkpoint}: no config.json beside this checkpoint ({config_file}); "
-                                "pass a checkpoint directory written by `debias pretrain` or `debias sweep`")
-    cfg = from_dict(PretrainConfig, json.loads(config_file.read_text()))
-    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)["model"]
-    num_actions, num_scenes = state["action_head.weight"].shape[0], state[next(
-        k for k in reversed(list(state)) if k.startswith("scene_head.") and k.endswith(".weight"))].shape[0]
-    model = SDN(dataclasses.replace(cfg.model, init_from=""), num_actions, num_scenes, LossConfig().grl_alpha)
-    model.load_state_dict(state)
-    return model.eval(), {"config": cfg, "num_actions": num_actions, "num_scenes": num_scenes}

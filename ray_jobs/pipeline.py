@@ -16,25 +16,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from debias import runs, storage
 from debias.config import check, to_dict
 from debias.curate import PreprocessConfig
 from debias.report import plot_bars, plot_curves, table
 from debias.sweep import SWEPT, SweepConfig
 from debias.synth import SynthConfig
-from debias.train import read_metrics
 from debias.transfer import SCRATCH, FoldConfig, TargetConfig, TransferConfig
 from ray_jobs.common import job_parser, load_job_config
 from ray_jobs.preprocess import run_preprocess
-from ray_jobs.pretrain import run_pretrain
+from debias.pretrain import run_pretrain
 from ray_jobs.sweep import run_sweep
 from ray_jobs.synth import run_synth
 from ray_jobs.transfer import BIAS_COLUMNS, run_transfer
+
+log = logging.getLogger(__name__)
 
 BEST = "sweep_best"  # the transfer name of the sweep's best trial
 
@@ -86,56 +87,57 @@ class PipelineConfig:
 class Stages:
     """Runs stages in order, skipping those already done with the same hash (see module docstring)."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: str) -> None:
         self.out, self.timings_s, self.skipped, self.hashes = out, {}, [], {}
 
-    def run(self, name: str, config: dict, inputs: list[str], work: Callable[[Path], dict]) -> dict:
-        folder = self.out / name
+    def run(self, name: str, config: dict, inputs: list[str], work: Callable[[], dict]) -> dict:
+        folder = storage.join(self.out, name)
         digest = hashlib.sha256(json.dumps({"config": config, "inputs": [self.hashes[i] for i in inputs]},
                                            sort_keys=True).encode()).hexdigest()[:16]
         self.hashes[name] = digest
-        state_file = folder / "stage.json"
-        state = json.loads(state_file.read_text()) if state_file.is_file() else None
+        state_file = storage.join(folder, "stage.json")
+        state = storage.read_json(state_file) if storage.is_file(state_file) else None
         if state and state["hash"] == digest and state["done"]:
-            print(f"pipeline: {name} is up to date ({folder}), skipped")
+            log.info("pipeline: %s is up to date (%s), skipped", name, folder)
             self.skipped.append(name)
-            return json.loads((folder / "result.json").read_text())
+            return storage.read_json(storage.join(folder, "result.json"))
         if state and state["hash"] != digest:
-            print(f"pipeline: {name} changed (config or inputs), running it afresh")
-            shutil.rmtree(folder)
+            log.info("pipeline: %s changed (config or inputs), running it afresh", name)
+            storage.delete(folder)
         elif state:
-            print(f"pipeline: {name} was interrupted, resuming")
-        folder.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({"hash": digest, "done": False}))
+            log.info("pipeline: %s was interrupted, resuming", name)
+        storage.write_json(state_file, {"hash": digest, "done": False})
         t0 = time.perf_counter()
-        result = work(folder)
+        result = work()
         self.timings_s[name] = round(time.perf_counter() - t0, 1)
-        (folder / "result.json").write_text(json.dumps(result, indent=1))
-        state_file.write_text(json.dumps({"hash": digest, "done": True, "config": config}))
+        storage.write_json(storage.join(folder, "result.json"), result)
+        storage.write_json(state_file, {"hash": digest, "done": True, "config": config})
         return result
 
 
 def curate(stages: Stages, cfg: PipelineConfig, name: str, task: str, pre: PreprocessConfig, inputs: list[str]) -> str:
     """Preprocess one dataset (or one split of it) in its own stage `data_NAME`; returns its shards folder.
     `task`: with synth, the benchmark task whose manifest it reads."""
+    out = storage.absolute(cfg.out)
     if cfg.synth is not None:
         pre = dataclasses.replace(pre, input=dataclasses.replace(
-            pre.input, manifest=str(Path(cfg.out).resolve() / "synth" / task / "manifest.csv")))
-    pre = dataclasses.replace(pre, out=str(Path(cfg.out).resolve() / f"data_{name}"))
-    stages.run(f"data_{name}", to_dict(pre), inputs, lambda _folder: run_preprocess(pre))
+            pre.input, manifest=storage.join(out, "synth", task, "manifest.csv")))
+    pre = dataclasses.replace(pre, out=storage.join(out, f"data_{name}"))
+    stages.run(f"data_{name}", to_dict(pre), inputs, lambda: run_preprocess(pre))
     return pre.out
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     t0 = time.perf_counter()
-    out = Path(cfg.out).resolve()
+    out = storage.absolute(cfg.out)
+    storage.check_storage(out, "out")
     stages = Stages(out)
 
     # 1. the synthetic benchmark (optional): manifests for the source and every target task.
     upstream: list[str] = []
     if cfg.synth is not None:
-        synth = dataclasses.replace(cfg.synth, out=str(out / "synth"))
-        stages.run("synth", to_dict(synth), [], lambda _folder: run_synth(synth))
+        synth = dataclasses.replace(cfg.synth, out=storage.join(out, "synth"))
+        stages.run("synth", to_dict(synth), [], lambda: run_synth(synth))
         upstream = ["synth"]
     # 2. curation (Ray Data), one stage per dataset.
     source_shards = curate(stages, cfg, "source", "source", cfg.source, upstream)
@@ -151,35 +153,34 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     base = dataclasses.replace(cfg.sweep.pretrain, shards=source_shards)
     checkpoints, histories = {}, {}
     for name, weights in cfg.references.items():
-        run = dataclasses.replace(base, name=name, out=str(out / f"pretrain_{name}"),
+        run = dataclasses.replace(base, name=name, out=storage.join(out, f"pretrain_{name}"),
                                   loss=dataclasses.replace(base.loss, **to_dict(weights)))
-        result = stages.run(f"pretrain_{name}", to_dict(run), ["data_source"],
-                            lambda _folder, run=run: run_pretrain(run))
+        result = stages.run(f"pretrain_{name}", to_dict(run), ["data_source"], lambda run=run: run_pretrain(run))
         checkpoints[name], histories[name] = result["checkpoint"], result["history"]
 
     # 4. the loss-weight sweep (Ray Tune, ASHA).
-    sweep_cfg = dataclasses.replace(cfg.sweep, storage=str(out), name="sweep", pretrain=base)
-    sweep = stages.run("sweep", to_dict(sweep_cfg), ["data_source"], lambda _folder: run_sweep(sweep_cfg))
+    sweep_cfg = dataclasses.replace(cfg.sweep, storage=out, name="sweep", pretrain=base)
+    sweep = stages.run("sweep", to_dict(sweep_cfg), ["data_source"], lambda: run_sweep(sweep_cfg))
     best = sweep["best"]
     checkpoints[BEST] = best["checkpoint"]
-    histories[f"{BEST} ({best['trial']})"] = read_metrics(Path(best["checkpoint"]).parent)
+    histories[f"{BEST} ({best['trial']})"] = runs.read_metrics(best["run"])
 
     # 5. transfer + scene bias of every pretrained backbone.
     pretrained = {**checkpoints, **({SCRATCH: ""} if cfg.scratch else {})}
     transfer_cfg = dataclasses.replace(
-        cfg.transfer, out=str(out / "transfer"), pretrained=pretrained, source_shards=source_shards,
+        cfg.transfer, out=storage.join(out, "transfer"), pretrained=pretrained, source_shards=source_shards,
         finetune=dataclasses.replace(cfg.transfer.finetune, model=dataclasses.replace(base.model, init_from="")),
         targets=targets)
     data_stages = [f"data_{n}_split{k}" for n, t in cfg.targets.items() for k in t.splits]
     transfer = stages.run("transfer", to_dict(transfer_cfg), ["sweep", *[f"pretrain_{n}" for n in cfg.references],
                                                               *data_stages],
-                          lambda _folder: run_transfer(transfer_cfg))
+                          lambda: run_transfer(transfer_cfg))
 
     # 6. report.
     return write_report(cfg, out, stages, sweep, transfer, histories, time.perf_counter() - t0)
 
 
-def write_report(cfg: PipelineConfig, out: Path, stages: Stages, sweep: dict, transfer: dict, histories: dict,
+def write_report(cfg: PipelineConfig, out: str, stages: Stages, sweep: dict, transfer: dict, histories: dict,
                  wall_s: float) -> dict:
     targets = list(cfg.targets)
     summary = {
@@ -188,12 +189,13 @@ def write_report(cfg: PipelineConfig, out: Path, stages: Stages, sweep: dict, tr
         "timings_s": {**stages.timings_s, "total": round(wall_s, 1)}, "skipped": stages.skipped,
         "config": to_dict(cfg),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot_bars(transfer["table"], "pretrain", targets, out / "transfer.png", ylabel="top-1 (mean over splits)")
+    storage.write_json(storage.join(out, "summary.json"), summary)
+    plot_bars(transfer["table"], "pretrain", targets, storage.join(out, "transfer.png"), ylabel="top-1 (mean over splits)")
     metric = sweep["metric"]
     plot_curves(histories, sorted({"train_acc", metric, *[f"{s}_acc" for s in cfg.sweep.pretrain.eval_splits]}),
-                out / "pretrain_curves.png")
-    shutil.copy(out / "transfer" / "curves.png", out / "transfer_curves.png")
+                storage.join(out, "pretrain_curves.png"))
+    storage.write_bytes(storage.join(out, "transfer_curves.png"),
+                        storage.read_bytes(storage.join(out, "transfer", "curves.png")))
     bias_rows = [{"pretrain": n, **{k: v for k, v in b.items() if k != "videos"}} for n, b in transfer["bias"].items()]
     best = sweep["best"]
     report = "\n".join([
@@ -213,10 +215,11 @@ def write_report(cfg: PipelineConfig, out: Path, stages: Stages, sweep: dict, tr
         ("Timings (s): " + ", ".join(f"{k}={v}" for k, v in summary["timings_s"].items())
          + (f"; skipped (up to date): {', '.join(stages.skipped)}" if stages.skipped else "")), "",
     ])
-    (out / "report.md").write_text(report)
-    print("\n" + table(transfer["table"], ["pretrain", *targets]))
-    print("\n" + table(bias_rows, BIAS_COLUMNS))
-    print(f"\npipeline: {wall_s:.0f} s; summary: {out / 'summary.json'}  report: {out / 'report.md'}")
+    storage.write_text(storage.join(out, "report.md"), report)
+    log.info("transfer top-1:\n%s", table(transfer["table"], ["pretrain", *targets]))
+    log.info("scene bias:\n%s", table(bias_rows, BIAS_COLUMNS))
+    log.info("pipeline: %.0f s; summary: %s  report: %s", wall_s, storage.join(out, "summary.json"),
+             storage.join(out, "report.md"))
     return summary
 
 

@@ -11,23 +11,25 @@ sweep.png (each trial's final metric over the two weights) and curves.png (each 
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from debias import runs, storage
+from debias.cluster import init_ray
 from debias.config import to_dict
+from debias.pretrain import run_pretrain
 from debias.report import plot_curves, plot_sweep, table
 from debias.sweep import (SWEPT, SweepConfig, best_trial, concurrent_trials, num_trials, param_space,
                           trial_pretrain_config, trial_resources, trial_rows)
-from debias.train import read_metrics
-from ray_jobs.common import init_ray, job_parser, load_job_config
-from ray_jobs.pretrain import run_pretrain
+from ray_jobs.common import job_parser, load_job_config
+
+log = logging.getLogger(__name__)
 
 
 def trial_driver(config: dict, base: dict, runs_dir: str) -> None:
@@ -35,33 +37,29 @@ def trial_driver(config: dict, base: dict, runs_dir: str) -> None:
     (one Tune iteration per epoch) through TuneReportCallback. The run is named after the trial id,
     which Tune keeps across a restore, so a resumed trial continues its own Train run."""
     cfg = trial_pretrain_config(config, base, tune.get_context().get_trial_id(), runs_dir)
-    # Written first (run_pretrain writes it only at the end): a trial that ASHA stops keeps the
-    # config that its checkpoints need to be loaded again.
-    run_dir = Path(cfg.out) / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     run_pretrain(cfg, callbacks=[TuneReportCallback()])
 
 
-def sweep_dir(cfg: SweepConfig) -> Path:
-    return Path(cfg.storage).resolve() / cfg.name
+def sweep_dir(cfg: SweepConfig) -> str:
+    """STORAGE/NAME, a local folder or a URI."""
+    return storage.join(storage.absolute(cfg.storage), cfg.name)
 
 
 def make_tuner(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -> tune.Tuner:
     """A new Tuner, or the interrupted one restored when STORAGE/NAME holds a sweep of this config."""
     path = sweep_dir(cfg)
-    saved = path / "sweep_config.json"
+    saved = storage.join(path, "sweep_config.json")
     # The base config and the runs folder are the same for every trial: parameters, not search space.
     wrapped = tune.with_resources(
-        tune.with_parameters(trainable, base=to_dict(cfg.pretrain), runs_dir=str(path / "runs")), trial_resources(cfg))
-    if tune.Tuner.can_restore(str(path)):
-        if saved.is_file() and json.loads(saved.read_text()) != to_dict(cfg):
+        tune.with_parameters(trainable, base=to_dict(cfg.pretrain), runs_dir=storage.join(path, "runs")),
+        trial_resources(cfg))
+    if tune.Tuner.can_restore(path):
+        if storage.is_file(saved) and storage.read_json(saved) != to_dict(cfg):
             raise SystemExit(f"{path} holds a sweep with another config ({saved}); "
                              f"choose another name=... or storage=..., or delete that folder")
-        print(f"sweep: resuming {path}")
-        return tune.Tuner.restore(str(path), trainable=wrapped, resume_errored=True)
-    path.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(to_dict(cfg), indent=1))
+        log.info("sweep: resuming %s", path)
+        return tune.Tuner.restore(path, trainable=wrapped, resume_errored=True)
+    storage.write_json(saved, to_dict(cfg))
     scheduler = None
     if cfg.asha.enabled:
         # One Tune iteration = one epoch (TuneReportCallback forwards each ray.train.report).
@@ -72,7 +70,7 @@ def make_tuner(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) 
         tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=scheduler,
                                     num_samples=cfg.num_samples,
                                     max_concurrent_trials=concurrent_trials(cfg, ray.cluster_resources())),
-        run_config=tune.RunConfig(name=cfg.name, storage_path=str(path.parent)),
+        run_config=tune.RunConfig(name=cfg.name, storage_path=storage.parent(path)),
     )
 
 
@@ -94,7 +92,9 @@ def run_sweep(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -
     """Run (or resume) the sweep; returns {"trials": [...], "best": {...}, "metric", "mode", "path"}."""
     # Trial drivers run in their own working directories: make the data path absolute.
     cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain,
-                                                                shards=str(Path(cfg.pretrain.shards).resolve())))
+                                                                shards=storage.absolute(cfg.pretrain.shards)))
+    storage.check_storage(cfg.pretrain.shards, "pretrain.shards", write=False)
+    storage.check_storage(storage.absolute(cfg.storage), "storage")
     t0 = time.perf_counter()
     init_ray()
     # A trial that ASHA stops (also at its last epoch) is killed mid-fit; Ray Train then removes its
@@ -107,28 +107,30 @@ def run_sweep(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -
                          "dashboard (ray start --head --include-dashboard=true, with pip install 'ray[default]'), "
                          "or set asha.enabled=false")
     path = sweep_dir(cfg)
-    print(f"sweep: {num_trials(cfg)} trials of {cfg.pretrain.optim.epochs} epochs, "
-          f"{concurrent_trials(cfg, ray.cluster_resources())} at a time, best by {cfg.metric} ({cfg.mode}) -> {path}")
+    log.info("sweep: %d trials of %d epochs, %d at a time, best by %s (%s) -> %s", num_trials(cfg),
+             cfg.pretrain.optim.epochs, concurrent_trials(cfg, ray.cluster_resources()), cfg.metric, cfg.mode, path)
     grid = make_tuner(cfg, trainable).fit()
     if grid.num_terminated + grid.num_errors < len(grid):  # Tune returns early on Ctrl-C (state saved)
         raise SystemExit(f"sweep interrupted with {len(grid) - grid.num_terminated - grid.num_errors} trials "
                          f"unfinished; run the same command again to resume {path}")
-    results = [{"trial_id": (r.metrics or {}).get("trial_id", Path(r.path).name),
+    results = [{"trial_id": (r.metrics or {}).get("trial_id", storage.name(r.path)),
                 "config": r.config, "metrics": r.metrics, "status": "ERROR" if r.error else "TERMINATED",
                 "epochs_planned": cfg.pretrain.optim.epochs} for r in grid]
-    rows = sorted(trial_rows(results, cfg.metric), key=lambda r: (r["lambda_scene"], r["lambda_mask"]))
+    rows = sorted(trial_rows(results, cfg.metric, storage.join(path, "runs")),
+                  key=lambda r: (r["lambda_scene"], r["lambda_mask"]))
     best = best_trial(rows, cfg.metric, cfg.mode)
     summary = {"metric": cfg.metric, "mode": cfg.mode, "path": str(path), "trials": rows, "best": best,
                "errors": [str(r.error) for r in grid if r.error], "wall_s": round(time.perf_counter() - t0, 1),
                "config": to_dict(cfg)}
-    (path / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot_sweep(rows, cfg.metric, best["trial"], path / "sweep.png")
-    histories = {r["trial"]: read_metrics(path / "runs" / r["trial"]) for r in rows}
-    plot_curves(histories, list(dict.fromkeys(["train_loss", "train_acc", cfg.metric])), path / "curves.png")
-    print("\n" + table(rows, ["trial", *SWEPT, cfg.metric, "epochs", "stopped_early", "status"]))
-    print(f"\nsweep: best {cfg.metric}={best[cfg.metric]:.3f} at lambda_scene={best['lambda_scene']:g}, "
-          f"lambda_mask={best['lambda_mask']:g} (trial {best['trial']}); {len(summary['errors'])} errored; "
-          f"summary: {path / 'summary.json'}  plots: {path / 'sweep.png'}, {path / 'curves.png'}")
+    storage.write_json(storage.join(path, "summary.json"), summary)
+    plot_sweep(rows, cfg.metric, best["trial"], storage.join(path, "sweep.png"))
+    histories = {r["trial"]: runs.read_metrics(r["run"]) for r in rows}
+    plot_curves(histories, list(dict.fromkeys(["train_loss", "train_acc", cfg.metric])), storage.join(path, "curves.png"))
+    log.info("trials:\n%s", table(rows, ["trial", *SWEPT, cfg.metric, "epochs", "stopped_early", "status"]))
+    log.info("sweep: best %s=%.3f at lambda_scene=%g, lambda_mask=%g (trial %s); %d errored; summary: %s  plots: %s, %s",
+             cfg.metric, best[cfg.metric], best["lambda_scene"], best["lambda_mask"], best["trial"],
+             len(summary["errors"]), storage.join(path, "summary.json"), storage.join(path, "sweep.png"),
+             storage.join(path, "curves.png"))
     return summary
 
 

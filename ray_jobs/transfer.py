@@ -11,21 +11,24 @@ Writes OUT/summary.json, OUT/report.md, OUT/transfer.png (the table as bars) and
 
 from __future__ import annotations
 
-import json
+import logging
 import time
-from pathlib import Path
 
 import ray
 from tqdm import tqdm
 
+from debias import runs, storage
 from debias.bias import BiasConfig, measure_bias
 from debias.config import from_dict, to_dict
 from debias.report import plot_bars, plot_curves, table
 from debias.sweep import concurrent_runs
 from debias.train import PretrainConfig
-from debias.transfer import SCRATCH, TransferConfig, load_pretrained, run_specs, transfer_table
-from ray_jobs.common import init_ray, job_parser, load_job_config
-from ray_jobs.pretrain import run_pretrain
+from debias.transfer import SCRATCH, TransferConfig, run_specs, transfer_table
+from debias.cluster import init_ray
+from ray_jobs.common import job_parser, load_job_config
+
+log = logging.getLogger(__name__)
+from debias.pretrain import run_pretrain
 
 BIAS_COLUMNS = ["pretrain", "scene_probe_acc", "scene_chance", "scene_only_probe_acc", "representation_bias",
                 "counterfactual_clean_acc", "counterfactual_acc", "counterfactual_drop",
@@ -42,27 +45,27 @@ def finetune(config: dict) -> dict:
 @ray.remote
 def bias_of(checkpoint: str, shards: str, bias: dict) -> dict:
     """The scene-bias measurements of one pretrained model on its pretraining data."""
-    model, info = load_pretrained(checkpoint)
-    return measure_bias(model, shards, info["num_actions"], info["num_scenes"], from_dict(BiasConfig, bias))
+    model, info = runs.load_model(checkpoint)
+    return measure_bias(model, shards, info.num_actions, info.num_scenes, from_dict(BiasConfig, bias))
 
 
 def run_transfer(cfg: TransferConfig) -> dict:
     """All fine-tuning runs and bias measurements; returns the summary also written to OUT/summary.json."""
     t0 = time.perf_counter()
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.absolute(cfg.out)
+    storage.check_storage(out, "out")
     specs = run_specs(cfg)
     if not specs:
         raise SystemExit("transfer: nothing to run (set pretrained: {name: checkpoint} and targets: {...})")
     init_ray()
     parallel = cfg.max_parallel or concurrent_runs(cfg.finetune, cfg.run_cpus, ray.cluster_resources())
-    print(f"transfer: {len(specs)} fine-tuning runs ({parallel} at a time), "
-          f"bias measurements of {sorted(k for k in cfg.pretrained if k != SCRATCH)} -> {out}")
+    log.info("transfer: %d fine-tuning runs (%d at a time), bias measurements of %s -> %s", len(specs), parallel,
+             sorted(k for k in cfg.pretrained if k != SCRATCH), out)
 
     # Bias measurements, 1 task per pretrained model: in-process torch on `bias_cpus` cores, started
     # first so they overlap the fine-tuning (they need no Train workers).
     bias_refs = {name: bias_of.options(num_cpus=cfg.bias_cpus).remote(
-        str(Path(ckpt).resolve()), str(Path(cfg.source_shards).resolve()), to_dict(cfg.bias))
+        storage.absolute(ckpt), storage.absolute(cfg.source_shards), to_dict(cfg.bias))
         for name, ckpt in cfg.pretrained.items() if name != SCRATCH}
     # Fine-tuning, 1 task per (pretrained, target, split): each task only drives its own TorchTrainer
     # (a fraction of a CPU); at most `parallel` in flight so that the Train workers and the Data tasks
@@ -93,16 +96,16 @@ def run_transfer(cfg: TransferConfig) -> dict:
     return write_report(cfg, out, rows, histories, bias, time.perf_counter() - t0)
 
 
-def write_report(cfg: TransferConfig, out: Path, rows: list[dict], histories: dict, bias: dict, wall_s: float) -> dict:
+def write_report(cfg: TransferConfig, out: str, rows: list[dict], histories: dict, bias: dict, wall_s: float) -> dict:
     targets = list(cfg.targets)
     summary_table = transfer_table(rows, targets)
     bias_rows = [{"pretrain": name, **{k: v for k, v in b.items() if k != "videos"}} for name, b in bias.items()]
     summary = {"transfer": rows, "table": summary_table, "bias": bias, "wall_s": round(wall_s, 1),
                "config": to_dict(cfg)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot_bars(summary_table, "pretrain", targets, out / "transfer.png", ylabel="top-1 (mean over splits)")
+    storage.write_json(storage.join(out, "summary.json"), summary)
+    plot_bars(summary_table, "pretrain", targets, storage.join(out, "transfer.png"), ylabel="top-1 (mean over splits)")
     test_metrics = sorted({f"{r['test_split']}_acc" for r in rows})
-    plot_curves(histories, ["train_acc", *test_metrics], out / "curves.png")
+    plot_curves(histories, ["train_acc", *test_metrics], storage.join(out, "curves.png"))
     report = "\n".join([
         "# Transfer and scene bias", "",
         (f"Top-1 (video level: mean softmax over {cfg.finetune.clip.eval_clips} clip(s) per video) after fine-tuning "
@@ -119,12 +122,12 @@ def write_report(cfg: TransferConfig, out: Path, rows: list[dict], histories: di
         table(bias_rows, BIAS_COLUMNS) if bias_rows else "(no pretrained checkpoints to measure)", "",
         "![fine-tuning curves](curves.png)", "",
     ])
-    (out / "report.md").write_text(report)
-    print("\n" + table(summary_table, ["pretrain", *targets]))
+    storage.write_text(storage.join(out, "report.md"), report)
+    log.info("transfer top-1:\n%s", table(summary_table, ["pretrain", *targets]))
     if bias_rows:
-        print("\n" + table(bias_rows, BIAS_COLUMNS))
-    print(f"\ntransfer: {len(rows)} runs in {wall_s:.0f} s; summary: {out / 'summary.json'}  "
-          f"report: {out / 'report.md'}")
+        log.info("scene bias:\n%s", table(bias_rows, BIAS_COLUMNS))
+    log.info("transfer: %d runs in %.0f s; summary: %s  report: %s", len(rows), wall_s,
+             storage.join(out, "summary.json"), storage.join(out, "report.md"))
     return summary
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from debias.config import load_config
 from debias.synth import SynthConfig
-from ray_jobs.common import free_port
+from debias.cluster import free_port
 from ray_jobs.synth import run_synth
 
 ROOT = Path(__file__).resolve().parents[1]

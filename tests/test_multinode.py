@@ -15,7 +15,7 @@ from debias.curate import PreprocessConfig
 from debias.synth import SynthConfig, generate
 from debias.train import PretrainConfig
 from ray_jobs.preprocess import run_preprocess
-from ray_jobs.pretrain import run_pretrain
+from debias.pretrain import run_pretrain
 
 
 @pytest.fixture(scope="module")

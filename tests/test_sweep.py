@@ -14,7 +14,7 @@ from debias.curate import PreprocessConfig
 from debias.sweep import SweepConfig, best_trial, concurrent_runs, num_trials, param_space
 from debias.synth import SynthConfig
 from debias.train import read_metrics
-from ray_jobs.common import init_ray
+from debias.cluster import init_ray
 from ray_jobs.preprocess import run_preprocess
 from ray_jobs.sweep import run_sweep, trial_driver
 from ray_jobs.synth import run_synth

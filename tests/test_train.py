@@ -250,7 +250,7 @@ def _cfg(shards: Path, out: Path, name: str, *extra: str) -> PretrainConfig:
 
 
 def _run_in_thread(cfg: PretrainConfig) -> tuple[threading.Thread, dict]:
-    from ray_jobs.pretrain import run_pretrain
+    from debias.pretrain import run_pretrain
 
     result: dict = {}
 
@@ -272,7 +272,7 @@ def _final_state(result: dict) -> dict:
 @pytest.mark.parametrize("cache_rows", [True, False])
 def test_each_split_reads_its_own_rows_cached_or_not(shards, tmp_path, ray_local, cache_rows):
     """cache_rows: one scan for every split, then a filter per split; without: a filtered scan per split."""
-    from ray_jobs.pretrain import split_rows
+    from debias.pretrain import split_rows
 
     cfg = _cfg(shards, tmp_path, "rows", "train_split=val", "eval_splits=[train,val]", f"loader.cache_rows={cache_rows}")
     rows = split_rows(cfg)
@@ -284,7 +284,7 @@ def test_each_split_reads_its_own_rows_cached_or_not(shards, tmp_path, ray_local
 
 
 def test_stopped_run_resumes_at_the_right_epoch_with_the_same_optimizer_state(shards, tmp_path, ray_local):
-    from ray_jobs.pretrain import run_pretrain
+    from debias.pretrain import run_pretrain
 
     reference = run_pretrain(_cfg(shards, tmp_path, "whole", "eval_splits=[]"))
     thread, stopped = _run_in_thread(_cfg(shards, tmp_path, "stopped", "eval_splits=[]"))

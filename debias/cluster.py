@@ -1,0 +1,66 @@
+"""Joining or starting Ray, and the logging every job and worker shares.
+
+The drivers (`ray_jobs/`) and the library's own job functions (`debias.pretrain.run_pretrain`, ...) call
+`init_ray()`: under `ray job submit` (RAY_ADDRESS set) it joins that cluster, otherwise it starts a
+private local instance for the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import ray
+
+LOG_LEVEL_ENV = "DEBIAS_LOG_LEVEL"  # how the level reaches Ray's worker processes
+
+
+def configure_logging(level: str | None = None) -> None:
+    """`debias.*` and `ray_jobs.*` loggers to stderr at `level` (default: $DEBIAS_LOG_LEVEL or INFO).
+
+    The level is also put into the environment, which the workers of a local Ray inherit and a
+    cluster's workers get through `init_ray`'s runtime_env, so that a worker's lines match the driver's."""
+    level = (level or os.environ.get(LOG_LEVEL_ENV) or "INFO").upper()
+    os.environ[LOG_LEVEL_ENV] = level
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    for name in ("debias", "ray_jobs"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+def init_ray(local_num_cpus: int = 0) -> None:
+    """Join the cluster when there is one (`ray job submit` sets RAY_ADDRESS), else start locally.
+
+    Locally, Ray gets at least 4 logical CPUs: a Train worker, the Data tasks feeding it and (under
+    Tune) the trial itself each reserve a CPU, and with only the 2 physical cores of a small machine
+    that reservation deadlocks (see docs/ray-notes.md). The cores are shared, not oversubscribed in work.
+    """
+    if ray.is_initialized():
+        return
+    env = {LOG_LEVEL_ENV: os.environ.get(LOG_LEVEL_ENV, "INFO")}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, runtime_env={"env_vars": env})
+        return
+    # A Train worker must start within this (Ray's default: 60 s) or the group is torn down and
+    # retried; on a busy small machine importing torch in a fresh worker can take longer than that,
+    # and then no attempt ever succeeds. Local workers inherit this process's environment.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+    # The dashboard shows progress, and Ray Train needs its State API: its placement-group cleaner frees
+    # the workers of a run killed mid-fit (a trial that ASHA stops). Left to itself, that cleaner finds
+    # the API by auto-detecting "the" local Ray and dies when the machine runs another Ray instance, so
+    # every process of this Ray is told where its dashboard is.
+    port = free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(num_cpus=local_num_cpus or max(4, os.cpu_count() or 1), include_dashboard=True,
+             dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
