@@ -21,13 +21,15 @@ A generated block is an HTML comment holding a YAML spec, the generated text, an
     lines: {ffmpeg: "{ffmpeg_fps:,.0f}"}              # instead of rows/columns: a table of one line per
     header: [measure, frames/s]                       #   label, each a template over the figures
     text: "SDN {sdn[ood_acc]:.3f}"    # a line under the table (or alone): one template over the figures
+    provenance: false                 # leave out the provenance line (another block of NAME in the page has it)
     -->
     ...generated...
     <!-- END generated -->
 
 Templates read the row's keys (and `key`, the row's name in a dict); a missing value (None) prints
-as n/a. A table ends with its provenance line, so every figure says where, when and on what it was
-measured.
+as n/a, a list as its items joined by commas, and `{x±:.3f}` as x ± x_std (mean and standard deviation
+over seeds, as the demo's summary holds them). A table ends with its provenance line, so every figure
+says where, when and on what it was measured.
 """
 
 from __future__ import annotations
@@ -35,12 +37,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import importlib.metadata
 import json
 import os
-import platform
 import re
-import shutil
 import string
 import subprocess
 import sys
@@ -49,16 +48,36 @@ from pathlib import Path
 
 import yaml
 
+from debias.report import provenance
+
 ROOT = Path(__file__).resolve().parent.parent
 PROVENANCE = ("date", "commit", "machine", "command")
 # at the start of a line only, so that an indented example of a block is left alone
 BLOCK = re.compile(r"^(<!-- BEGIN generated\n)(.*?)(^-->\n)(.*?)(^<!-- END generated -->)", re.S | re.M)
 
 
+class MeanStd:
+    """`{x±:.3f}` in a template: x and x_std (a mean and its standard deviation over seeds) as `m ± s`."""
+
+    def __init__(self, mean: float | None, std: float | None) -> None:
+        self.mean, self.std = mean, std
+
+    def __format__(self, spec: str) -> str:
+        return "n/a" if self.mean is None else f"{self.mean:{spec}} ± {self.std:{spec}}"
+
+
 class NaFormatter(string.Formatter):
-    """str.format where a None value prints as n/a whatever its format spec (a metric that does not apply)."""
+    """str.format where None prints as n/a whatever its format spec (a metric that does not apply), a
+    list as its items joined by commas, and a field `x±` as x ± x_std."""
+
+    def get_value(self, key: int | str, args: tuple, kwargs: dict) -> object:
+        if isinstance(key, str) and key.endswith("±"):
+            return MeanStd(kwargs[key[:-1]], kwargs[f"{key[:-1]}_std"])
+        return super().get_value(key, args, kwargs)
 
     def format_field(self, value: object, format_spec: str) -> str:
+        if isinstance(value, list):
+            return ", ".join(self.format_field(v, format_spec) for v in value)
         return "n/a" if value is None else super().format_field(value, format_spec)
 
 
@@ -132,7 +151,9 @@ def render_block(spec: dict, doc: Path, root: Path) -> str:
         raise ValueError(f"{path.relative_to(root)}: lacks {lacking}")
     parts = [table(spec, result["figures"], where)] if "columns" in spec or "lines" in spec else []
     parts += [fill(spec["text"], result["figures"], where)] if "text" in spec else []
-    return "\n\n".join([*parts, provenance_line(result, name, doc, root)]) + "\n"
+    # `provenance: false` where another block of the same result in the page says it
+    parts += [provenance_line(result, name, doc, root)] if spec.get("provenance", True) else []
+    return "\n\n".join(parts) + "\n"
 
 
 def render_document(doc: Path, root: Path) -> str:
@@ -161,6 +182,12 @@ def check(root: Path = ROOT) -> list[str]:
                      if a.group(4) != b.group(4) for spec in [yaml.safe_load(a.group(2))]]
             problems.append(f"{doc.relative_to(root)}: stale generated blocks {stale} "
                             "(run `python docs/render.py`)")
+    for doc in documents(root):
+        specs = [yaml.safe_load(m.group(2)) for m in BLOCK.finditer(doc.read_text())]
+        silent = {s["result"] for s in specs if "result" in s} - {s["result"] for s in specs
+                                                                 if "result" in s and s.get("provenance", True)}
+        if silent:
+            problems.append(f"{doc.relative_to(root)}: no block shows the provenance of {sorted(silent)}")
     unused = sorted({p.stem for p in results_dir(root).glob("*.json")} - used_results(root))
     if unused:
         problems.append(f"docs/results: {unused} shown by no generated block")
@@ -187,14 +214,8 @@ def git_commit(root: Path) -> tuple[str, bool]:
 
 
 def this_machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or platform.machine())
-    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-    gpus = shutil.which("nvidia-smi") and subprocess.run(
-        ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
-    versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("torch", "ray"))
-    return (f"{os.cpu_count()} cores ({cpu}), {mem_kib / 2**20:.0f} GiB, {gpus.replace(chr(10), ' + ') if gpus else 'no GPU'}; "
-            f"Python {platform.python_version()}, {versions}")
+    """Cores, CPU, memory, GPUs, Python, torch and Ray, and the load average now (as jobs record it)."""
+    return provenance()["machine"]
 
 
 def figures_from(text: str, source: str) -> dict:
@@ -213,12 +234,14 @@ def figures_from(text: str, source: str) -> dict:
     raise ValueError(f"{source}: no JSON object in it (neither the whole text nor a line)")
 
 
-def store(root: Path, name: str, figures: dict, provenance: dict) -> Path:
+def store(root: Path, name: str, figures: dict, detected: dict) -> Path:
     if not re.fullmatch(r"[a-z0-9_]+", name):
         raise ValueError(f"result name {name!r}: use lower-case letters, digits and _ (it names docs/results/NAME.json)")
     path = results_dir(root) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**provenance, "figures": figures}, indent=1) + "\n")
+    # a job that records its own provenance in its summary (the demo) knows it best: it wins
+    own = {k: figures[k] for k in (*PROVENANCE, "worktree_clean") if k in figures}
+    path.write_text(json.dumps({**detected, **own, "figures": figures}, indent=1) + "\n")
     return path
 
 
@@ -229,7 +252,7 @@ def now_utc() -> str:
 def record(root: Path, name: str, command: list[str], from_file: str | None) -> Path:
     """Run `command` in `root`, store its figures with their provenance as docs/results/NAME.json."""
     commit, clean = git_commit(root)
-    load = os.getloadavg()[0]
+    machine = this_machine()
     date, t = now_utc(), time.perf_counter()
     proc = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True)
     out = []
@@ -241,7 +264,7 @@ def record(root: Path, name: str, command: list[str], from_file: str | None) -> 
     wall = time.perf_counter() - t
     text, source = (Path(root, from_file).read_text(), from_file) if from_file else ("".join(out), "its output")
     provenance = {"date": date, "commit": commit, "worktree_clean": clean,
-                  "machine": f"{this_machine()}; load average {load:.1f} at the start",
+                  "machine": f"{machine} at the start",
                   "command": " ".join(command), "wall_s": round(wall, 1)}
     return store(root, name, figures_from(text, f"{' '.join(command)}: {source}"), provenance)
 
@@ -270,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.action == "add":
         commit, clean = git_commit(ROOT)
         provenance = {"date": args.date or now_utc(), "commit": args.commit or commit,
-                      "worktree_clean": bool(args.commit) or clean, "machine": args.machine or this_machine(),
+                      "worktree_clean": bool(args.commit) or clean, "machine": args.machine or f"{this_machine()} when added",
                       "command": args.command}
         print(f"wrote {store(ROOT, args.name, figures_from(Path(args.file).read_text(), args.file), provenance)}")
     if args.check:

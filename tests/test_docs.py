@@ -28,7 +28,16 @@ columns:
   case: "{key}"
   rate: "{rate:,.1f}"
   note: "{note}"
+  over seeds: "{acc±:.2f}"
 text: "Ratio {ratio:.2f}."
+-->
+<!-- END generated -->
+
+<!-- BEGIN generated
+result: bench
+record: -- python bench.py
+text: "Seeds {seeds}."
+provenance: false
 -->
 <!-- END generated -->
 """
@@ -90,7 +99,8 @@ def test_record_runs_the_command_and_stores_its_figures_with_their_provenance(tm
     page = root / "docs" / "page.md"
     assert "python docs/render.py record bench -- python bench.py" in render.render_document(page, root)  # how to make it
 
-    figures = {"small": {"rate": 1500.25, "note": "a"}, "large": {"rate": 20.0, "note": None}, "ratio": 0.5}
+    figures = {"small": {"rate": 1500.25, "note": "a", "acc": 0.5, "acc_std": 0.25},
+               "large": {"rate": 20.0, "note": None, "acc": None, "acc_std": None}, "ratio": 0.5, "seeds": [0, 1]}
     script = f"import json; print('warming up'); print(json.dumps({figures!r}))"
     path = render.record(root, "bench", [sys.executable, "-c", script], None)
     stored = json.loads(path.read_text())
@@ -102,7 +112,8 @@ def test_record_runs_the_command_and_stores_its_figures_with_their_provenance(tm
     assert render.check(root) != []  # the page still shows the placeholder
     render.render(root)
     text = page.read_text()
-    assert "| small | 1,500.2 | a |\n| large | 20.0 | n/a |" in text and "Ratio 0.50." in text
+    assert "| small | 1,500.2 | a | 0.50 ± 0.25 |\n| large | 20.0 | n/a | n/a |" in text and "Ratio 0.50." in text
+    assert text.count("*Measured") == 1 and "Seeds 0, 1.\n<!-- END" in text  # said once per page
     assert f"at commit `{stored['commit']}`" in text and "(../docs/results/bench.json)" not in text
     assert "[bench.json](results/bench.json)" in text and render.check(root) == []
 
@@ -112,6 +123,15 @@ def test_record_runs_the_command_and_stores_its_figures_with_their_provenance(tm
     write = f"import json; open('out/summary.json', 'w').write(json.dumps({summary!r}))"
     render.record(root, "bench", [sys.executable, "-c", write], "out/summary.json")
     assert json.loads(path.read_text())["figures"]["ratio"] == 0.75
+    own = {**summary, "date": "2026-01-02 03:04 UTC", "commit": "feedbee", "worktree_clean": False,
+           "machine": "the job's machine", "command": "debias demo"}  # a job's own provenance wins
+    write = f"import json; open('out/summary.json', 'w').write(json.dumps({own!r}))"
+    render.record(root, "bench", [sys.executable, "-c", write], "out/summary.json")
+    assert {k: json.loads(path.read_text())[k] for k in own if k in render.PROVENANCE} == \
+        {k: own[k] for k in render.PROVENANCE}
+    page.write_text(PAGE.replace('text: "Ratio {ratio:.2f}."', 'text: "Ratio {ratio:.2f}."\nprovenance: false'))
+    render.render(root)
+    assert render.check(root) == ["docs/page.md: no block shows the provenance of ['bench']"]
     with pytest.raises(SystemExit, match="exited 3; nothing recorded"):
         render.record(root, "bench", [sys.executable, "-c", "raise SystemExit(3)"], None)
     assert json.loads(path.read_text())["figures"]["ratio"] == 0.75
