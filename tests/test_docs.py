@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from debias.cli import JOBS
+
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("render", ROOT / "docs" / "render.py")
 render = importlib.util.module_from_spec(_spec)
@@ -157,3 +159,7 @@ def test_readme_is_a_manual():
             assert phrase not in text.lower(), f"{page.name} speaks of history or plans: {phrase!r}"
         for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):  # relative links lead to files
             assert (page.parent / link).exists(), f"{page.name}: broken link {link}"
+        for path in re.findall(r"\b((?:configs|benchmarks)/[\w./-]*[a-z0-9]\.(?:yaml|py|sh))\b", text):
+            assert (ROOT / path).exists(), f"{page.name}: no file {path}"  # named files exist (X.yaml: a blank)
+        jobs = set(re.findall(r"(?:`|^)debias ([a-z]\w*)", text, re.M))  # every job it names is one the command has (JOB: a blank)
+        assert jobs <= set(JOBS), f"{page.name}: no such debias job {sorted(jobs - set(JOBS))}"
