@@ -173,7 +173,7 @@ def check(root: Path = ROOT) -> list[str]:
     for doc in documents(root):
         try:
             fresh = render_document(doc, root)
-        except (ValueError, KeyError, ImportError, AttributeError, yaml.YAMLError) as e:
+        except (ValueError, KeyError, TypeError, ImportError, AttributeError, yaml.YAMLError) as e:
             problems.append(f"{doc.relative_to(root)}: {e}")
             continue
         if fresh != doc.read_text():
@@ -207,7 +207,8 @@ def render(root: Path = ROOT) -> list[Path]:
 
 def git_commit(root: Path) -> tuple[str, bool]:
     """HEAD's short hash and whether the tracked files match it."""
-    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=True)
     dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True, check=True)
     return head.stdout.strip(), not dirty.stdout.strip()
@@ -220,13 +221,9 @@ def this_machine() -> str:
 
 def figures_from(text: str, source: str) -> dict:
     """A JSON object: the whole text, or else its last line that is one."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    for line in reversed(text.splitlines()):
+    for candidate in [text, *reversed(text.splitlines())]:
         try:
-            value = json.loads(line)
+            value = json.loads(candidate)
         except json.JSONDecodeError:
             continue
         if isinstance(value, dict):
@@ -263,10 +260,9 @@ def record(root: Path, name: str, command: list[str], from_file: str | None) -> 
         raise SystemExit(f"record {name}: `{' '.join(command)}` exited {proc.returncode}; nothing recorded")
     wall = time.perf_counter() - t
     text, source = (Path(root, from_file).read_text(), from_file) if from_file else ("".join(out), "its output")
-    provenance = {"date": date, "commit": commit, "worktree_clean": clean,
-                  "machine": f"{machine} at the start",
-                  "command": " ".join(command), "wall_s": round(wall, 1)}
-    return store(root, name, figures_from(text, f"{' '.join(command)}: {source}"), provenance)
+    detected = {"date": date, "commit": commit, "worktree_clean": clean, "machine": f"{machine} at the start",
+                "command": " ".join(command), "wall_s": round(wall, 1)}
+    return store(root, name, figures_from(text, f"{' '.join(command)}: {source}"), detected)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -292,10 +288,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {record(ROOT, args.name, command, args.from_file)}")
     elif args.action == "add":
         commit, clean = git_commit(ROOT)
-        provenance = {"date": args.date or now_utc(), "commit": args.commit or commit,
-                      "worktree_clean": bool(args.commit) or clean, "machine": args.machine or f"{this_machine()} when added",
-                      "command": args.command}
-        print(f"wrote {store(ROOT, args.name, figures_from(Path(args.file).read_text(), args.file), provenance)}")
+        detected = {"date": args.date or now_utc(), "commit": args.commit or commit,
+                    "worktree_clean": bool(args.commit) or clean,  # a commit given is taken as it stands
+                    "machine": args.machine or f"{this_machine()} when added", "command": args.command}
+        print(f"wrote {store(ROOT, args.name, figures_from(Path(args.file).read_text(), args.file), detected)}")
     if args.check:
         problems = check()
         print("\n".join(problems) or "generated blocks match their sources")

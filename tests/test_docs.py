@@ -161,5 +161,6 @@ def test_readme_is_a_manual():
             assert (page.parent / link).exists(), f"{page.name}: broken link {link}"
         for path in re.findall(r"\b((?:configs|benchmarks)/[\w./-]*[a-z0-9]\.(?:yaml|py|sh))\b", text):
             assert (ROOT / path).exists(), f"{page.name}: no file {path}"  # named files exist (X.yaml: a blank)
-        jobs = set(re.findall(r"(?:`|^)debias ([a-z]\w*)", text, re.M))  # every job it names is one the command has (JOB: a blank)
+        # every job it names is one the command has (JOB: a blank)
+        jobs = set(re.findall(r"(?:`|^)debias ([a-z]\w*)", text, re.M))
         assert jobs <= set(JOBS), f"{page.name}: no such debias job {sorted(jobs - set(JOBS))}"
