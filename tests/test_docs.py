@@ -149,6 +149,12 @@ def test_the_command_line_records_and_checks(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def headings(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.*)$", page.read_text(), re.M)}
+
+
 def test_readme_is_a_manual():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 300
@@ -157,8 +163,10 @@ def test_readme_is_a_manual():
         text = page.read_text()
         for phrase in ("session", "next gpu", "before this", "not yet", "todo"):
             assert phrase not in text.lower(), f"{page.name} speaks of history or plans: {phrase!r}"
-        for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):  # relative links lead to files
-            assert (page.parent / link).exists(), f"{page.name}: broken link {link}"
+        for link, anchor in re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", text):  # relative links lead somewhere
+            target = page.parent / link if link else page
+            assert target.exists(), f"{page.name}: broken link {link}"
+            assert not anchor or anchor in headings(target), f"{page.name}: no heading #{anchor} in {link or page.name}"
         for path in re.findall(r"\b((?:configs|benchmarks)/[\w./-]*[a-z0-9]\.(?:yaml|py|sh))\b", text):
             assert (ROOT / path).exists(), f"{page.name}: no file {path}"  # named files exist (X.yaml: a blank)
         # every job it names is one the command has (JOB: a blank)
