@@ -1,16 +1,19 @@
-"""Download stage: YouTube-id rows -> local video files with yt-dlp, and a status table that persists.
+"""Download stage: Kinetics clip rows -> local video files with yt-dlp, and a status table that persists.
 
-Only the `time_start..time_end` window is fetched where possible (yt-dlp's section download, which
-needs an ffmpeg binary: `download.ffmpeg`, else `ffmpeg` on PATH, else the one the imageio-ffmpeg
-package ships); without ffmpeg, or when a cut fails (a URL that cannot be seeked), the whole video is
-fetched and the decode stage cuts the window. Files land as `{id}_{start:06d}_{end:06d}.{ext}`
-(trimmed) or `{id}.{ext}` (whole) in the videos folder, first written under `.incoming/` and renamed
-when complete, so a killed run never leaves a half file under a final name.
+A clip is a YouTube id and a window (its id `{youtube_id}_{start:06d}_{end:06d}`, `debias.sources.clip_id`).
+Only the window is fetched where possible (yt-dlp's section download, which needs an ffmpeg binary:
+`download.ffmpeg`, else `ffmpeg` on PATH, else the one the imageio-ffmpeg package ships), into
+`{clip id}.{ext}`: two windows of one YouTube id are two files. Without ffmpeg, or when a cut fails (a
+URL that cannot be seeked), the whole video is fetched into `{youtube_id}.{ext}` and the decode stage
+cuts each window from it (one whole file serves every window of its video). Files are first written
+under `.incoming/` (named by clip, so two windows never share a partial file) and renamed when
+complete, so a killed run never leaves a half file under a final name.
 
 Every attempt's outcome goes to `OUT/_downloads/part-*.parquet` as soon as its batch ends (a killed
-run keeps what it learned) and is merged into `OUT/downloads.parquet`: one row per YouTube id with
-`status` (ok / failed), a `reason_code` (unavailable, private, removed, geo_blocked, timeout, other)
-and yt-dlp's message. A rerun skips what is on disk and ids known dead (the first four reasons).
+run keeps what it learned) and is merged into `OUT/downloads.parquet`: one row per clip (`video_id`,
+with its `youtube_id`) with `status` (ok / failed), a `reason_code` (unavailable, private, removed,
+geo_blocked, timeout, other) and yt-dlp's message. A rerun skips what is on disk and the clips of
+YouTube ids known dead (the first four reasons belong to the video, so they hold for all its windows).
 """
 
 from __future__ import annotations
@@ -30,8 +33,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from debias.config import check
-from debias.schema import DOWNLOAD_SCHEMA
-from debias.sources import Row
+from debias.sources import Row, clip_id
+
+DOWNLOAD_SCHEMA = pa.schema([  # OUT/downloads.parquet: one row per clip, across runs
+    pa.field("video_id", pa.string()),  # the clip: {youtube_id}_{start:06d}_{end:06d}
+    pa.field("youtube_id", pa.string()),
+    pa.field("status", pa.string()),  # ok, failed
+    pa.field("reason_code", pa.string()),  # failed: unavailable, private, removed, geo_blocked, timeout, other
+    pa.field("reason", pa.string()),  # the URL and yt-dlp's message
+    pa.field("path", pa.string()),  # ok: the downloaded file
+    pa.field("trimmed", pa.bool_()),  # the file holds only the time window (section download)
+    pa.field("attempts", pa.int32()),
+    pa.field("updated_utc", pa.string()),  # ISO time of the last attempt
+])
 
 DEAD_REASONS = ("unavailable", "private", "removed", "geo_blocked")  # retrying cannot help
 # First match wins; YouTube's wording as yt-dlp reports it. Rate limiting ("not a bot", HTTP 429) is
@@ -154,41 +168,44 @@ def _ytdlp(url: str, stem: Path, cfg: DownloadConfig, ffmpeg: str, window: tuple
 
 def download_one(youtube_id: str, time_start: float, time_end: float, cfg: DownloadConfig,
                  videos_dir: Path, ffmpeg: str) -> dict:
-    """Fetch one video with retries and backoff; returns its status record (DOWNLOAD_SCHEMA)."""
+    """Fetch one clip with retries and backoff: its window into `{clip id}.{ext}`, or the whole video
+    into `{youtube_id}.{ext}`; returns its status record (DOWNLOAD_SCHEMA)."""
     url = cfg.url_template.format(youtube_id=youtube_id)
+    clip = clip_id(youtube_id, time_start, time_end)
     incoming = videos_dir / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     cut = bool(ffmpeg) and cfg.sections == "auto" and time_end >= 0
     code, message = "other", ""
     for attempt in range(1, cfg.attempts + 1):
-        name = f"{youtube_id}_{int(time_start):06d}_{int(time_end):06d}" if cut else youtube_id
         try:
-            path = _ytdlp(url, incoming / name, cfg, ffmpeg, (time_start, time_end) if cut else None)
-            final = videos_dir / (name + path.suffix)
+            path = _ytdlp(url, incoming / clip, cfg, ffmpeg, (time_start, time_end) if cut else None)
+            final = videos_dir / ((clip if cut else youtube_id) + path.suffix)
             os.replace(path, final)
-            return _record(youtube_id, "ok", "", "", str(final), cut, attempt)
+            return _record(clip, youtube_id, "ok", "", "", str(final), cut, attempt)
         except Exception as e:  # noqa: BLE001 - yt-dlp raises many types; all become a status row
             message = f"{type(e).__name__}: {e}"
             code = classify(message)
-        for leftover in incoming.glob(f"{name}.*"):
+        for leftover in incoming.glob(f"{clip}.*"):
             leftover.unlink(missing_ok=True)
         if code in DEAD_REASONS:
             break
         cut = cut and code != "other"  # a failed cut (URL not seekable) is retried as a whole download
         if attempt < cfg.attempts:
             time.sleep(cfg.backoff_s * 2 ** (attempt - 1))
-    return _record(youtube_id, "failed", code, f"{url}: {message}", "", False, attempt)
+    return _record(clip, youtube_id, "failed", code, f"{url}: {message}", "", False, attempt)
 
 
-def _record(youtube_id: str, status: str, code: str, reason: str, path: str, trimmed: bool, attempts: int) -> dict:
-    return {"youtube_id": youtube_id, "status": status, "reason_code": code, "reason": reason, "path": path,
-            "trimmed": trimmed, "attempts": attempts, "updated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+def _record(video_id: str, youtube_id: str, status: str, code: str, reason: str, path: str, trimmed: bool,
+            attempts: int) -> dict:
+    return {"video_id": video_id, "youtube_id": youtube_id, "status": status, "reason_code": code, "reason": reason,
+            "path": path, "trimmed": trimmed, "attempts": attempts,
+            "updated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def make_download_fn(cfg: DownloadConfig, videos_dir: str, status_dir: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """Download the batch's videos that are not on disk yet; record each attempt's outcome.
+    """Download the batch's clips that are not on disk yet; record each attempt's outcome.
 
-    Reads: youtube_id, source_path, time_start, time_end, error. Writes: source_path, time_start,
+    Reads: video_id, youtube_id, source_path, time_start, time_end, error. Writes: source_path, time_start,
     time_end (a trimmed file's window starts at 0), t_download_s, or error / error_code / error_stage
     (`download`).
     """
@@ -212,10 +229,10 @@ def make_download_fn(cfg: DownloadConfig, videos_dir: str, status_dir: str) -> C
                 batch.loc[batch.index[i], ["source_path", "time_start", "time_end"]] = [rec["path"], *window]
             else:
                 batch.loc[batch.index[i], ["error", "error_code", "error_stage"]] = [
-                    f"download of {row['youtube_id']} failed ({rec['reason_code']}): {rec['reason']}", rec["reason_code"], "download"]
+                    f"download of {rec['video_id']} failed ({rec['reason_code']}): {rec['reason']}", rec["reason_code"], "download"]
         if records:
             table = pa.Table.from_pylist(records, schema=DOWNLOAD_SCHEMA)
-            digest = hashlib.sha1("\n".join(r["youtube_id"] for r in records).encode()).hexdigest()[:16]
+            digest = hashlib.sha1("\n".join(r["video_id"] for r in records).encode()).hexdigest()[:16]
             Path(status_dir).mkdir(parents=True, exist_ok=True)
             tmp = Path(status_dir) / f".part-{digest}.parquet.tmp"
             pq.write_table(table, tmp)
@@ -226,21 +243,25 @@ def make_download_fn(cfg: DownloadConfig, videos_dir: str, status_dir: str) -> C
 
 
 def merge_download_status(out: str | Path) -> dict[str, dict]:
-    """Fold OUT/_downloads/part-*.parquet into OUT/downloads.parquet (latest record per id wins) and
-    return {youtube_id: record}. Safe to call at start (a killed run's parts) and at the end."""
+    """Fold OUT/_downloads/part-*.parquet into OUT/downloads.parquet (latest record per clip wins) and
+    return {video_id: record}. Safe to call at start (a killed run's parts) and at the end. A table
+    written before clips had their own ids (one row per YouTube id) is read with its id as video_id,
+    so that what it learned about dead videos still counts."""
     out = Path(out)
     table_path, parts_dir = out / "downloads.parquet", out / "_downloads"
     parts = sorted(parts_dir.glob("part-*.parquet")) if parts_dir.is_dir() else []
     tables = ([pq.read_table(table_path)] if table_path.is_file() else []) + [pq.read_table(p) for p in parts]
     records: dict[str, dict] = {}
     for table in tables:
-        for rec in table.cast(DOWNLOAD_SCHEMA).to_pylist():
-            if rec["youtube_id"] not in records or rec["updated_utc"] >= records[rec["youtube_id"]]["updated_utc"]:
-                records[rec["youtube_id"]] = rec
+        if "video_id" not in table.column_names:
+            table = table.add_column(0, "video_id", table.column("youtube_id"))
+        for rec in table.select(DOWNLOAD_SCHEMA.names).cast(DOWNLOAD_SCHEMA).to_pylist():
+            if rec["video_id"] not in records or rec["updated_utc"] >= records[rec["video_id"]]["updated_utc"]:
+                records[rec["video_id"]] = rec
     if parts:
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / ".downloads.parquet.tmp"
-        pq.write_table(pa.Table.from_pylist(sorted(records.values(), key=lambda r: r["youtube_id"]),
+        pq.write_table(pa.Table.from_pylist(sorted(records.values(), key=lambda r: r["video_id"]),
                                             schema=DOWNLOAD_SCHEMA), tmp)
         os.replace(tmp, table_path)
         for p in parts:
@@ -249,16 +270,22 @@ def merge_download_status(out: str | Path) -> dict[str, dict]:
 
 
 def skip_known_dead(rows: list[Row], status: dict[str, dict], cfg: DownloadConfig) -> list[Row]:
-    """Rows whose video is not on disk and that an earlier run found dead become error rows at once."""
+    """Rows whose clip is not on disk and whose YouTube id an earlier run found dead (its latest record,
+    whichever window it was for) become error rows at once."""
     if cfg.retry_dead:
         return rows
+    latest: dict[str, dict] = {}
+    for rec in status.values():
+        if rec["youtube_id"] not in latest or rec["updated_utc"] >= latest[rec["youtube_id"]]["updated_utc"]:
+            latest[rec["youtube_id"]] = rec
     out = []
     for row in rows:
-        rec = status.get(row.get("youtube_id", ""))
+        rec = latest.get(row.get("youtube_id", ""))
         if (not row["error"] and rec and rec["status"] == "failed" and rec["reason_code"] in DEAD_REASONS
                 and not Path(row["source_path"]).is_file()):
-            row = {**row, "error": f"download of {row['youtube_id']} failed ({rec['reason_code']}) on "
-                                   f"{rec['updated_utc']}, not retried (download.retry_dead=true retries): {rec['reason']}",
+            row = {**row, "error": f"download of {row['video_id']} failed ({rec['reason_code']}) on "
+                                   f"{rec['updated_utc']} (clip {rec['video_id']}), not retried "
+                                   f"(download.retry_dead=true retries): {rec['reason']}",
                    "error_code": rec["reason_code"], "error_stage": "download"}
         out.append(row)
     return out

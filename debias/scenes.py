@@ -8,7 +8,8 @@ Every provider writes scene_probs (soft label: a distribution over its scene cla
   frames (365 floats), hard = its argmax or the majority vote of the per-frame argmaxes.
 - `ClusterScenes` (`clusters`, weight-free): k-means over background appearance (colour and
   gradient-orientation histograms of the clip's temporal median), fitted once on a sample of the
-  videos before the pipeline starts; soft = softmax over negative centroid distances.
+  videos before the pipeline starts; soft = softmax over negative centroid distances. K is
+  `labels.scene_clusters`, or fewer on a small dataset (`cluster_count`).
 - `AnnotationScenes` (`annotations`): a dataset's own scene id, one-hot.
 - `NoScenes` (`none`): no label.
 """
@@ -19,7 +20,7 @@ import dataclasses
 import json
 import random
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -32,7 +33,8 @@ from debias.labels import LabelsConfig
 from debias.masks import decode_rows, decode_rows_on, run_by_size, with_columns
 from debias.sources import Row
 from debias.synth import load_annotation
-from debias.video import thread_stream, unpack_masks_on
+from debias.shards import unpack_masks_on
+from debias.video import thread_stream
 
 SCENE_COLUMNS = {"scene_id": -1, "scene_probs": [], "scene_source": ""}
 
@@ -114,9 +116,22 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 50) -> np.ndarray:
     return c
 
 
+MIN_FIT_VIDEOS_PER_CLUSTER = 2  # a centroid fitted on one video is that video, not a kind of scene
+
+
+def cluster_count(requested: int, fit_videos: int) -> int:
+    """K for `fit_videos` decoded fit videos: `labels.scene_clusters`, or fewer so that each cluster
+    has two fit videos on average, but never under 2 (one class is no scene label)."""
+    if fit_videos < 2:
+        raise ValueError(f"only {fit_videos} video(s) decoded to fit the scene clusters, at least 2 needed "
+                         "(labels.scene_provider=none curates without scene labels)")
+    return max(2, min(requested, fit_videos // MIN_FIT_VIDEOS_PER_CLUSTER))
+
+
 def fit_scene_clusters(rows: list[Row], cfg: PreprocessConfig) -> dict:
     """Decode a seeded sample of `labels.cluster_fit_videos` good manifest rows, fit k-means on their
-    background features. Returns the model as plain arrays (it travels to the actors)."""
+    background features, K = `cluster_count` (said in the log when fewer than labels.scene_clusters).
+    Returns the model as plain arrays (it travels to the actors); `clusters` is K."""
     labels = cfg.labels
     good = [r for r in rows if not r["error"]]
     sample = random.Random(cfg.seed).sample(good, min(len(good), labels.cluster_fit_videos))
@@ -128,13 +143,14 @@ def fit_scene_clusters(rows: list[Row], cfg: PreprocessConfig) -> dict:
         if not decoded["error"]:
             clip, _errors = decode_rows(pd.DataFrame([decoded]), "scenes")
             feats.append(background_features(clip[0]))
-    if len(feats) < labels.scene_clusters:
-        raise ValueError(f"only {len(feats)} of {len(sample)} sampled videos decoded, fewer than "
-                         f"labels.scene_clusters={labels.scene_clusters}: cannot fit the scene clusters")
+    k = cluster_count(labels.scene_clusters, len(feats))
+    if k < labels.scene_clusters:
+        print(f"preprocess: {len(feats)} of {len(sample)} sampled videos decoded for the scene clusters, "
+              f"too few for labels.scene_clusters={labels.scene_clusters} (2 fit videos a cluster): using K={k}")
     x = np.stack(feats)
-    centroids = kmeans(x, labels.scene_clusters, cfg.seed)
+    centroids = kmeans(x, k, cfg.seed)
     nearest = np.sqrt(((x[:, None] - centroids[None]) ** 2).sum(-1)).min(1)
-    return {"centroids": centroids, "scale": float(np.median(nearest)) + 1e-6, "fit_videos": len(feats)}
+    return {"centroids": centroids, "scale": float(np.median(nearest)) + 1e-6, "fit_videos": len(feats), "clusters": k}
 
 
 def cluster_probs(features: np.ndarray, model: dict, temperature: float) -> np.ndarray:
@@ -169,23 +185,28 @@ class ClusterScenes:
 
 # --- dataset annotations and none ----------------------------------------------------------------
 
+def annotated_scene_names(annotations_dir: Path) -> list[str]:
+    """The dataset's scene names, annotations_dir/scenes.json (index = scene id)."""
+    names_file = annotations_dir / "scenes.json"
+    if not names_file.is_file():
+        raise FileNotFoundError(f"scene names not found: {names_file} (labels.annotations_dir)")
+    return json.loads(names_file.read_text())
+
+
 class AnnotationScenes:
     """Scene labels from a dataset's annotations: hard id and a one-hot soft label.
 
-    Reads: video_id, error. Writes: scene_id, scene_probs, scene_source.
+    Reads: youtube_id, video_id, error. Writes: scene_id, scene_probs, scene_source.
     """
 
     source = "annotations"
 
     def __init__(self, annotations_dir: str) -> None:
         self.dir = Path(annotations_dir)
-        names_file = self.dir / "scenes.json"
-        if not names_file.is_file():
-            raise FileNotFoundError(f"scene names not found: {names_file} (labels.annotations_dir)")
-        self.num_scenes = len(json.loads(names_file.read_text()))
+        self.num_scenes = len(annotated_scene_names(self.dir))
 
     def _one(self, row: pd.Series) -> dict:
-        _masks, scene_id = load_annotation(self.dir / f"{row.video_id}.npz")
+        _masks, scene_id = load_annotation(self.dir / f"{row.youtube_id or row.video_id}.npz")  # named by the manifest's id
         probs = np.zeros(self.num_scenes, np.float32)
         probs[scene_id] = 1.0
         return {"scene_id": scene_id, "scene_probs": probs.tolist(), "scene_source": self.source}
@@ -205,27 +226,41 @@ class NoScenes:
         return _apply_per_row(batch, lambda row: none, "scenes", SCENE_COLUMNS)
 
 
-def scene_names(cfg: PreprocessConfig, provider: str, weights: dict[str, Path]) -> list[str]:
-    """What each scene_id means, for OUT/scenes.json: Places365 categories, cluster numbers, the
-    dataset's scene names, or nothing."""
+class SceneStep(NamedTuple):
+    """A resolved scene provider: the Ray Data step class, its constructor args, and what each
+    scene_id means (OUT/scenes.json; `len(names)` is the number of scene classes, K for clusters)."""
+
+    cls: Callable
+    args: tuple
+    names: list[str]
+
+
+def scene_names(cfg: PreprocessConfig, provider: str, weights: dict[str, Path], clusters: int = 0) -> list[str]:
+    """What each scene_id means: Places365 categories, `clusters` cluster numbers, the dataset's scene
+    names, or nothing."""
     if provider == "places365":
         return load_categories(weights["places365_categories"])
     if provider == "clusters":
-        return [f"cluster_{k}" for k in range(cfg.labels.scene_clusters)]
+        if clusters < 2:
+            raise ValueError("scene_names of the clusters needs their fitted K (fewer than labels.scene_clusters "
+                             "on a small dataset): use scene_step(...).names")
+        return [f"cluster_{k}" for k in range(clusters)]
     if provider == "annotations":
-        return json.loads((cfg.annotations_dir() / "scenes.json").read_text())
+        return annotated_scene_names(cfg.annotations_dir())
     return []
 
 
-def scene_step(cfg: PreprocessConfig, provider: str, weights: dict[str, Path], rows: list[Row]) -> tuple[Callable, tuple]:
-    """(step class, constructor args) for a resolved provider; `clusters` fits its k-means here, on
-    the driver, so that every actor labels with the same clusters."""
+def scene_step(cfg: PreprocessConfig, provider: str, weights: dict[str, Path], rows: list[Row]) -> SceneStep:
+    """The step of a resolved provider; `clusters` fits its k-means here, on the driver, so that every
+    actor labels with the same clusters."""
     if provider == "places365":
-        return Places365Scenes, (str(weights["places365"]), str(weights["places365_categories"]), cfg.labels)
+        return SceneStep(Places365Scenes, (str(weights["places365"]), str(weights["places365_categories"]), cfg.labels),
+                         scene_names(cfg, provider, weights))
     if provider == "clusters":
         model = fit_scene_clusters(rows, cfg)
-        print(f"preprocess: scene clusters fitted on {model['fit_videos']} videos (K={cfg.labels.scene_clusters})")
-        return ClusterScenes, (model, cfg.labels.cluster_temperature)
+        print(f"preprocess: scene clusters fitted on {model['fit_videos']} videos (K={model['clusters']})")
+        return SceneStep(ClusterScenes, (model, cfg.labels.cluster_temperature),
+                         scene_names(cfg, provider, weights, model["clusters"]))
     if provider == "annotations":
-        return AnnotationScenes, (str(cfg.annotations_dir()),)
-    return NoScenes, ()
+        return SceneStep(AnnotationScenes, (str(cfg.annotations_dir()),), scene_names(cfg, provider, weights))
+    return SceneStep(NoScenes, (), [])

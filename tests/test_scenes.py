@@ -17,10 +17,10 @@ from debias.curate import DecodeConfig, PreprocessConfig, make_decode_fn
 from debias.labels import LabelsConfig
 from debias.masks import MotionMasks
 from debias.label_models import PlacesClassifier, load_categories, load_places365
-from debias.scenes import ClusterScenes, Places365Scenes, fit_scene_clusters, hard_label
+from debias.scenes import ClusterScenes, Places365Scenes, cluster_count, fit_scene_clusters, hard_label, scene_step
 from debias.sources import InputConfig, read_source
 from debias.synth import SynthConfig, generate, load_annotation
-from debias.video import decode_jpeg, encode_jpeg, pack_mask, unpack_mask
+from debias.shards import decode_jpeg, encode_jpeg, pack_mask, unpack_mask
 from debias.weights import WeightsError, resolve_providers
 
 DECODE = DecodeConfig(num_frames=4, short_side_px=32, crop_px=32)
@@ -158,7 +158,7 @@ def test_background_clusters_recover_the_synthetic_scenes(ray_local, synth):
     out = pd.DataFrame(ray.data.from_items(rows).flat_map(make_decode_fn(DECODE)).map_batches(
         ClusterScenes, fn_constructor_args=(model, cfg.labels.cluster_temperature), batch_format="pandas",
         batch_size=8, num_cpus=0.5, compute=ActorPoolStrategy(size=1)).take_all())
-    truth = [load_annotation(synth / "annotations" / f"{v}.npz")[1] for v in out.video_id]
+    truth = [load_annotation(synth / "annotations" / f"{v}.npz")[1] for v in out.youtube_id]  # named by the manifest's id
     table = pd.crosstab(out.scene_id, truth)
     purity = table.max(axis=1).sum() / len(out)
     assert purity >= 0.9, table  # measured on 360 videos: 1.0
@@ -187,6 +187,31 @@ def test_real_clips_get_cluster_labels(ray_local, real_clips):
     assert ok.scene_id.nunique() >= 2  # different videos, different backgrounds
 
 
+def test_cluster_count_serves_a_small_dataset():
+    assert [cluster_count(8, n) for n in (2, 3, 4, 5, 9, 15, 16, 256)] == [2, 2, 2, 2, 4, 7, 8, 8]
+    with pytest.raises(ValueError, match="only 1 video.*labels.scene_provider=none"):
+        cluster_count(8, 1)
+
+
+def test_default_clusters_on_a_folder_of_four_real_videos(real_clips, tmp_path, capsys):
+    """`debias preprocess ROOT --out OUT` with the defaults (labels.scene_clusters=8) on 4 videos: K=2, said."""
+    root = tmp_path / "videos"
+    (root / "clips").mkdir(parents=True)
+    for name in ["Kop0sDqOn-c.mp4", "abseiling_k400.mp4", "mmaction2__demo_demo.mp4",
+                 "50_FIRST_DATES_drink_u_nm_np1_fr_goo_29.mp4"]:
+        (root / "clips" / name).symlink_to(real_clips / name)
+    cfg = PreprocessConfig(input=InputConfig(root=str(root)), decode=DecodeConfig(short_side_px=64, crop_px=64))
+    assert cfg.labels.scene_clusters == 8
+    rows, _ = read_source(cfg.input)
+    step = scene_step(cfg, "clusters", {}, rows)
+    model = step.args[0]
+    assert (model["fit_videos"], model["clusters"], len(model["centroids"])) == (4, 2, 2)
+    assert step.names == ["cluster_0", "cluster_1"]
+    assert "too few for labels.scene_clusters=8 (2 fit videos a cluster): using K=2" in capsys.readouterr().out
+    probs = step.cls(*step.args)(pd.DataFrame([make_decode_fn(cfg.decode)(rows[0])[0]])).scene_probs[0]
+    assert len(probs) == 2
+
+
 def test_preprocess_job_on_a_fresh_machine_uses_the_weight_free_providers(ray_local, synth, tmp_path, capsys):
     """`auto` with no weights installed: the job runs, says so, and every row records its providers."""
     import pyarrow.parquet as pq
@@ -211,5 +236,7 @@ def test_scene_names_say_what_each_id_means(synth, places):
     _masks, _scenes, paths = resolve_providers(places)
     cfg = synth_config(synth, scene_clusters=5)
     assert scene_names(cfg, "places365", paths)[0] == "/x/scene_0" and len(scene_names(cfg, "places365", paths)) == 365
-    assert scene_names(cfg, "clusters", paths) == [f"cluster_{k}" for k in range(5)]
+    assert scene_names(cfg, "clusters", paths, clusters=5) == [f"cluster_{k}" for k in range(5)]
+    with pytest.raises(ValueError, match=r"fitted K.*scene_step\(...\).names"):
+        scene_names(cfg, "clusters", paths)  # labels.scene_clusters may not be the K fitted
     assert len(scene_names(cfg, "annotations", paths)) == 6 and scene_names(cfg, "none", paths) == []

@@ -1,12 +1,15 @@
 """Dataset sources: each reader on small files in the dataset's published format, written here."""
 
+import csv
 import json
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from debias.config import ConfigError, load_config
 from debias.curate import PreprocessConfig
-from debias.sources import InputConfig, read_source
+from debias.sources import InputConfig, ids_in_several_windows, read_source
 
 
 def _by_id(rows):
@@ -27,52 +30,88 @@ def test_kinetics_csv_rows_windows_files_and_malformed_lines(tmp_path):
         "abseiling,notYetThere,0,10,train,0\n"
         "abseiling,badTimes,ten,20,train,0\n"
         "abseiling,,0,10,train,0\n"
-        "abseiling,backwards,20,10,train,0\n")
+        "abseiling,backwards,20,10,train,0\n"
+        ",noLabel0000,0,10,train,0\n")
     (csv_dir / "validate.csv").write_text("label,youtube_id,time_start,time_end,split\n"
-                                          "zumba,trimmedAAAA,10,20,val\n")  # the same id twice
+                                          "zumba,trimmedAAAA,10,20,val\n"  # the same id and window again
+                                          "yoga,wholeBBBBBB,50,60,val\n")  # the same id, another window
     rows, classes = read_source(InputConfig(source="kinetics", manifest=str(csv_dir), root=str(videos)))
     by_id = _by_id(rows)
-    assert classes == ["abseiling", "arm wrestling"]  # labels of good rows only, sorted
-    a = by_id["trimmedAAAA"]
+    assert classes == ["abseiling", "arm wrestling", "yoga", "zumba"]  # every label the CSVs name, sorted
+    a = by_id["trimmedAAAA_000010_000020"]
     assert a["source_path"].endswith("trimmedAAAA_000010_000020.mp4") and (a["time_start"], a["time_end"]) == (0, 10)
-    b = by_id["wholeBBBBBB"]
+    b = by_id["wholeBBBBBB_000030_000040"]
     assert b["source_path"].endswith("wholeBBBBBB.mp4") and (b["time_start"], b["time_end"]) == (30, 40)
     assert b["label_id"] == 1 and b["youtube_id"] == "wholeBBBBBB" and b["error"] == ""
-    assert by_id["notYetThere"]["error"] == ""  # not downloaded yet: the decode (or download) stage decides
+    b2 = by_id["wholeBBBBBB_000050_000060"]  # a second window of one video is a second clip, not a duplicate
+    assert b2["source_path"] == b["source_path"] and (b2["time_start"], b2["time_end"]) == (50, 60)
+    assert b2["label"] == "yoga" and b2["error"] == "" and b2["split"] == "val"
+    assert ids_in_several_windows(rows) == {"wholeBBBBBB": ["wholeBBBBBB_000030_000040", "wholeBBBBBB_000050_000060"]}
+    assert by_id["notYetThere_000000_000010"]["error"] == ""  # not downloaded yet: the decode (or download) stage decides
     bad = [r for r in rows if r["error_code"] == "malformed_manifest_row"]
-    assert len(bad) == 3 and all(r["error_stage"] == "source" and "train.csv:" in r["error"] for r in bad)
+    assert len(bad) == 4 and all(r["error_stage"] == "source" and "train.csv:" in r["error"] for r in bad)
+    assert all(r["video_id"] == r["error"].split(": ")[0] for r in bad)  # a malformed row is named by file:line
     assert any("bad time window" in r["error"] for r in bad) and any("no youtube_id" in r["error"] for r in bad)
     assert any("time_end 10.0 <= time_start 20.0" in r["error"] for r in bad)
-    dup = [r for r in rows if r["error_code"] == "duplicate_id"]
-    assert len(dup) == 1 and dup[0]["label"] == "zumba"
-    assert len(rows) == 7  # every line is a row, good or not
+    assert any("train.csv:8: no label" in r["error"] for r in bad)
+    dup = by_id["trimmedAAAA_000010_000020#2"]  # its own id, so that the summary counts it
+    assert dup["error_code"] == "duplicate_id" and dup["label"] == "zumba" and "validate.csv:2" in dup["error"]
+    assert "first at " in dup["error"] and "train.csv:2" in dup["error"]
+    assert len(rows) == len(by_id) == 9  # every line is a row, good or not, each its own id
+
+
+def test_kinetics_test_csv_without_labels_is_read_unlabelled(tmp_path):
+    """The 2017 test list has no label column: its rows are curated with label "" and label_id -1."""
+    (tmp_path / "kinetics_test.csv").write_text("youtube_id,time_start,time_end,split\n"
+                                                "--6bJUbfpnQ,17,27,test\n"
+                                                "--6bJUbfpnQ,40,50,test\n")
+    rows, classes = read_source(InputConfig(source="kinetics", manifest=str(tmp_path / "kinetics_test.csv")))
+    assert classes == []
+    assert [(r["video_id"], r["label"], r["label_id"], r["error"]) for r in rows] == [
+        ("--6bJUbfpnQ_000017_000027", "", -1, ""), ("--6bJUbfpnQ_000040_000050", "", -1, "")]
+
+
+def test_kinetics600_id_in_two_windows_with_two_labels_is_two_clips(tmp_path):
+    """Kinetics-600 validation has xnC3nngvLCo as "cracking knuckles" at 7-17 s and "cracking neck" at 83-93 s."""
+    (tmp_path / "kinetics600_val.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                                  "cracking knuckles,xnC3nngvLCo,7,17,validate\n"
+                                                  "cracking neck,xnC3nngvLCo,83,93,validate\n")
+    rows, classes = read_source(InputConfig(source="kinetics", manifest=str(tmp_path / "kinetics600_val.csv")))
+    assert classes == ["cracking knuckles", "cracking neck"]
+    assert [(r["video_id"], r["label_id"], r["error"]) for r in rows] == [
+        ("xnC3nngvLCo_000007_000017", 0, ""), ("xnC3nngvLCo_000083_000093", 1, "")]
 
 
 def test_kinetics_csv_without_required_columns_fails_before_work(tmp_path):
     (tmp_path / "k.csv").write_text("youtube_id,time_start\nabc,0\n")
-    with pytest.raises(ValueError, match=r"k.csv: not a Kinetics CSV, lacks columns \['label', 'split'\]"):
+    with pytest.raises(ValueError, match=r"k.csv: not a Kinetics CSV, lacks columns \['split'\]"):
         read_source(InputConfig(source="kinetics", manifest=str(tmp_path / "k.csv")))
     with pytest.raises(FileNotFoundError, match="input.manifest"):
         read_source(InputConfig(source="kinetics", manifest=str(tmp_path / "missing.csv")))
 
 
-def test_minikinetics_joins_id_lists_with_the_csv_and_reports_missing_ids(tmp_path):
+def test_minikinetics_joins_id_lists_with_the_csv_and_reports_missing_and_ambiguous_ids(tmp_path):
     (tmp_path / "kinetics_train.csv").write_text("label,youtube_id,time_start,time_end,split\n"
                                                  "abseiling,aaaaaaaaaaa,1,11,train\n"
                                                  "zumba,bbbbbbbbbbb,2,12,train\n"
                                                  "yoga,ccccccccccc,3,13,val\n"
-                                                 "unused,ddddddddddd,0,10,train\n")
-    (tmp_path / "train_ytid_list.txt").write_text("aaaaaaaaaaa\nbbbbbbbbbbb\nmissing0000\n")
+                                                 "unused,ddddddddddd,0,10,train\n"
+                                                 "abseiling,eeeeeeeeeee,0,10,train\n"
+                                                 "zumba,eeeeeeeeeee,20,30,train\n")
+    (tmp_path / "train_ytid_list.txt").write_text("aaaaaaaaaaa\nbbbbbbbbbbb\nmissing0000\neeeeeeeeeee\n")
     (tmp_path / "val_ytid_list.txt").write_text("ccccccccccc\n")
     cfg = InputConfig(source="minikinetics", manifest=str(tmp_path / "kinetics_train.csv"),
                       id_lists=[str(tmp_path / "train_ytid_list.txt"), str(tmp_path / "val_ytid_list.txt")])
     rows, classes = read_source(cfg)
     by_id = _by_id(rows)
-    assert set(by_id) == {"aaaaaaaaaaa", "bbbbbbbbbbb", "missing0000", "ccccccccccc"}  # ddd... is not in Mini-Kinetics
-    assert classes == ["abseiling", "yoga", "zumba"]
-    assert by_id["ccccccccccc"]["split"] == "val" and by_id["ccccccccccc"]["time_start"] == 3
+    assert set(by_id) == {"aaaaaaaaaaa_000001_000011", "bbbbbbbbbbb_000002_000012", "missing0000",
+                          "ccccccccccc_000003_000013", "eeeeeeeeeee_000000_000010", "eeeeeeeeeee_000020_000030"}
+    assert classes == ["abseiling", "yoga", "zumba"]  # ddd... is not in Mini-Kinetics, nor its class
+    assert by_id["ccccccccccc_000003_000013"]["split"] == "val" and by_id["ccccccccccc_000003_000013"]["time_start"] == 3
     missing = by_id["missing0000"]
     assert missing["error_code"] == "not_in_manifest" and "train_ytid_list.txt:3" in missing["error"]
+    # One listed id, two windows in the CSV: both kept as clips, and reported (the list cannot say which).
+    assert ids_in_several_windows(rows) == {"eeeeeeeeeee": ["eeeeeeeeeee_000000_000010", "eeeeeeeeeee_000020_000030"]}
     assert str(cfg.videos_dir()) == str(tmp_path / "videos")  # the default videos folder
 
 
@@ -120,22 +159,30 @@ def test_hmdb51_split_files(tmp_path):
 
 
 def test_diving48_v2_json(tmp_path):
+    vocab = [["Back", "15som", "05Twis", "FREE"], ["Back", "15som", "NoTwis", "PIKE"], ["Forward", "35som", "NoTwis", "TUCK"]]
+    (tmp_path / "Diving48_vocab.json").write_text(json.dumps(vocab))
     entries = [{"vid_name": "_8Vy3dlHg2w_00000", "label": 0, "start_frame": 0, "end_frame": 52},
-               {"vid_name": "_8Vy3dlHg2w_00001", "label": 47, "start_frame": 0, "end_frame": 60},
+               {"vid_name": "_8Vy3dlHg2w_00001", "label": 2, "start_frame": 0, "end_frame": 60},
                {"vid_name": "no_label", "start_frame": 0, "end_frame": 10},
-               {"vid_name": "bad_range", "label": 3, "start_frame": 9, "end_frame": 9}]
+               {"vid_name": "bad_range", "label": 2, "start_frame": 9, "end_frame": 9},
+               {"vid_name": "past_vocab", "label": 3, "start_frame": 0, "end_frame": 9}]
     (tmp_path / "Diving48_V2_train.json").write_text(json.dumps(entries))
-    (tmp_path / "Diving48_V2_test.json").write_text(json.dumps([{"vid_name": "t1", "label": 5, "start_frame": 0,
+    (tmp_path / "Diving48_V2_test.json").write_text(json.dumps([{"vid_name": "t1", "label": 2, "start_frame": 0,
                                                                  "end_frame": 30}]))
     rows, classes = read_source(InputConfig(source="diving48", manifest=str(tmp_path), root=str(tmp_path / "rgb")))
     by_id = _by_id(rows)
-    assert classes == ["00", "05", "47"]
-    assert by_id["_8Vy3dlHg2w_00001"]["label"] == "47" and by_id["t1"]["split"] == "test"
-    assert by_id["t1"]["source_path"] == str(tmp_path / "rgb" / "t1.mp4")
+    # the vocabulary's classes, all of them (class 1 has no clip here), label = label_id
+    assert classes == ["Back_15som_05Twis_FREE", "Back_15som_NoTwis_PIKE", "Forward_35som_NoTwis_TUCK"]
+    assert by_id["_8Vy3dlHg2w_00001"]["label"] == "Forward_35som_NoTwis_TUCK" and by_id["_8Vy3dlHg2w_00001"]["label_id"] == 2
+    assert by_id["t1"]["split"] == "test" and by_id["t1"]["source_path"] == str(tmp_path / "rgb" / "t1.mp4")
     assert "KeyError" in by_id["no_label"]["error"] and "Diving48_V2_train.json[2]" in by_id["no_label"]["error"]
     assert "end_frame 9 <= start_frame 9" in by_id["bad_range"]["error"]
+    assert "label 3 not in 0-2" in by_id["past_vocab"]["error"]
     (tmp_path / "Diving48_V2_test.json").write_text("[{")
     with pytest.raises(ValueError, match="Diving48_V2_test.json: not valid JSON"):
+        read_source(InputConfig(source="diving48", manifest=str(tmp_path), root="x"))
+    (tmp_path / "Diving48_vocab.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"Diving48_vocab.json not found \(input.manifest\)"):
         read_source(InputConfig(source="diving48", manifest=str(tmp_path), root="x"))
 
 
@@ -161,9 +208,101 @@ def test_plain_folder_and_auto_source(tmp_path):
 def test_bad_input_config_names_the_key():
     with pytest.raises(ConfigError, match="input.split_index: must be 1, 2 or 3"):
         load_config(PreprocessConfig, None, ["input.split_index=4"])
+    with pytest.raises(ConfigError, match="input.root: source=ucf101 needs input.root"):
+        load_config(PreprocessConfig, None, ["input.source=ucf101", "input.manifest=ucfTrainTestlist"])
     with pytest.raises(ConfigError, match="input.id_lists: source=minikinetics needs"):
         load_config(PreprocessConfig, None, ["input.source=minikinetics", "input.manifest=k.csv"])
     with pytest.raises(ConfigError, match="input.source: must be one of"):
         load_config(PreprocessConfig, None, ["input.source=kinetics900"])
     with pytest.raises(ConfigError, match="download.enabled: downloads YouTube ids; input.source=folder"):
         load_config(PreprocessConfig, None, ["input.root=x", "download.enabled=true"])
+
+
+# --- the published annotation files (../shared/data/real_meta; the videos are not there) ----------
+
+REAL_META = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_meta"
+NO_VIDEOS = "/nonexistent/videos"  # the readers never look: a missing video is the decode stage's error row
+
+
+@pytest.fixture(scope="module")
+def real_meta() -> Path:
+    if not (REAL_META / "SOURCES.tsv").is_file():
+        pytest.skip(f"the published annotation files are not at {REAL_META} (the shared/ folder beside the repo)")
+    return REAL_META
+
+
+def _counts(rows):
+    assert all(r["error"] == "" for r in rows), next(r["error"] for r in rows if r["error"])
+    assert len({r["video_id"] for r in rows}) == len(rows)
+    return Counter(r["split"] for r in rows)
+
+
+@pytest.mark.parametrize("split_index,train,test", [(1, 9537, 3783), (2, 9586, 3734), (3, 9624, 3696)])
+def test_real_ucf101_split_files(real_meta, split_index, train, test):
+    lists = real_meta / "ucf101" / "ucfTrainTestlist"
+    rows, classes = read_source(InputConfig(source="ucf101", manifest=str(lists), root=NO_VIDEOS, split_index=split_index))
+    assert _counts(rows) == {"train": train, "test": test}
+    official = [line.split() for line in (lists / "classInd.txt").read_text().splitlines() if line.strip()]
+    assert classes == [name for _, name in official] and len(classes) == 101  # classInd.txt's order, 1-based there
+    assert classes[:3] == ["ApplyEyeMakeup", "ApplyLipstick", "Archery"] and classes[-1] == "YoYo"
+    by_id = _by_id(rows)
+    r = by_id["v_ApplyEyeMakeup_g08_c01"] if split_index == 1 else rows[0]
+    assert classes[r["label_id"]] == r["label"] and r["source_path"].startswith(NO_VIDEOS + "/")
+    assert all(classes[r["label_id"]] == r["label"] for r in rows)
+
+
+@pytest.mark.parametrize("split_index", [1, 2, 3])
+def test_real_hmdb51_split_files(real_meta, split_index):
+    splits = real_meta / "hmdb51" / "testTrainMulti_7030_splits"
+    rows, classes = read_source(InputConfig(source="hmdb51", manifest=str(splits), root=NO_VIDEOS, split_index=split_index))
+    assert _counts(rows) == {"train": 3570, "test": 1530}
+    assert len(classes) == 51 and classes == sorted(classes) and {"brush_hair", "wave", "ride_horse"} <= set(classes)
+    assert Counter(r["label"] for r in rows) == {c: 100 for c in classes}  # 70 train + 30 test per class
+    r = _by_id(rows)["50_FIRST_DATES_drink_u_nm_np1_fr_goo_29"]
+    assert r["label"] == "drink" and r["source_path"] == f"{NO_VIDEOS}/drink/50_FIRST_DATES_drink_u_nm_np1_fr_goo_29.avi"
+
+
+def test_real_diving48_v2_keeps_the_48_official_classes(real_meta):
+    folder = real_meta / "diving48"
+    rows, classes = read_source(InputConfig(source="diving48", manifest=str(folder), root=NO_VIDEOS))
+    assert _counts(rows) == {"train": 15027, "test": 1970}
+    vocab = json.loads((folder / "Diving48_vocab.json").read_text())
+    assert len(classes) == 48 and classes == ["_".join(v) for v in vocab]
+    assert 30 not in {r["label_id"] for r in rows} and classes[30]  # V2 has no clip of class 30; its place stays
+    published = {e["vid_name"]: e["label"] for f in ("Diving48_V2_train.json", "Diving48_V2_test.json")
+                 for e in json.loads((folder / f).read_text())}
+    assert all(r["label_id"] == published[r["video_id"]] and r["label"] == classes[r["label_id"]] for r in rows)
+
+
+def test_real_kinetics400_validation_csv(real_meta):
+    rows, classes = read_source(InputConfig(source="kinetics", manifest=str(real_meta / "kinetics400" / "kinetics-400_val.csv"),
+                                            root=NO_VIDEOS))
+    assert _counts(rows) == {"val": 19906}
+    assert len(classes) == 400 and classes == sorted(classes) and classes[0] == "abseiling"
+    r = rows[0]  # abseiling,0wR5jVB-WPk,417,427,val,0
+    assert (r["video_id"], r["youtube_id"], r["label_id"]) == ("0wR5jVB-WPk_000417_000427", "0wR5jVB-WPk", 0)
+    assert (r["source_path"], r["time_start"], r["time_end"]) == (f"{NO_VIDEOS}/0wR5jVB-WPk.mp4", 417, 427)
+
+
+def test_real_kinetics_test_style_list_without_labels(real_meta, tmp_path):
+    """The 2017 test CSV's layout (`youtube_id,time_start,time_end,split`), made from the real validation list."""
+    with open(real_meta / "kinetics400" / "kinetics-400_val.csv", newline="") as f:
+        records = list(csv.DictReader(f))[:500]
+    with open(tmp_path / "kinetics_test.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["youtube_id", "time_start", "time_end", "split"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**r, "split": "test"} for r in records)
+    rows, classes = read_source(InputConfig(source="kinetics", manifest=str(tmp_path / "kinetics_test.csv"), root=NO_VIDEOS))
+    assert _counts(rows) == {"test": 500} and classes == []
+    assert {(r["label"], r["label_id"]) for r in rows} == {("", -1)}
+
+
+def test_real_minikinetics200_validation_ids_all_in_the_kinetics400_csv(real_meta):
+    ids = (real_meta / "mini_kinetics200" / "val_ytid_list.txt").read_text().split()
+    cfg = InputConfig(source="minikinetics", manifest=str(real_meta / "kinetics400" / "kinetics-400_val.csv"),
+                      id_lists=[str(real_meta / "mini_kinetics200" / "val_ytid_list.txt")], root=NO_VIDEOS)
+    rows, classes = read_source(cfg)
+    assert len(ids) == len(set(ids)) == 5000
+    assert _counts(rows) == {"val": 5000}  # every id found, none ambiguous, none duplicated
+    assert {r["youtube_id"] for r in rows} == set(ids) and ids_in_several_windows(rows) == {}
+    assert len(classes) == 200 and Counter(r["label"] for r in rows) == {c: 25 for c in classes}
