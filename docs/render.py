@@ -8,7 +8,9 @@
         line of COMMAND's output that is a JSON object (every benchmark prints one)
     python docs/render.py add NAME FILE --command "CMD" [--date D] [--commit C] [--machine M]
         the same for a result produced earlier or elsewhere (FILE: a summary.json or a log whose last
-        JSON line holds the figures); date, commit and machine default to now, HEAD and this machine
+        JSON line holds the figures); date, commit and machine default to now, HEAD and this machine.
+        A summary.json that holds its own date, commit, machine and command (the demo's) may also be
+        copied into docs/results/ as it is.
 
 A generated block is an HTML comment holding a YAML spec, the generated text, and an end marker:
 
