@@ -15,7 +15,8 @@
 A generated block is an HTML comment holding a YAML spec, the generated text, and an end marker:
 
     <!-- BEGIN generated
-    result: demo                      # docs/results/demo.json; or `function: module.name` (returns markdown)
+    result: demo                      # docs/results/demo.json; or `function: module.name` (returns markdown),
+                                      #   or `schema: module.NAME` (a pyarrow schema: its columns and types)
     record: --from out/demo/summary.json -- debias demo     # how NAME.json is made (shown while it is absent)
     rows: runs                        # table: dotted path to a list or dict of rows in the figures
     keys: [baseline, sdn]             # optional: the dict's entries to show, in order
@@ -138,9 +139,12 @@ def table(spec: dict, figures: dict, where: str) -> str:
 
 def render_block(spec: dict, doc: Path, root: Path) -> str:
     """The text between a block's spec and its end marker, from the block's source."""
-    if "function" in spec:
-        module, _, name = spec["function"].rpartition(".")
-        return getattr(importlib.import_module(module), name)() + "\n"
+    if "function" in spec or "schema" in spec:
+        module, _, name = (spec.get("function") or spec["schema"]).rpartition(".")
+        value = getattr(importlib.import_module(module), name)
+        if "function" in spec:
+            return value() + "\n"
+        return markdown_table(["column", "type"], [[f"`{f.name}`", f"`{f.type}`"] for f in value]) + "\n"
     name = spec["result"]
     where = f"{doc.relative_to(root)} block '{name}'"
     path = results_dir(root) / f"{name}.json"
@@ -181,7 +185,7 @@ def check(root: Path = ROOT) -> list[str]:
             problems.append(f"{doc.relative_to(root)}: {e}")
             continue
         if fresh != doc.read_text():
-            stale = [spec.get("result") or spec.get("function") for a, b in zip(BLOCK.finditer(doc.read_text()),
+            stale = [spec.get("result") or spec.get("function") or spec.get("schema") for a, b in zip(BLOCK.finditer(doc.read_text()),
                                                                                 BLOCK.finditer(fresh))
                      if a.group(4) != b.group(4) for spec in [yaml.safe_load(a.group(2))]]
             problems.append(f"{doc.relative_to(root)}: stale generated blocks {stale} "
