@@ -178,8 +178,8 @@ def read_kinetics_rows(manifest: str, videos: VideoFolder) -> tuple[list[Row], l
         if missing:
             raise ValueError(f"{path}: not a Kinetics CSV, lacks columns {sorted(missing)} (input.manifest)")
         labelled = "label" in columns
-        for line_no, rec in enumerate(reader, start=2):
-            at = f"{path}:{line_no}"
+        for rec in reader:
+            at = f"{path}:{reader.line_num}"  # the record's last line (a quoted field may span lines)
             ytid = (rec.get("youtube_id") or "").strip()
             label = (rec.get("label") or "").strip()
             labels.update([label] if label else [])
