@@ -15,6 +15,9 @@ JOBS = {
     "sweep": "sweep the loss weights with Ray Tune (ASHA), each trial a Ray Train run",
     "transfer": "fine-tune pretrained backbones on target tasks and measure their scene bias",
     "pipeline": "the whole chain: preprocess -> sweep -> transfer -> report, skipping finished stages",
+    "predict": "top-K actions of video files with a trained run (its own preprocessing; --json for scripts)",
+    "embed": "backbone features and logits of shards or a video folder with Ray Data batch inference (Parquet)",
+    "export": "a run's backbone as torchvision-loadable weights (.pth, safetensors) with a model card",
 }
 
 USAGE = "usage: debias JOB [--config FILE] [key=value ...]   (debias JOB --help for a job's options)\n\njobs:\n" + \

@@ -1,0 +1,29 @@
+"""Embed: pooled backbone features and action logits of every shard row or video, with Ray Data.
+
+    python -m ray_jobs.embed --run RUN --input SHARDS_OR_VIDEO_FOLDER --out OUT [key=value ...]
+
+INPUT is a preprocess output (its shards/ rows are embedded as stored) or a folder of videos (decoded
+first with the run's own settings). One actor per `actors` loads the model once (a GPU each where the
+cluster has GPUs); OUT/embeddings/*.parquet holds video_id, clip_index, label, split, embedding
+(list<float32>, the backbone's width) and logits, one row per input row; OUT/errors.parquet the
+videos that failed; OUT/summary.json the counts.
+"""
+
+from __future__ import annotations
+
+import json
+from debias.embed import EmbedConfig, run_embed
+from ray_jobs.common import job_parser, load_job_config
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = job_parser("debias embed", __doc__, out_option=True)
+    parser.add_argument("--run", help="the training run folder (same as run=...)")
+    parser.add_argument("--input", help="shards (a preprocess output) or a folder of videos (same as input=...)")
+    args = parser.parse_intermixed_args(argv)
+    args.overrides = [f"{k}={json.dumps(v)}" for k, v in (("run", args.run), ("input", args.input)) if v] + args.overrides
+    run_embed(load_job_config(EmbedConfig, args))
+
+
+if __name__ == "__main__":
+    main()
