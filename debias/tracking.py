@@ -65,7 +65,7 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
 class Tracker:
     """Rank 0's tracking of one training run: its config as parameters, then its metrics per epoch.
 
-    `params`: the run's config (nested dicts are flattened with dots). `run_dir`: the run folder, where W&B
+    `params`: the run's config (Ray flattens nested keys with "/": optim/lr). `run_dir`: the run folder, where W&B
     keeps its files unless `wandb_dir` says otherwise. A resumed run continues the same W&B run (its id is
     the run's name); MLflow starts a new run under the same name.
     """
