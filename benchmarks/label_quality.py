@@ -27,8 +27,9 @@ from debias.labels import LabelsConfig
 from debias.masks import AnnotationMasks, decode_rows, motion_masks
 from debias.scenes import cluster_probs, fit_scene_clusters, background_features
 from debias.sources import InputConfig, read_source
-from debias.synth import SynthConfig, generate, load_annotation
-from debias.video import unpack_mask
+from debias.sources import read_annotation
+from debias.synth import SynthConfig, generate
+from debias.shards import unpack_mask
 
 
 def nmi(a: np.ndarray, b: np.ndarray) -> float:
@@ -78,7 +79,7 @@ def main() -> None:
             "person_found_frames": round(float(((pred & true_masks).any((2, 3))).mean()), 3),
             "person_frac_pred": round(float(pred.any((2, 3)).mean()), 3)}
 
-    scene_ids = np.array([load_annotation(task / "annotations" / f"{r['video_id']}.npz")[1] for r in rows])
+    scene_ids = np.array([read_annotation(str(task / "annotations"), r['youtube_id'])[1] for r in rows])
     features = np.stack([background_features(c) for c in clips])
     num_scenes = len(np.unique(scene_ids))
     for k in sorted({num_scenes, LabelsConfig().scene_clusters}):

@@ -24,7 +24,7 @@ import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from debias.config import check
-from debias.video import decode_jpeg, unpack_mask
+from debias.shards import decode_jpeg, unpack_mask
 
 Fill = Literal["mean", "zero", "noise", "blur"]
 
@@ -276,7 +276,7 @@ class ClipCollate(NumpyBatchCollateFn):
         import torch
         from torchvision.ops import roi_align
 
-        from debias.video import decode_jpegs_on, unpack_masks_on
+        from debias.shards import decode_jpegs_on, unpack_masks_on
 
         cfg, dev = self.cfg, self.device
         n, t, px = len(batch["jpegs"]), cfg.clip_len, cfg.crop_px
@@ -320,24 +320,20 @@ class ClipCollate(NumpyBatchCollateFn):
 
 
 def write_pattern_shards(out: str | Path, splits: dict[str, int], num_classes: int = 4, num_frames: int = 8,
-                         size_px: int = 32, bias: float = 0.9, rows_per_file: int = 64, seed: int = 0) -> Path:
+                         size_px: int = 32, bias: float = 0.9, rows_per_file: int = 64, seed: int = 0) -> str:
     """Shards of a moving-square task written straight in SHARD_SCHEMA, for tests and benchmarks
     (no source videos, no PyAV): class k moves a square in direction k; its "person" mask is the
     square; the background colour is the scene, equal to the class with probability `bias`.
 
-    `splits`: rows per split, e.g. {"train": 32, "val": 8}. Writes OUT/shards/*.parquet and
-    OUT/classes.json like `debias preprocess`; returns OUT.
+    `splits`: rows per split, e.g. {"train": 32, "val": 8}. Publishes them in OUT (a local folder or a
+    URI) as `debias preprocess` does, through `debias.shards`; returns OUT.
     """
-    import json
-
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from debias.schema import SCHEMA_VERSION, SHARD_SCHEMA
-    from debias.video import encode_jpeg, pack_mask
+    from debias import shards, storage
+    from debias.shards import encode_jpeg, pack_mask
 
-    out = Path(out)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+    out = storage.absolute(str(out))
     rng = np.random.default_rng(seed)
     directions = [(np.cos(a), np.sin(a)) for a in np.linspace(0, 2 * np.pi, num_classes, endpoint=False)]
     colours = rng.integers(40, 216, size=(num_classes, 3))
@@ -364,15 +360,17 @@ def write_pattern_shards(out: str | Path, splits: dict[str, int], num_classes: i
             probs = np.full(num_classes, 0.1 / max(num_classes - 1, 1), np.float32)
             probs[scene] = 0.9
             rows.append({
-                "schema_version": SCHEMA_VERSION, "video_id": f"{split}_{i:05d}", "clip_index": 0,
+                "schema_version": shards.SCHEMA_VERSION, "video_id": f"{split}_{i:05d}", "clip_index": 0,
                 "label": f"class_{label}", "label_id": label, "split": split, "source_path": "", "fps": 8.0,
                 "frame_indices": list(range(num_frames)), "padded": False, "height": size_px, "width": size_px, "frames": frames,
                 "human_masks": [pack_mask(m) for m in masks], "mask_coverage": [float(m.mean()) for m in masks],
                 "person_frac": 1.0, "mask_source": "pattern", "scene_id": scene, "scene_probs": probs.tolist(),
                 "scene_source": "pattern"})
+    attempt, resumed = shards.start_attempt(out, f"pattern-{seed}", None, rows_per_video=1)
     for start in range(0, len(rows), rows_per_file):
-        chunk = rows[start:start + rows_per_file]
-        table = pa.Table.from_pylist(chunk, schema=SHARD_SCHEMA)
-        pq.write_table(table, out / "shards" / f"part-{start // rows_per_file:05d}.parquet")
-    (out / "classes.json").write_text(json.dumps([f"class_{k}" for k in range(num_classes)]))
+        table = pa.Table.from_pylist(rows[start:start + rows_per_file], schema=shards.SHARD_SCHEMA)
+        shards.write_parquet(storage.join(attempt.folder("shards"), f"part-{start // rows_per_file:05d}.parquet"), table)
+    shards.commit(attempt, resumed, shards.ERROR_SCHEMA.empty_table(), [f"class_{k}" for k in range(num_classes)],
+                  [f"scene_{k}" for k in range(num_classes)],
+                  {"videos_in": len(rows), "videos_ok": len(rows), "ok_by_split": splits, "source": "pattern"})
     return out

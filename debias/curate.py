@@ -12,27 +12,23 @@ table, so every input video ends in exactly one of the shards or the error table
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from debias.config import check
+from debias import shards, storage
+from debias.config import check, to_dict
 from debias.download import DownloadConfig
 from debias.labels import LabelsConfig
-from debias.schema import ERROR_SCHEMA, SCHEMA_VERSION, SHARD_SCHEMA
+from debias.shards import ERROR_COLUMNS, ERROR_SCHEMA, SCHEMA_VERSION, Attempt, Resumed, encode_jpeg_bgr
 from debias.sources import InputConfig, Row
-from debias.video import (FramePicker, VideoError, decode_clips, encode_jpeg_bgr, pick_all, pick_at_rate,
-                          pick_clips, pick_uniform)
+from debias.video import FramePicker, VideoError, decode_clips, pick_all, pick_at_rate, pick_clips, pick_uniform
 
 
 @dataclass
@@ -107,13 +103,10 @@ class PreprocessConfig:
         check(not self.download.enabled or source in ("kinetics", "minikinetics"), "download.enabled",
               f"downloads YouTube ids; input.source={source} has none")
 
-    def annotations_dir(self) -> Path:
+    def annotations_dir(self) -> str:
+        """labels.annotations_dir, else annotations/ beside the manifest (a local path or a URI)."""
         d = self.labels.annotations_dir
-        return Path(d) if d else Path(self.input.manifest).parent / "annotations"
-
-
-def _error(row: Row, stage: str, code: str, reason: str) -> Row:
-    return {**row, "error": reason, "error_code": code, "error_stage": stage}
+        return storage.absolute(d) if d else storage.join(storage.parent(storage.absolute(self.input.manifest)), "annotations")
 
 
 class Decoder:
@@ -152,7 +145,7 @@ def make_decode_fn(cfg: DecodeConfig) -> Callable[[Row], list[Row]]:
             video = decode_clips(row["source_path"], pick, cfg.short_side_px, cfg.crop_px,
                                  row["time_start"], end, threads=cfg.threads)
         except VideoError as e:
-            return [_error({**empty, "t_decode_s": time.perf_counter() - t0}, "decode", e.code, str(e))]
+            return [shards.failed({**empty, "t_decode_s": time.perf_counter() - t0}, "decode", e.code, str(e))]
         rows = [{**empty, "frames": [encode_jpeg_bgr(f, cfg.jpeg_quality) for f in clip],
                  "frame_indices": idx.tolist(), "clip_index": i, "padded": bool(len(idx) > 1 and idx[-1] == idx[-2]),
                  "fps": video.fps, "height": cfg.crop_px, "width": cfg.crop_px}
@@ -163,10 +156,10 @@ def make_decode_fn(cfg: DecodeConfig) -> Callable[[Row], list[Row]]:
     return decode
 
 
-def _apply_per_row(batch: pd.DataFrame, fn: Callable[[pd.Series], dict], stage: str, empty: dict) -> pd.DataFrame:
+def apply_per_row(batch: pd.DataFrame, fn: Callable[[pd.Series], dict], stage: str, empty: dict) -> pd.DataFrame:
     """Run `fn` on each good row; a row whose annotation is missing or broken becomes an error row."""
     results = []
-    errors = batch[["error", "error_code", "error_stage"]].copy()
+    errors = batch[ERROR_COLUMNS].copy()
     for i, row in enumerate(batch.itertuples(index=False)):
         if row.error:
             results.append(empty)
@@ -175,11 +168,11 @@ def _apply_per_row(batch: pd.DataFrame, fn: Callable[[pd.Series], dict], stage: 
             results.append(fn(row))
         except (OSError, KeyError, ValueError, IndexError) as e:
             results.append(empty)
-            errors.iloc[i] = [f"{stage} for {row.video_id}: {type(e).__name__}: {e}", f"{stage}_failed", stage]
+            errors.iloc[i] = shards.error_fields(stage, f"{stage}_failed", f"{stage} for {row.video_id}: {type(e).__name__}: {e}")
     out = batch.copy()
     for key in empty:
         out[key] = [r[key] for r in results]
-    out[["error", "error_code", "error_stage"]] = errors.values
+    out[ERROR_COLUMNS] = errors.values
     return out
 
 
@@ -189,92 +182,102 @@ def _batch_digest(batch: pa.Table) -> str:
     return hashlib.sha1("\n".join(keys).encode()).hexdigest()[:16]
 
 
-def make_finalize_fn(run_dir: str) -> Callable[[pa.Table], pa.Table]:
-    """Split a batch: error rows go to `run_dir/_errors/`, the batch's summed per-stage task times
-    (`t_*_s` columns) to `run_dir/_stats/`, good rows are cast to SHARD_SCHEMA.
+def row_affecting_config(cfg: PreprocessConfig, mask_provider: str, scene_provider: str) -> dict:
+    """The part of the config that decides the rows, for `shards.row_digest`, with the providers `auto`
+    resolved to. Left out: `out`, `resources` (parallelism and file sizes), `decode.threads` (same
+    frames) and `download` (its outcome reaches the rows through the files on disk, and the download
+    pass resumes by itself through OUT/downloads.parquet)."""
+    config = to_dict(cfg)
+    for key in ("out", "resources", "download"):
+        config.pop(key)
+    config["decode"].pop("threads")
+    return {**config, "providers": [mask_provider, scene_provider]}
+
+
+def rows_per_video(cfg: DecodeConfig) -> int:
+    """Rows a video that decodes becomes (under `clips`, one per clip)."""
+    return cfg.clips_per_video if cfg.sampling == "clips" else 1
+
+
+def _batch_digest(batch: pa.Table) -> str:
+    """Names a batch's side files by its rows, so a retried task overwrites instead of duplicating."""
+    keys = sorted(f"{v}#{c}" for v, c in zip(batch.column("video_id").to_pylist(), batch.column("clip_index").to_pylist()))
+    return hashlib.sha1("\n".join(keys).encode()).hexdigest()[:16]
+
+
+def make_finalize_fn(attempt: Attempt) -> Callable[[pa.Table], pa.Table]:
+    """Split a batch: error rows go to the attempt's error parts, the batch's summed per-stage task times
+    (`t_*_s` columns) to its stats parts, good rows are cast to the shard schema (and then written).
 
     Reads: every SHARD_SCHEMA column, error, error_code, error_stage, t_*_s. Writes: the shard columns only.
     """
 
     def finalize(batch: pa.Table) -> pa.Table:
         digest = _batch_digest(batch)
-        failed = np.asarray(batch.column("error").to_pylist(), dtype=object) != ""
-        if failed.any():
-            bad = batch.filter(pa.array(failed))
-            errors = pa.table({"video_id": bad.column("video_id"), "source_path": bad.column("source_path"),
-                               "stage": bad.column("error_stage"), "reason_code": bad.column("error_code"),
-                               "reason": bad.column("error")}, schema=ERROR_SCHEMA)
-            (Path(run_dir) / "_errors").mkdir(parents=True, exist_ok=True)
-            pq.write_table(errors, Path(run_dir) / "_errors" / f"errors-{digest}.parquet")
+        errors = shards.error_table(batch)
+        if errors.num_rows:
+            shards.write_parquet(storage.join(attempt.folder("errors"), f"errors-{digest}.parquet"), errors)
         stage_s = {name[2:-2]: float(np.sum(batch.column(name).to_numpy(zero_copy_only=False)))
                    for name in batch.column_names if name.startswith("t_") and name.endswith("_s")}
-        (Path(run_dir) / "_stats").mkdir(parents=True, exist_ok=True)
-        (Path(run_dir) / "_stats" / f"stats-{digest}.json").write_text(json.dumps(stage_s))
-        good = batch.filter(pa.array(~failed))
-        columns = {"schema_version": pa.array([SCHEMA_VERSION] * good.num_rows, pa.int16())}
-        for f in SHARD_SCHEMA:
-            if f.name != "schema_version":
-                columns[f.name] = good.column(f.name).cast(f.type)
-        return pa.table(columns, schema=SHARD_SCHEMA)
+        storage.write_json(storage.join(attempt.folder("stats"), f"stats-{digest}.json"), stage_s)
+        return shards.shard_table(batch)
 
     return finalize
 
 
-def shard_files(shards_dir: str | Path) -> list[Path]:
-    return sorted(Path(shards_dir).glob("*.parquet"))
+def _counts(values: list[str]) -> dict[str, int]:
+    return dict(sorted(pd.Series(values, dtype=object).value_counts().items()))
 
 
-def _replace_file(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def publish_run(out: str | Path, run_dir: str | Path, rows_in: list[Row], timings_s: dict[str, float],
-                config: dict, downloads: dict[str, dict] | None = None) -> dict:
-    """Make a finished run visible: its shards replace OUT/shards in one rename (a reader sees the old
-    set or the new one, never a mix or a half-written file), the per-batch error files become
-    OUT/errors.parquet, and OUT/summary.json counts videos (not clips) by outcome and reason."""
-    out, run_dir = Path(out), Path(run_dir)
-    error_files = sorted((run_dir / "_errors").glob("*.parquet"))
-    errors = (pa.concat_tables([pq.read_table(f) for f in error_files]) if error_files
+def publish_run(attempt: Attempt, resumed: Resumed, rows_in: list[Row], classes: list[str], scene_names: list[str],
+                timings_s: dict[str, float], config: dict, downloads: dict[str, dict] | None = None) -> dict:
+    """Make a finished run visible (`shards.commit`): the error parts of every attempt become its error
+    table, and summary.json counts videos (not clips) by outcome and reason, those taken over from a
+    killed attempt (`videos_resumed`) and those this attempt curated (`videos_processed`). A clip
+    written twice, or a video in neither the shards nor the error table, stops the publish."""
+    error_files = resumed.error_files + storage.find_files(attempt.folder("errors"), ".parquet")
+    errors = (pa.concat_tables([shards.read_parquet(f) for f in error_files]) if error_files
               else ERROR_SCHEMA.empty_table())
-    files = shard_files(run_dir / "shards")
-    shards = pq.read_table(files, columns=["video_id", "split", "mask_source", "scene_source"]) if files else None
-    ok_ids = set(shards.column("video_id").to_pylist()) if shards is not None else set()
+    files = resumed.shard_files + storage.find_files(attempt.folder("shards"), ".parquet")
+    columns = ["video_id", "clip_index", "split", "mask_source", "scene_source"]
+    table = pa.concat_tables([shards.read_parquet(f, columns) for f in files]) if files else None
+    keys = Counter(zip(table.column("video_id").to_pylist(), table.column("clip_index").to_pylist())) if files else Counter()
+    twice = [k for k, n in keys.items() if n > 1]
+    if twice:
+        raise RuntimeError(f"{len(twice)} clips written twice in {attempt.run_dir}, e.g. {twice[0]}: not published")
+    ok_ids = {v for v, _clip in keys}
     failed: dict[str, str] = {}
-    for video_id, code in zip(errors.column("video_id").to_pylist(), errors.column("reason_code").to_pylist()):
+    for video_id, code in zip(errors.column("video_id").to_pylist(), errors.column("error_code").to_pylist()):
         if video_id not in ok_ids:
             failed.setdefault(video_id, code)
-    stage_task_s: dict[str, float] = {}
-    for f in (run_dir / "_stats").glob("*.json"):
-        for stage, seconds in json.loads(f.read_text()).items():
-            stage_task_s[stage] = stage_task_s.get(stage, 0.0) + seconds
-    first = shards.group_by("video_id").aggregate([("split", "min")]) if shards is not None else None
+    stage_task_s: Counter[str] = Counter()
+    for f in storage.find_files(attempt.folder("stats"), ".json"):
+        stage_task_s.update(storage.read_json(f))
+    first = table.group_by("video_id").aggregate([("split", "min")]) if files else None
     summary = {
         "schema_version": SCHEMA_VERSION,
+        "run_id": attempt.run_id,
         "videos_in": len(rows_in),
         "videos_ok": len(ok_ids),
         "videos_failed": len(failed),
-        "rows": shards.num_rows if shards is not None else 0,  # more than videos_ok with decode.sampling=clips
-        "failures_by_reason": dict(sorted(pd.Series(list(failed.values()), dtype=object).value_counts().items())),
-        "ok_by_split": pd.Series(first.column("split_min").to_pylist()).value_counts().to_dict() if first else {},
-        "mask_source": sorted(set(shards.column("mask_source").to_pylist())) if shards else [],
-        "scene_source": sorted(set(shards.column("scene_source").to_pylist())) if shards else [],
+        "videos_resumed": len(resumed.video_ids),  # taken over from a killed attempt of this run
+        "videos_processed": len(rows_in) - len(resumed.video_ids),  # curated by this attempt
+        "rows": table.num_rows if files else 0,  # more than videos_ok with decode.sampling=clips
+        "failures_by_reason": _counts(list(failed.values())),
+        "ok_by_split": _counts(first.column("split_min").to_pylist()) if files else {},
+        "num_classes": len(classes),
+        "num_scenes": len(scene_names),  # the scene classes used (length of scene_probs)
+        "mask_source": sorted(set(table.column("mask_source").to_pylist())) if files else [],
+        "scene_source": sorted(set(table.column("scene_source").to_pylist())) if files else [],
         "downloads": ({"ok": sum(r["status"] == "ok" for r in downloads.values()),
-                       "failed_by_reason": dict(sorted(pd.Series([r["reason_code"] for r in downloads.values()
-                                                                  if r["status"] == "failed"], dtype=object).value_counts().items()))}
+                       "failed_by_reason": _counts([r["reason_code"] for r in downloads.values() if r["status"] == "failed"])}
                       if downloads is not None else None),
         "timings_s": {k: round(v, 2) for k, v in timings_s.items()},
-        "stage_task_s": {k: round(v, 2) for k, v in sorted(stage_task_s.items())},  # summed over workers
+        "stage_task_s": {k: round(v, 2) for k, v in sorted(stage_task_s.items())},  # this attempt's, summed over workers
         "config": config,
     }
-    old = out / f".shards-old-{run_dir.name}"
-    if (out / "shards").exists():
-        os.replace(out / "shards", old)
-    os.replace(run_dir / "shards", out / "shards")
-    shutil.rmtree(old, ignore_errors=True)
-    _replace_file(out / "errors.parquet", lambda p: pq.write_table(errors, p))
-    _replace_file(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
-    shutil.rmtree(run_dir, ignore_errors=True)
+    missing = len(rows_in) - len(ok_ids) - len(failed)
+    if missing:
+        raise RuntimeError(f"{missing} videos unaccounted for in {attempt.run_dir}: not published")
+    shards.commit(attempt, resumed, errors, classes, scene_names, summary)
     return summary

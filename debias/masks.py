@@ -23,11 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from debias.curate import DecodeConfig, PreprocessConfig, _apply_per_row
+from debias.curate import DecodeConfig, PreprocessConfig, apply_per_row
 from debias.label_models import BoxSegmenter, PersonDetector, label_device, load_detector, load_sam
 from debias.labels import LabelsConfig
-from debias.synth import load_annotation
-from debias.video import VideoError, decode_jpeg, decode_jpegs_on, pack_mask, resize_crop, thread_stream
+from debias.shards import decode_jpeg, decode_jpegs_on, pack_mask
+from debias.sources import read_annotation
+from debias.video import VideoError, resize_crop, thread_stream
 
 Clip = TypeVar("Clip")
 
@@ -195,24 +196,24 @@ class MotionMasks:
 class AnnotationMasks:
     """Human masks from a dataset's own per-frame annotations, mapped onto the stored pixels.
 
-    Reads: video_id, frame_indices, error. Writes: human_masks, mask_coverage, person_frac, mask_source.
+    Reads: youtube_id, video_id, frame_indices, error. Writes: human_masks, mask_coverage, person_frac, mask_source.
     """
 
     source = "annotations"
 
     def __init__(self, annotations_dir: str, decode: DecodeConfig) -> None:
-        self.dir = Path(annotations_dir)
+        self.dir = annotations_dir
         self.decode = decode
 
     def _one(self, row: pd.Series) -> dict:
-        masks, _scene = load_annotation(self.dir / f"{row.video_id}.npz")
+        masks, _scene = read_annotation(self.dir, row.youtube_id or row.video_id)  # named by the manifest's id
         picked = masks[np.asarray(row.frame_indices, dtype=np.int64)]
         stored = [resize_crop(m.astype(np.uint8), self.decode.short_side_px, self.decode.crop_px, nearest=True) > 0
                   for m in picked]
         return mask_columns(stored, self.source)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        return _apply_per_row(batch, self._one, "masks", MASK_COLUMNS)
+        return apply_per_row(batch, self._one, "masks", MASK_COLUMNS)
 
 
 class NoMasks:
@@ -224,7 +225,7 @@ class NoMasks:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         def one(row: pd.Series) -> dict:
             return mask_columns([np.zeros((row.height, row.width), bool)] * len(row.frame_indices), self.source)
-        return _apply_per_row(batch, one, "masks", MASK_COLUMNS)
+        return apply_per_row(batch, one, "masks", MASK_COLUMNS)
 
 
 def mask_step(cfg: PreprocessConfig, provider: str, weights: dict[str, Path]) -> tuple[Callable, tuple]:

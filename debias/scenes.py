@@ -17,7 +17,6 @@ Every provider writes scene_probs (soft label: a distribution over its scene cla
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -27,13 +26,12 @@ import numpy as np
 import pandas as pd
 
 from debias.clips import fill_people_torch
-from debias.curate import PreprocessConfig, _apply_per_row, make_decode_fn
+from debias.curate import PreprocessConfig, apply_per_row, make_decode_fn
 from debias.label_models import PlacesClassifier, label_device, load_categories, load_places365
 from debias.labels import LabelsConfig
 from debias.masks import decode_rows, decode_rows_on, run_by_size, with_columns
-from debias.sources import Row
-from debias.synth import load_annotation
 from debias.shards import unpack_masks_on
+from debias.sources import Row, read_annotated_scene_names, read_annotation
 from debias.video import thread_stream
 
 SCENE_COLUMNS = {"scene_id": -1, "scene_probs": [], "scene_source": ""}
@@ -185,14 +183,6 @@ class ClusterScenes:
 
 # --- dataset annotations and none ----------------------------------------------------------------
 
-def annotated_scene_names(annotations_dir: Path) -> list[str]:
-    """The dataset's scene names, annotations_dir/scenes.json (index = scene id)."""
-    names_file = annotations_dir / "scenes.json"
-    if not names_file.is_file():
-        raise FileNotFoundError(f"scene names not found: {names_file} (labels.annotations_dir)")
-    return json.loads(names_file.read_text())
-
-
 class AnnotationScenes:
     """Scene labels from a dataset's annotations: hard id and a one-hot soft label.
 
@@ -202,17 +192,17 @@ class AnnotationScenes:
     source = "annotations"
 
     def __init__(self, annotations_dir: str) -> None:
-        self.dir = Path(annotations_dir)
-        self.num_scenes = len(annotated_scene_names(self.dir))
+        self.dir = annotations_dir
+        self.num_scenes = len(read_annotated_scene_names(self.dir))
 
     def _one(self, row: pd.Series) -> dict:
-        _masks, scene_id = load_annotation(self.dir / f"{row.youtube_id or row.video_id}.npz")  # named by the manifest's id
+        _masks, scene_id = read_annotation(self.dir, row.youtube_id or row.video_id)  # named by the manifest's id
         probs = np.zeros(self.num_scenes, np.float32)
         probs[scene_id] = 1.0
         return {"scene_id": scene_id, "scene_probs": probs.tolist(), "scene_source": self.source}
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        return _apply_per_row(batch, self._one, "scenes", SCENE_COLUMNS)
+        return apply_per_row(batch, self._one, "scenes", SCENE_COLUMNS)
 
 
 class NoScenes:
@@ -223,7 +213,7 @@ class NoScenes:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         none = {"scene_id": -1, "scene_probs": [], "scene_source": self.source}
-        return _apply_per_row(batch, lambda row: none, "scenes", SCENE_COLUMNS)
+        return apply_per_row(batch, lambda row: none, "scenes", SCENE_COLUMNS)
 
 
 class SceneStep(NamedTuple):
@@ -246,7 +236,7 @@ def scene_names(cfg: PreprocessConfig, provider: str, weights: dict[str, Path], 
                              "on a small dataset): use scene_step(...).names")
         return [f"cluster_{k}" for k in range(clusters)]
     if provider == "annotations":
-        return annotated_scene_names(cfg.annotations_dir())
+        return read_annotated_scene_names(cfg.annotations_dir())
     return []
 
 

@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Literal
+
+import numpy as np
 
 from debias import storage
 from debias.config import check
@@ -392,3 +393,23 @@ def read_source(cfg: InputConfig) -> tuple[list[Row], list[str]]:
     if source == "diving48":
         return read_diving48(cfg)
     return read_folder(cfg)
+
+
+# --- per-video ground truth (the synthetic benchmark's annotations/ folder) ---------------------------
+
+def read_annotation(annotations_dir: str, clip_id: str) -> tuple[np.ndarray, int]:
+    """Ground truth of one video, ANNOTATIONS/<clip_id>.npz: (T, H, W) bool masks at render resolution and
+    the scene id. `annotations_dir` may be a URI."""
+    path = storage.join(annotations_dir, f"{clip_id}.npz")
+    with np.load(io.BytesIO(storage.read_bytes(path))) as data:
+        h, w = (int(v) for v in data["frame_size"])
+        masks = np.unpackbits(data["masks"], axis=-1, count=w).astype(bool)
+        return masks.reshape(-1, h, w), int(data["scene_id"])
+
+
+def read_annotated_scene_names(annotations_dir: str) -> list[str]:
+    """The dataset's scene names, ANNOTATIONS/scenes.json (index = scene id)."""
+    names_file = storage.join(annotations_dir, "scenes.json")
+    if not storage.is_file(names_file):
+        raise FileNotFoundError(f"scene names not found: {names_file} (labels.annotations_dir)")
+    return storage.read_json(names_file)

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from ray import tune
 
-from debias.config import check, from_dict
 from debias import runs
+from debias.config import check, from_dict
 from debias.train import PretrainConfig
 
 SWEPT = ("lambda_scene", "lambda_mask")  # the PretrainConfig.loss keys a sweep searches over
@@ -131,17 +131,20 @@ def concurrent_trials(cfg: SweepConfig, cluster: dict[str, float]) -> int:
     return cfg.max_concurrent_trials or concurrent_runs(cfg.pretrain, cfg.trial_cpus, cluster)
 
 
-def trial_rows(results: list[dict], metric: str) -> list[dict]:
+def trial_rows(results: list[dict], metric: str, runs_dir: str) -> list[dict]:
     """One summary row per trial from Tune results: [{"trial", "lambda_scene", "lambda_mask", METRIC,
-    "epochs", "stopped_early", "status", "checkpoint"}]; `results` items hold trial_id, config, metrics,
-    status, epochs_planned."""
+    "epochs", "stopped_early", "status", "run", "checkpoint"}]; `results` items hold trial_id, config,
+    metrics, status, epochs_planned. `run` is the trial's Train run (RUNS_DIR/TRIAL_ID), `checkpoint` its
+    latest checkpoint ("" when it saved none)."""
     rows = []
     for r in results:
         m = r["metrics"] or {}
         epochs = int(m.get("epoch", -1)) + 1
+        run = runs.run_path(runs_dir, r["trial_id"])
+        saved = runs.checkpoints(run)
         rows.append({"trial": r["trial_id"], **{k: float(r["config"][k]) for k in SWEPT},
                      metric: m.get(metric), "epochs": epochs, "stopped_early": 0 < epochs < r["epochs_planned"],
-                     "status": r["status"], "checkpoint": m.get("checkpoint_path")})
+                     "status": r["status"], "run": run, "checkpoint": saved[-1] if saved else ""})
     return rows
 
 

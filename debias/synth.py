@@ -297,11 +297,3 @@ def generate(cfg: SynthConfig, progress: Callable[[int, int], None] | None = Non
     summary = {"config": to_dict(cfg), "videos": counts}
     (out / "benchmark.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def load_annotation(path: str | Path) -> tuple[np.ndarray, int]:
-    """Ground truth of one video: (T, H, W) bool masks at render resolution and the scene id."""
-    with np.load(path) as data:
-        h, w = (int(v) for v in data["frame_size"])
-        masks = np.unpackbits(data["masks"], axis=-1, count=w).astype(bool)
-        return masks.reshape(-1, h, w), int(data["scene_id"])

@@ -1,7 +1,8 @@
 """The debiased trainer: plain `train_one_epoch` / `evaluate` functions and the Ray Train worker loop.
 
-`train_loop_per_worker` is what `debias.pretrain.run_pretrain` hands to `TorchTrainer`; everything else here
-runs without Ray (the tests call it on in-memory batches, in one process or under torch.distributed).
+Nothing here needs Ray: the configs, the epoch functions, the optimizer and the LR schedule run on
+in-memory batches, in one process or under torch.distributed (the tests do both). The Ray Train worker
+loop that calls them, and the driver that fits it, are `debias.pretrain`.
 
 Every choice of the paper and of its official code is a config key: the update (joint: one summed
 loss; alternating: a step on action + scene, then a step on the masked clips), the GRL scale
@@ -11,22 +12,15 @@ plateau) and a warm-up that trains only the new heads.
 
 from __future__ import annotations
 
-import logging
 import math
-import sys
-import tempfile
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
-from tqdm import tqdm
 
-from debias.clips import ClipCollate, ClipConfig
-from debias.cluster import configure_logging
-from debias.config import check, from_dict
+from debias.clips import ClipConfig
+from debias.config import check
 from debias.losses import (
     action_loss,
     entropy,
@@ -35,9 +29,6 @@ from debias.losses import (
     scene_loss,
 )
 from debias.models import SDN, ModelConfig
-from debias.runs import STATE_FILE, RunWriter, build_model, checkpoint_name
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -378,93 +369,3 @@ class LRSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self.plateau_factor, self.best, self.bad_epochs = state["plateau_factor"], state["best"], state["bad_epochs"]
-
-
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train worker: `config` = {"cfg": PretrainConfig as a dict, "num_actions", "num_scenes", "run":
-    the run folder, "steps": {split: batches per worker per epoch}}.
-
-    Resumes from the run's latest checkpoint when there is one (model, optimizer with its momentum,
-    LR schedule state, epoch); reports (and checkpoints) each epoch; rank 0 writes the epoch's metrics,
-    confusion matrices and TensorBoard events through `debias.runs.RunWriter`.
-    """
-    import ray.train
-    import ray.train.torch
-
-    configure_logging()  # the driver's level, from the environment the workers inherit
-    cfg = from_dict(PretrainConfig, config["cfg"])
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
-    else:
-        torch.backends.cudnn.benchmark = True  # fixed clip shapes: cuDNN may pick its fastest kernels once
-    torch.manual_seed(cfg.seed)  # same initial weights on every worker (DDP also broadcasts them)
-    core = build_model(cfg.model, config["num_actions"], config["num_scenes"], cfg.loss.grl_alpha)
-    if cfg.scaling.sync_batchnorm and device.type == "cuda" and ctx.get_world_size() > 1:
-        core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
-    # Alternating steps, or a mask head the loss does not read, leave parameters without gradient in
-    # some backward passes; DDP must be told, or it waits for them.
-    unused = cfg.loss.update == "alternating" or cfg.model.mask_head == "separate"
-    model = ray.train.torch.prepare_model(core, parallel_strategy_kwargs={"find_unused_parameters": unused})
-    optimizer = make_optimizer(core, cfg.optim)
-    schedule = LRSchedule(cfg.optim)
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
-        core.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start_epoch = state["epoch"] + 1
-    writer = RunWriter(config["run"], cfg.tensorboard) if rank == 0 else None
-    iter_args = {"batch_size": cfg.optim.batch_size, "prefetch_batches": cfg.loader.prefetch_batches}
-    if decode_on_device(cfg):
-        iter_args["collate_fn"] = ClipCollate(cfg.clip, device)
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        schedule.apply(optimizer, epoch)
-        grl_alpha = cfg.loss.grl_alpha_at(epoch, cfg.optim.epochs)
-        core.set_grl_alpha(grl_alpha)
-        warmup = epoch < cfg.optim.head_warmup_epochs
-        metrics: dict = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                         "head_lr": optimizer.param_groups[1]["lr"], "grl_alpha": grl_alpha,
-                         "checkpoint": checkpoint_name(epoch)}
-        t0 = time.perf_counter()
-        batches = ray.train.get_dataset_shard(cfg.train_split).iter_torch_batches(
-            **iter_args, local_shuffle_buffer_size=4 * cfg.optim.batch_size, local_shuffle_seed=cfg.seed + epoch)
-        bar = progress(batches, config["steps"][cfg.train_split], f"[{cfg.name}] epoch {epoch + 1}", rank)
-        result = train_one_epoch(model, bar, optimizer, cfg.loss, device, train_backbone=not warmup)
-        metrics.update({f"train_{k}": v for k, v in result.items()})
-        t1 = time.perf_counter()
-        confusion = {}
-        for split in cfg.eval_splits:
-            shard = ray.train.get_dataset_shard(split).iter_torch_batches(**iter_args)
-            result = evaluate(core, progress(shard, config["steps"][split], f"[{cfg.name}] {split}", rank), device)
-            if "confusion" in result:
-                confusion[split] = result.pop("confusion")
-            metrics.update({f"{split}_{k}": v for k, v in result.items()})
-        metrics.update(train_time_s=t1 - t0, eval_time_s=time.perf_counter() - t1)
-        schedule.observe(epoch, metrics)
-        with tempfile.TemporaryDirectory() as d:
-            saved = None
-            if writer:
-                torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(), "epoch": epoch}, Path(d) / STATE_FILE)
-                writer.epoch(metrics, confusion)
-                saved = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=checkpoint_name(epoch))
-        if rank == 0:
-            shown = {k: round(v, 3) for k, v in metrics.items()
-                     if isinstance(v, float) and k.endswith(("acc", "loss", "entropy", "_s"))}
-            log.info("[%s] epoch %d/%d %s", cfg.name, epoch + 1, cfg.optim.epochs, shown)
-    if writer:
-        writer.close()
-
-
-def progress(batches: Iterable[Batch], total: int, desc: str, rank: int) -> Iterable[Batch]:
-    """Batches with a progress bar and ETA on rank 0 when stderr is a terminal; as they are otherwise."""
-    if rank != 0 or not sys.stderr.isatty():
-        return batches
-    return tqdm(batches, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)

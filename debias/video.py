@@ -1,4 +1,4 @@
-"""Video I/O and frame geometry: decode with PyAV, encode H.264, resize/crop, JPEG.
+"""Video I/O and frame geometry: decode with PyAV, encode H.264, resize/crop (JPEG and masks: debias.shards).
 
 The geometry helpers are shared by frames and masks so that a mask provider that works from
 annotations (or from a model run at another resolution) lands on exactly the stored pixels.
@@ -20,10 +20,13 @@ from typing import Callable
 
 try:
     import av
-except ImportError:  # the JPEG and mask helpers need no PyAV (a GPU box that only trains has none)
+except ImportError:  # the geometry helpers need no PyAV (a GPU box that only trains has none)
     av = None
 import cv2
 import numpy as np
+import pyarrow.fs
+
+from debias import storage
 
 
 class VideoError(RuntimeError):
@@ -72,13 +75,19 @@ def write_mp4(path: str | Path, frames_rgb: np.ndarray, fps: float, crf: int = 1
             container.mux(packet)
 
 
-def _open_checked(path: Path) -> av.container.InputContainer:
-    if not path.exists():
+def _open_checked(path: str) -> av.container.InputContainer:
+    """The video at a local path or a URI (read through pyarrow.fs: s3://, gs://, ...), checked."""
+    fs, inner = storage.filesystem(path)
+    try:
+        info = fs.get_file_info(inner)
+    except OSError as e:
+        raise VideoError("missing_file", f"cannot reach {path}: {e}") from None
+    if info.type == pyarrow.fs.FileType.NotFound:
         raise VideoError("missing_file", f"file not found: {path}")
-    if path.stat().st_size == 0:
+    if info.size == 0:
         raise VideoError("empty_file", f"empty file (0 bytes): {path}")
     try:
-        container = av.open(str(path))
+        container = av.open(path if not storage.is_uri(path) else fs.open_input_file(inner))
     except (av.error.FFmpegError, ValueError, OSError) as e:
         raise VideoError("undecodable", f"cannot decode {path}: {e}") from None
     if not container.streams.video:
@@ -105,7 +114,7 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> float:
     return float(rate) if rate else 0.0
 
 
-def _window_times(path: Path, time_start_s: float, time_end_s: float | None) -> np.ndarray:
+def _window_times(path: str, time_start_s: float, time_end_s: float | None) -> np.ndarray:
     """Sorted presentation times of the frames in [start, end), from the packets alone (no decoding)."""
     times = []
     with _open_checked(path) as container:
@@ -163,7 +172,7 @@ def decode_clips(path: str | Path, pick: FramePicker, short_side_px: int, crop_p
     decoded frames. Rotation metadata is honoured. Raises VideoError with a readable reason naming
     the file.
     """
-    path = Path(path)
+    path = str(path)
     times = _window_times(path, time_start_s, time_end_s)
     window = f"[{time_start_s}, {'end' if time_end_s is None else time_end_s}) s"
     for _attempt in range(2):
@@ -215,7 +224,7 @@ def decode_window(path: str | Path, time_start_s: float = 0.0, time_end_s: float
     decoding, not from container metadata (which is often wrong); rotation metadata is honoured.
     Raises VideoError with a readable reason for missing, empty or undecodable files.
     """
-    path = Path(path)
+    path = str(path)
     frames, indices = [], []
     with _open_checked(path) as container:
         stream = container.streams.video[0]
@@ -301,55 +310,6 @@ def resize_crop(image: np.ndarray, short_side: int, crop_size: int, nearest: boo
     return resized[top : top + crop_size, left : left + crop_size]
 
 
-def encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:
-    return encode_jpeg_bgr(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), quality)
-
-
-def encode_jpeg_bgr(image_bgr: np.ndarray, quality: int) -> bytes:
-    """JPEG of a BGR image (what decode_clips returns; the file decodes to RGB as usual)."""
-    ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise VideoError("jpeg_failed", "JPEG encoding failed")
-    return buf.tobytes()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> (H, W, 3) uint8 RGB."""
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise VideoError("corrupt_jpeg", "corrupt JPEG frame")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def decode_jpegs_on(device: "torch.device", jpegs: "list[bytes] | list[torch.Tensor]") -> list["torch.Tensor"]:
-    """JPEG bytes -> (3, H, W) uint8 RGB tensors on `device`, the whole list in one call.
-
-    On CUDA, nvJPEG decodes the list as one batch (baseline JPEGs on the hardware JPEG engine of
-    A100/H100-class GPUs), so the frames never exist in host memory; on CPU, libjpeg-turbo. A
-    corrupt frame raises VideoError("corrupt_jpeg").
-    """
-    import torch
-    from torchvision.io import ImageReadMode, decode_jpeg as tv_decode_jpeg
-
-    # bytes -> tensors (bytearray: torch wants a writable buffer; a copy of a few KB); callers with many
-    # frames pass 1-D uint8 tensors, e.g. views split off one buffer, to save the per-frame Python work
-    data = [j if isinstance(j, torch.Tensor) else torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
-    try:
-        return tv_decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError as e:
-        raise VideoError("corrupt_jpeg", f"corrupt JPEG frame ({e})") from e
-
-
-def pack_mask(mask: np.ndarray) -> bytes:
-    """(H, W) bool -> bit-packed bytes (H*W/8); shape comes from the row's height/width."""
-    return np.packbits(mask.astype(bool).ravel()).tobytes()
-
-
-def unpack_mask(data: bytes, height: int, width: int) -> np.ndarray:
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=height * width)
-    return bits.reshape(height, width).astype(bool)
-
-
 _thread_streams = threading.local()
 
 
@@ -373,17 +333,3 @@ def thread_stream(device: "torch.device") -> "Iterator[torch.cuda.Stream | None]
     with torch.cuda.stream(stream):
         yield stream
     stream.synchronize()
-
-
-def unpack_masks_on(device: "torch.device", packed: list[bytes], height: int, width: int) -> "torch.Tensor":
-    """Bit-packed masks of one size (`pack_mask`) -> (N, height, width) bool on `device`; the bits are
-    unpacked there, so only the packed bytes (1/8 of a bool mask) cross to the GPU. An item of `packed`
-    may hold several masks back to back (N counts masks, not items)."""
-    import torch
-
-    row_bytes = (height * width + 7) // 8
-    data = np.frombuffer(bytearray(b"".join(packed)), dtype=np.uint8).reshape(-1, row_bytes)
-    data = torch.from_numpy(data).to(device)
-    shifts = torch.arange(7, -1, -1, device=device, dtype=torch.uint8)
-    bits = (data[:, :, None] >> shifts) & 1  # most significant bit first, as np.packbits
-    return bits.reshape(len(data), -1)[:, : height * width].reshape(len(data), height, width).bool()

@@ -12,6 +12,50 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 REAL_CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_clips"
 
+# configs/pipeline/quick.yaml shrunk to seconds per stage: the pipeline tests (local disk and S3) run it.
+PIPELINE_TINY = [
+    "synth.train_per_class=4", "synth.val_per_class=2", "synth.ood_per_class=2", "synth.target_train_per_class=3",
+    "synth.target_test_per_class=2", "synth.frame_size_px=32", "synth.num_frames=8",
+    "source.decode.num_frames=8", "targets.target.preprocess.decode.num_frames=8",
+    "sweep.lambda_scene.values=[0.2,0.5]", "sweep.lambda_mask.values=[1.0]", "sweep.asha.grace_period=1",
+    "sweep.pretrain.clip.clip_len=8", "sweep.pretrain.optim.epochs=2", "sweep.pretrain.optim.batch_size=8",
+    "sweep.pretrain.model.width=4", "transfer.finetune.clip.clip_len=8", "transfer.finetune.optim.epochs=2",
+    "transfer.finetune.optim.batch_size=8", "transfer.bias.clip_len=8", "transfer.bias.probe_steps=50",
+    "scratch=false"]
+
+
+def job_processes(marker: str) -> dict[int, str]:
+    """pid -> command line of every live process whose environment holds JOB_MARKER=marker: a job started
+    with that variable and everything it started (Ray's GCS, raylet, workers, actors) inherit it, also
+    once orphaned."""
+    needle = f"{JOB_MARKER}={marker}".encode()
+    found = {}
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle not in environ.read_bytes().split(b"\0"):
+                continue
+            stat = (environ.parent / "stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] == "Z":  # a zombie has exited already
+                continue
+            found[int(environ.parent.name)] = (environ.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+        except OSError:
+            continue
+    return found
+
+
+JOB_MARKER = "DEBIAS_TEST_JOB"
+
+
+def left_behind(marker: str, timeout_s: float = 20) -> dict[int, str]:
+    """The processes of the job marked `marker` still alive `timeout_s` after it ended (Ray's own shutdown
+    takes seconds)."""
+    import time
+
+    deadline = time.time() + timeout_s
+    while (left := job_processes(marker)) and time.time() < deadline:
+        time.sleep(0.5)
+    return left
+
 
 @pytest.fixture(scope="session")
 def real_clips() -> Path:

@@ -24,3 +24,6 @@ def test_cluster_yaml_is_valid_for_the_ray_cluster_launcher():
     # The setup installs this project (and so its pinned dependencies) on every node.
     assert any("pip install" in c and "/home/ubuntu/debias" in c for c in prepared["setup_commands"])
     assert ".git" in prepared["rsync_exclude"]
+    # Object storage is the default: the bucket named once, every node allowed to reach it by its role.
+    assert (ROOT / "cluster.yaml").read_text().count("s3://debias-REPLACE-ME") == 1
+    assert all("IamInstanceProfile" in t["node_config"] for t in types.values())

@@ -16,8 +16,10 @@ from debias.labels import LabelsConfig
 from debias.label_models import BoxSegmenter, PersonDetector, load_detector, load_sam, tiny_sam
 from debias.masks import MotionMasks, SamMasks, decode_rows, decode_rows_on, motion_masks
 from debias.sources import InputConfig
-from debias.synth import SynthConfig, generate, load_annotation
-from debias.video import decode_jpeg, encode_jpeg, resize_crop, unpack_mask
+from debias.sources import read_annotation
+from debias.synth import SynthConfig, generate
+from debias.shards import decode_jpeg, encode_jpeg, unpack_mask
+from debias.video import resize_crop
 from debias.weights import WeightsError, catalog, resolve_providers
 
 DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"  # the smallest torchvision COCO detector
@@ -190,7 +192,7 @@ def test_motion_masks_find_the_synthetic_person(synth):
     tp = pred_n = true_n = 0
     for r in rows:
         clip = np.stack([decode_jpeg(f) for f in r["frames"]])
-        truth, _ = load_annotation(synth / "annotations" / f"{r['video_id']}.npz")
+        truth, _ = read_annotation(str(synth / "annotations"), r['youtube_id'])
         truth = np.stack([resize_crop(m.astype(np.uint8), 32, 32, nearest=True) > 0 for m in truth[r["frame_indices"]]])
         pred = motion_masks(clip, labels.motion_threshold, labels.motion_colour_ratio)
         tp, pred_n, true_n = tp + (pred & truth).sum(), pred_n + pred.sum(), true_n + truth.sum()

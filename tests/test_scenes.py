@@ -19,7 +19,8 @@ from debias.masks import MotionMasks
 from debias.label_models import PlacesClassifier, load_categories, load_places365
 from debias.scenes import ClusterScenes, Places365Scenes, cluster_count, fit_scene_clusters, hard_label, scene_step
 from debias.sources import InputConfig, read_source
-from debias.synth import SynthConfig, generate, load_annotation
+from debias.sources import read_annotation
+from debias.synth import SynthConfig, generate
 from debias.shards import decode_jpeg, encode_jpeg, pack_mask, unpack_mask
 from debias.weights import WeightsError, resolve_providers
 
@@ -158,7 +159,7 @@ def test_background_clusters_recover_the_synthetic_scenes(ray_local, synth):
     out = pd.DataFrame(ray.data.from_items(rows).flat_map(make_decode_fn(DECODE)).map_batches(
         ClusterScenes, fn_constructor_args=(model, cfg.labels.cluster_temperature), batch_format="pandas",
         batch_size=8, num_cpus=0.5, compute=ActorPoolStrategy(size=1)).take_all())
-    truth = [load_annotation(synth / "annotations" / f"{v}.npz")[1] for v in out.youtube_id]  # named by the manifest's id
+    truth = [read_annotation(str(synth / "annotations"), v)[1] for v in out.youtube_id]  # named by the manifest's id
     table = pd.crosstab(out.scene_id, truth)
     purity = table.max(axis=1).sum() / len(out)
     assert purity >= 0.9, table  # measured on 360 videos: 1.0

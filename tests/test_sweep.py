@@ -13,7 +13,7 @@ from debias.config import ConfigError, load_config
 from debias.curate import PreprocessConfig
 from debias.sweep import SweepConfig, best_trial, concurrent_runs, num_trials, param_space
 from debias.synth import SynthConfig
-from debias.train import read_metrics
+from debias.runs import read_metrics
 from debias.cluster import init_ray
 from ray_jobs.preprocess import run_preprocess
 from ray_jobs.sweep import run_sweep, trial_driver
@@ -132,7 +132,7 @@ def test_asha_stops_the_weak_trial_the_next_trial_still_runs_and_the_best_is_pic
     assert on_disk["best"] == summary["best"]
     # every epoch reached Tune (ASHA needs them) and the trial's own metrics file
     best = summary["best"]
-    assert best["epochs"] == len(read_metrics(Path(best["checkpoint"]).parent))
+    assert best["epochs"] == len(read_metrics(best["run"]))
     assert (Path(best["checkpoint"]) / "state.pt").is_file()
     for plot in ("sweep.png", "curves.png"):
         assert (tmp_path / "sweep" / plot).stat().st_size > 5000

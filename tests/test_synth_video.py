@@ -7,8 +7,10 @@ import av
 import numpy as np
 import pytest
 
-from debias.synth import SynthConfig, generate, load_annotation
-from debias.video import VideoError, decode_window, pack_mask, resize_crop, sample_uniform, unpack_mask
+from debias.sources import read_annotation
+from debias.synth import SynthConfig, generate
+from debias.shards import pack_mask, unpack_mask
+from debias.video import VideoError, decode_window, resize_crop, sample_uniform
 
 TINY = dict(train_per_class=3, val_per_class=1, ood_per_class=2, target_train_per_class=1, target_test_per_class=1)
 
@@ -34,7 +36,7 @@ def test_synth_writes_real_h264_with_ground_truth_and_is_deterministic(tmp_path)
     with av.open(str(video)) as c:
         assert c.streams.video[0].codec_context.name == "h264"
     decoded = decode_window(video)
-    masks, scene_id = load_annotation(task / "annotations" / f"{rows[0]['youtube_id']}.npz")
+    masks, scene_id = read_annotation(str(task / "annotations"), rows[0]['youtube_id'])
     assert len(decoded.frames) == len(masks) == 16
     assert 0 <= scene_id < 6
     # The figure is where its mask says: masked pixels differ from the unmasked background.
@@ -50,7 +52,7 @@ def test_bias_sets_home_scene_share_and_ood_is_independent(tmp_path):
     actions = __import__("json").loads((task / "actions.json").read_text())
     home = Counter()
     for row in csv.DictReader(open(task / "manifest.csv")):
-        _, scene = load_annotation(task / "annotations" / f"{row['youtube_id']}.npz")
+        _, scene = read_annotation(str(task / "annotations"), row['youtube_id'])
         home[row["split"], scene == actions.index(row["label"])] += 1
     train_home = home["train", True] / (home["train", True] + home["train", False])
     ood_home = home["ood", True] / (home["ood", True] + home["ood", False])

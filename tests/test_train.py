@@ -7,26 +7,25 @@ import json
 import os
 import signal
 import socket
-import struct
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 import torch
 
+from debias import runs, storage
 from debias.clips import CLIP_COLUMNS, ClipConfig, make_clip_fn, write_pattern_shards
 from debias.config import ConfigError, load_config
 from debias.models import SDN, ModelConfig
+from debias.shards import read_parquet, shard_files
 from debias.train import (
-    EventWriter,
     LossConfig,
     LRSchedule,
     OptimConfig,
     PretrainConfig,
-    _crc32c,
     evaluate,
     make_optimizer,
     train_one_epoch,
@@ -47,13 +46,13 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    return write_pattern_shards(tmp_path_factory.mktemp("pattern"), {"train": 96, "val": 16},
-                                num_frames=FRAMES, size_px=SIZE, rows_per_file=16)
+    return Path(write_pattern_shards(tmp_path_factory.mktemp("pattern"), {"train": 96, "val": 16},
+                                num_frames=FRAMES, size_px=SIZE, rows_per_file=16))
 
 
 def _batches(shards: Path, split: str, batch_size: int, clip_cfg: ClipConfig | None = None) -> list[dict]:
     """Deterministic (evaluation-mode) clips of one split as torch batches, masked twins included."""
-    table = pq.read_table(shards / "shards", columns=CLIP_COLUMNS + ["split"]).to_pandas()
+    table = pa.concat_tables([read_parquet(f, CLIP_COLUMNS + ["split"]) for f in shard_files(str(shards))]).to_pandas()
     table = table[table["split"] == split]
     fn = make_clip_fn(clip_cfg or ClipConfig(clip_len=FRAMES, crop_px=SIZE), train=False, with_masked=True)
     out = fn({k: table[k].to_numpy() for k in CLIP_COLUMNS})
@@ -171,38 +170,38 @@ def test_lr_schedules_warmup_and_plateau_state():
     assert dann.grl_alpha_at(0, 10) == 0.0 and 0.49 < dann.grl_alpha_at(9, 10) < 0.5
 
 
-def test_tensorboard_events_are_valid_tfrecords(tmp_path):
-    writer = EventWriter(tmp_path)
-    writer.scalars({"train_loss": 1.5, "epoch": 3, "name": "x"}, step=3)
-    data, records = writer.path.read_bytes(), []
-    while data:
-        (length,) = struct.unpack("<Q", data[:8])
-        body, (crc,) = data[12:12 + length], struct.unpack("<I", data[12 + length:16 + length])
-        expected = _crc32c(body)
-        assert crc == (((expected >> 15) | (expected << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-        records.append(body)
-        data = data[16 + length:]
-    assert len(records) == 2 and b"brain.Event:2" in records[0]
-    assert b"train_loss" in records[1] and struct.pack("<f", 1.5) in records[1] and b"name" not in records[1]
+def test_run_writer_events_parse_with_tensorboards_own_reader(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    writer = runs.RunWriter(str(tmp_path), tensorboard=True)
+    writer.epoch({"epoch": 3, "train_loss": 1.5, "name": "x", "checkpoint": "checkpoint_epoch_0003"}, {"val": [[1, 0], [0, 1]]})
+    writer.epoch({"epoch": 4, "train_loss": 0.5}, {})
+    writer.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train_loss")] == [(3, 1.5), (4, 0.5)]
+    assert "name" not in events.Tags()["scalars"]
+    assert [m["epoch"] for m in runs.read_metrics(str(tmp_path))] == [3, 4]
+    assert runs.read_confusion(str(tmp_path)) == {"val": [[1, 0], [0, 1]]}
 
 
 def test_init_from_loads_the_backbone_only_and_names_the_key(tmp_path):
     source = _model()
     torch.save({"model": source.state_dict(), "epoch": 0}, tmp_path / "state.pt")
-    target = SDN(ModelConfig(width=4, init_from=str(tmp_path)), num_actions=7, num_scenes=2)
+    target = runs.build_model(ModelConfig(width=4, init_from=str(tmp_path)), num_actions=7, num_scenes=2)
     assert all(torch.equal(v, source.backbone.state_dict()[k]) for k, v in target.backbone.state_dict().items())
     assert target(torch.zeros(2, 4, 16, 16, 3, dtype=torch.uint8)).action.shape == (2, 7)
     assert target.features(torch.zeros(2, 4, 16, 16, 3, dtype=torch.uint8)).shape == (2, 32)
-    run = tmp_path / "run"  # a run directory: its latest checkpoint
-    for stamp, model in (("2026-01-01_00-00-00.000000", _model(width=8)), ("2026-01-02_00-00-00.000000", source)):
-        (run / f"checkpoint_{stamp}").mkdir(parents=True)
-        torch.save({"model": model.state_dict()}, run / f"checkpoint_{stamp}" / "state.pt")
-    from_run = SDN(ModelConfig(width=4, init_from=str(run)), num_actions=3, num_scenes=2)
+    run = tmp_path / "run"  # a run folder: its latest checkpoint
+    for epoch, model in ((0, _model(width=8)), (1, source)):
+        (run / runs.checkpoint_name(epoch)).mkdir(parents=True)
+        torch.save({"model": model.state_dict()}, run / runs.checkpoint_name(epoch) / "state.pt")
+    from_run = runs.build_model(ModelConfig(width=4, init_from=str(run)), num_actions=3, num_scenes=2)
     assert torch.equal(from_run.backbone[0][0].weight, source.backbone[0][0].weight)
     with pytest.raises(ConfigError, match=r"model\.init_from: .*shape"):
-        SDN(ModelConfig(width=8, init_from=str(tmp_path)), 7, 2)
+        runs.build_model(ModelConfig(width=8, init_from=str(tmp_path)), 7, 2)
     with pytest.raises(ConfigError, match=r"model\.init_from: .*missing\.pt.*no such file"):
-        SDN(ModelConfig(init_from=str(tmp_path / "missing.pt")), 7, 2)
+        runs.build_model(ModelConfig(init_from=str(tmp_path / "missing.pt")), 7, 2)
 
 
 # -- Ray Train: resume after a stop, recovery after a killed worker --------------------------------
@@ -226,16 +225,16 @@ def _train_workers() -> list[int]:
     return mine
 
 
-def _kill_after_first_checkpoint(run_dir: Path, thread: threading.Thread) -> tuple[int, set[int]]:
-    """Wait until the controller registered a checkpoint, then SIGKILL one Train worker; returns the
-    first registered epoch and the worker pids at that time."""
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+def _kill_after_first_checkpoint(run: Path | str, thread: threading.Thread) -> tuple[int, set[int]]:
+    """Wait until the controller registered a checkpoint of the run (a local folder or a URI), then
+    SIGKILL one Train worker; returns the first registered epoch and the worker pids at that time."""
+    snapshot = storage.join(str(run), "checkpoint_manager_snapshot.json")
     deadline = time.time() + 120
     while time.time() < deadline and thread.is_alive():
-        if snapshot.is_file() and "checkpoint_dir_name" in snapshot.read_text():
+        if storage.is_file(snapshot) and "checkpoint_dir_name" in storage.read_text(snapshot):
             break
         time.sleep(0.05)
-    registered = min(r["metrics"]["epoch"] for r in json.loads(snapshot.read_text())["checkpoint_results"])
+    registered = min(r["metrics"]["epoch"] for r in storage.read_json(snapshot)["checkpoint_results"])
     workers = _train_workers()
     assert workers, "no Ray Train worker process found"
     os.kill(workers[0], signal.SIGKILL)
@@ -275,9 +274,10 @@ def test_each_split_reads_its_own_rows_cached_or_not(shards, tmp_path, ray_local
     from debias.pretrain import split_rows
 
     cfg = _cfg(shards, tmp_path, "rows", "train_split=val", "eval_splits=[train,val]", f"loader.cache_rows={cache_rows}")
-    rows = split_rows(cfg)
+    files = shard_files(str(shards))
+    rows = split_rows(cfg, files)
     assert set(rows) == {"train", "val"}
-    table = pq.read_table(shards / "shards", columns=["video_id", "split"]).to_pandas()
+    table = pa.concat_tables([read_parquet(f, ["video_id", "split"]) for f in files]).to_pandas()
     for split, ds in rows.items():
         got = sorted(r["video_id"] for r in ds.select_columns(["video_id"]).take_all())
         assert got == sorted(table.video_id[table.split == split]), split
@@ -291,10 +291,13 @@ def test_stopped_run_resumes_at_the_right_epoch_with_the_same_optimizer_state(sh
     registered, _ = _kill_after_first_checkpoint(tmp_path / "stopped", thread)
     thread.join(timeout=300)
     assert "error" in stopped, "the run finished before it could be stopped"
+    before = {m["epoch"]: m for m in runs.read_metrics(str(tmp_path / "stopped"))}
     resumed = run_pretrain(_cfg(shards, tmp_path, "stopped", "eval_splits=[]"))  # the same run, started again
 
     lines = [json.loads(x)["epoch"] for x in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
-    assert all(lines.count(e) == 1 for e in range(registered + 1)), lines  # nothing before it re-run
+    assert all(lines.count(e) == 1 for e in range(registered + 1)), lines
+    after = {m["epoch"]: m for m in resumed["history"]}
+    assert all(after[e] == before[e] for e in range(registered + 1))  # nothing up to the checkpoint re-run
     assert [m["epoch"] for m in resumed["history"]] == list(range(4))
     # Model, momentum buffers and the whole loss curve equal the uninterrupted run's.
     a, b = _final_state(reference), _final_state(resumed)
@@ -337,3 +340,22 @@ def test_repro_configs_load_and_are_complete(path):
     assert yaml.safe_load(path.read_text()) == to_dict(cfg)  # every key written out
     assert cfg.model.backbone == "r3d_18" and (cfg.clip.clip_len, cfg.clip.crop_px) == (16, 112)
     assert cfg.optim.batch_size * cfg.scaling.num_workers == 32  # the paper's (global) batch
+
+
+def test_a_failed_pretrain_job_says_why_and_leaves_no_process(shards, tmp_path):
+    """The run fails inside its Train worker (the plateau schedule reads a metric no epoch reports): the
+    job exits non-zero naming the key, and none of its processes (Ray's included) outlives it."""
+    import subprocess
+    import sys
+
+    from conftest import JOB_MARKER, left_behind
+
+    job = subprocess.run([sys.executable, "-m", "ray_jobs.pretrain", f"shards={shards}", f"out={tmp_path}",
+                          "name=failing", "optim.schedule=plateau", "optim.plateau_metric=nope_loss", "optim.epochs=2",
+                          "optim.batch_size=16", "model.width=4", f"clip.clip_len={FRAMES}", "scaling.cpus_per_worker=1",
+                          "eval_splits=[val]"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, JOB_MARKER: "failed-pretrain"})
+    assert job.returncode != 0 and "plateau_metric" in job.stderr, job.stderr[-3000:]
+    assert runs.read_run(str(tmp_path / "failing")).classes  # config.json was written before training
+    left = left_behind("failed-pretrain")
+    assert not left, f"processes of the failed job outlived it: {left}"

@@ -13,6 +13,8 @@ from debias.sweep import SweepConfig
 from debias.transfer import FoldConfig, TargetConfig, TransferConfig, run_specs, transfer_table
 from ray_jobs.pipeline import PipelineConfig, run_pipeline
 
+from conftest import PIPELINE_TINY
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,14 +48,7 @@ def test_shipped_configs_load_and_are_complete(path, cls):
     assert yaml.safe_load((ROOT / path).read_text()) == to_dict(load_config(cls, ROOT / path))
 
 
-TINY = ["synth.train_per_class=4", "synth.val_per_class=2", "synth.ood_per_class=2", "synth.target_train_per_class=3",
-        "synth.target_test_per_class=2", "synth.frame_size_px=32", "synth.num_frames=8",
-        "source.decode.num_frames=8", "targets.target.preprocess.decode.num_frames=8",
-        "sweep.lambda_scene.values=[0.2,0.5]", "sweep.lambda_mask.values=[1.0]", "sweep.asha.grace_period=1",
-        "sweep.pretrain.clip.clip_len=8", "sweep.pretrain.optim.epochs=2", "sweep.pretrain.optim.batch_size=8",
-        "sweep.pretrain.model.width=4", "transfer.finetune.clip.clip_len=8", "transfer.finetune.optim.epochs=2",
-        "transfer.finetune.optim.batch_size=8", "transfer.bias.clip_len=8", "transfer.bias.probe_steps=50",
-        "scratch=false"]
+TINY = PIPELINE_TINY
 
 
 def test_pipeline_on_the_synthetic_benchmark_then_a_rerun_skips_every_stage(tmp_path, ray_local):
@@ -70,7 +65,7 @@ def test_pipeline_on_the_synthetic_benchmark_then_a_rerun_skips_every_stage(tmp_
                                                                        ("sweep_best", "target", 1)}
     assert all(0.0 <= r["top1"] <= 1.0 and r["epochs"] == 2 for r in rows)
     # the fine-tuning started from the pretrained backbone
-    run_cfg = json.loads((tmp_path / "transfer/runs/baseline__target__split1/config.json").read_text())
+    run_cfg = json.loads((tmp_path / "transfer/runs/baseline__target__split1/config.json").read_text())["config"]
     assert Path(run_cfg["model"]["init_from"]).parent.parent == tmp_path / "pretrain_baseline"
     for name in ("baseline", "sweep_best"):
         bias = on_disk["bias"][name]

@@ -1,0 +1,131 @@
+"""Everything on object storage: a real S3-compatible server (moto's server mode) on 127.0.0.1.
+
+The whole pipeline runs as a job (`python -m ray_jobs.pipeline`, a subprocess) with `out=s3://...`:
+synth -> preprocess (its manifest, videos and annotations read back from the bucket) -> reference
+pretraining -> a 2-trial sweep (Tune storage in the bucket) -> transfer -> summary. Every artifact must
+be in the bucket, nothing in a local folder named after the URI, and no process of the job may outlive
+it. Then a pretraining run on s3:// is killed mid-run and resumed from its checkpoint in the bucket.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import JOB_MARKER, PIPELINE_TINY, left_behind
+
+ROOT = Path(__file__).resolve().parents[1]
+BUCKET = "debias-test"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3 endpoint on 127.0.0.1 with an empty bucket; the standard AWS_* variables point at it (Ray's
+    workers inherit them). Yields the bucket's URI."""
+    boto3 = pytest.importorskip("boto3")
+    server = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    if not Path(server).is_file():
+        pytest.skip("moto_server not installed (pip install -e '.[test]' brings moto[server])")
+    from debias.cluster import free_port
+
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
+    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except OSError:
+            if time.time() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.2)
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    yield f"s3://{BUCKET}"
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+def _keys(prefix: str) -> set[str]:
+    import boto3
+
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+def test_pipeline_job_on_s3_writes_only_to_the_bucket_and_leaves_no_process(s3, tmp_path):
+    out = f"{s3}/pipe"
+    job = subprocess.run([sys.executable, "-m", "ray_jobs.pipeline", "--config", str(ROOT / "configs/pipeline/quick.yaml"),
+                          *PIPELINE_TINY, f"out={out}"], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, JOB_MARKER: "pipeline-s3"})
+    assert job.returncode == 0, job.stderr[-4000:]
+    keys = _keys("pipe/")
+    for key in ("pipe/summary.json", "pipe/report.md", "pipe/transfer.png", "pipe/pretrain_curves.png",
+                "pipe/synth/source/manifest.csv", "pipe/data_source/_committed.json",
+                "pipe/pretrain_baseline/baseline/config.json", "pipe/pretrain_baseline/baseline/metrics.jsonl",
+                "pipe/sweep/summary.json", "pipe/sweep/sweep_config.json", "pipe/transfer/summary.json",
+                "pipe/transfer/report.md", "pipe/transfer/runs/baseline__target__split1/config.json"):
+        assert key in keys, key
+    assert any(k.startswith("pipe/data_source/runs/") and k.endswith(".parquet") for k in keys)
+    assert any(k.startswith("pipe/pretrain_baseline/baseline/checkpoint_epoch_") for k in keys)
+    assert any(k.startswith("pipe/transfer/runs/sweep_best__target__split1/checkpoint_epoch_") for k in keys)
+    assert sum(k.startswith("pipe/sweep/runs/") and k.endswith("/config.json") for k in keys) == 2  # two trials
+    assert any(k.startswith("pipe/sweep/runs/") and "/tensorboard/events.out.tfevents" in k for k in keys)
+    local = [str(p) for p in tmp_path.rglob("*") if "s3:" in str(p) or BUCKET in str(p)]
+    assert not local and not (ROOT / "s3:").exists(), local
+    import json
+
+    import boto3
+
+    summary = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key="pipe/summary.json")["Body"].read())
+    assert {r["pretrain"] for r in summary["transfer"]} == {"baseline", "sweep_best"}
+    assert summary["sweep"]["best"]["run"].startswith(f"{out}/sweep/runs/")
+    left = left_behind("pipeline-s3")
+    assert not left, f"processes of the job outlived it: {left}"
+
+
+def test_pretrain_on_s3_killed_mid_run_resumes_from_its_checkpoint_in_the_bucket(s3, ray_local):
+    from debias import runs
+    from debias.clips import write_pattern_shards
+    from debias.config import load_config
+    from debias.pretrain import run_pretrain
+    from debias.train import PretrainConfig
+
+    shards = write_pattern_shards(f"{s3}/pattern", {"train": 64, "val": 16}, num_frames=8, size_px=32, rows_per_file=16)
+    cfg = load_config(PretrainConfig, None, [
+        f"shards={shards}", f"out={s3}/runs", "name=killed", "eval_splits=[val]", "optim.epochs=4",
+        "optim.batch_size=16", "model.width=4", "clip.clip_len=8", "clip.crop_px=32", "scaling.cpus_per_worker=1",
+        "loader.clip_cpus=0.25"])
+    from test_train import _kill_after_first_checkpoint, _run_in_thread
+
+    thread, stopped = _run_in_thread(cfg)
+    registered, _ = _kill_after_first_checkpoint(f"{s3}/runs/killed", thread)
+    thread.join(timeout=300)
+    assert "error" in stopped, "the run finished before it could be stopped"
+    before = {m["epoch"]: m for m in runs.read_metrics(f"{s3}/runs/killed")}
+    resumed = run_pretrain(cfg)
+    assert [m["epoch"] for m in resumed["history"]] == [0, 1, 2, 3]
+    assert all(resumed["history"][e] == before[e] for e in range(registered + 1))  # not trained again
+    assert resumed["checkpoint"] == f"{s3}/runs/killed/{runs.checkpoint_name(3)}"
+    model, info = runs.load_model(f"{s3}/runs/killed", "best")
+    assert info.classes == [f"class_{k}" for k in range(4)] and info.checkpoint.startswith(f"{s3}/runs/killed/")
+    assert any(k.startswith("runs/killed/tensorboard/events.out.tfevents") for k in _keys("runs/killed/"))
