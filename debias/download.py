@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from debias import storage
 from debias.config import check
 from debias.sources import Row, clip_id
 
@@ -209,6 +210,8 @@ def make_download_fn(cfg: DownloadConfig, videos_dir: str, status_dir: str) -> C
     time_end (a trimmed file's window starts at 0), t_download_s, or error / error_code / error_stage
     (`download`).
     """
+    # yt-dlp writes local files: a bucket of videos is filled by downloading to a local root, then uploading
+    check(not storage.is_uri(videos_dir), "input.root", f"{videos_dir}: download.enabled needs a local videos folder")
     ffmpeg = find_ffmpeg(cfg.ffmpeg) if cfg.sections == "auto" else ""
 
     def download(batch: pd.DataFrame) -> pd.DataFrame:

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from debias import shards
+from debias.config import ConfigError
 from debias.curate import DecodeConfig, make_decode_fn
 from debias.download import (DOWNLOAD_SCHEMA, DownloadConfig, classify, download_one, find_ffmpeg, make_download_fn,
                              merge_download_status, skip_known_dead)
@@ -137,6 +138,8 @@ def test_download_fn_updates_rows_writes_status_and_a_rerun_skips(server, tmp_pa
     fn(pd.DataFrame(again))
     assert hits["gone"] == gone_hits and hits["okvideo0001"] == ok_hits
     assert skip_known_dead(rows, status, _cfg(base, retry_dead=True))[1]["error"] == ""
+    with pytest.raises(ConfigError, match="input.root: s3://bucket/videos: download.enabled needs a local videos folder"):
+        make_download_fn(cfg, "s3://bucket/videos", str(out / "_downloads"))
 
 
 def test_two_windows_of_one_youtube_id_are_two_clips_and_two_files(server, tmp_path):
@@ -212,20 +215,22 @@ def test_preprocess_job_downloads_decodes_and_a_rerun_asks_again_only_for_retrya
                                        "yoga,okvideo0001,1,3,val,0\n"  # the same video, another window
                                        "zumba,okvideo0002,1,3,train,0\n"
                                        "zumba,gone,0,10,train,0\n"
-                                       "zumba,trunc,0,10,val,0\n")
+                                       "zumba,trunc,0,10,val,0\n"
+                                       "abseiling,okvideo0001,0,2,train,0\n")  # the same id and window: a duplicate
     cfg = load_config(PreprocessConfig, None, [
         f"out={tmp_path / 'out'}", f"input.manifest={tmp_path / 'k400.csv'}", "input.source=kinetics",
         "labels.mask_provider=none", "labels.scene_provider=none", "decode.num_frames=8",
         "download.enabled=true", f"download.url_template={base}/{{youtube_id}}.mp4", "download.attempts=2",
         "download.backoff_s=0.05", "download.timeout_s=2", "download.concurrency=2"])
     summary = run_preprocess(cfg)
-    assert (summary["videos_ok"], summary["videos_failed"]) == (3, 2)
-    assert summary["failures_by_reason"] == {"other": 1, "unavailable": 1}
+    assert (summary["videos_in"], summary["videos_ok"], summary["videos_failed"]) == (6, 3, 3)
+    assert summary["failures_by_reason"] == {"duplicate_id": 1, "other": 1, "unavailable": 1}
     assert summary["downloads"] == {"ok": 3, "failed_by_reason": {"other": 1, "unavailable": 1}}
     assert summary["stage_task_s"]["download"] > 0
     out = str(tmp_path / "out")
     errors = {e["video_id"]: e for e in shards.read_errors(out).to_pylist()}
     assert errors["gone_000000_000010"]["error_stage"] == "download" and "404" in errors["gone_000000_000010"]["error"]
+    assert errors["okvideo0001_000000_000002#2"]["error_code"] == "duplicate_id"
     rows = pa.concat_tables([shards.read_parquet(f) for f in shards.shard_files(out)]).to_pylist()
     assert sorted((r["video_id"], r["label"]) for r in rows) == [  # one YouTube id, two windows: two clips
         ("okvideo0001_000000_000002", "abseiling"), ("okvideo0001_000001_000003", "yoga"),
@@ -237,7 +242,7 @@ def test_preprocess_job_downloads_decodes_and_a_rerun_asks_again_only_for_retrya
 
     before = dict(hits)
     again = run_preprocess(cfg)
-    assert (again["videos_ok"], again["videos_failed"]) == (3, 2)
+    assert (again["videos_ok"], again["videos_failed"]) == (3, 3)
     assert hits["okvideo0001"] == before["okvideo0001"] and hits["gone"] == before["gone"]  # on disk / known dead
     assert hits["trunc"] > before["trunc"]  # a transient failure is tried again
     assert pq.read_table(tmp_path / "out" / "downloads.parquet").num_rows == 5  # one row per clip
