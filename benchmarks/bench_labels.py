@@ -54,7 +54,8 @@ import torch
 from debias.labels import LabelsConfig
 from debias.label_models import NUM_PLACES, BoxSegmenter, PersonDetector, PlacesClassifier, build_detector, tiny_sam
 from debias.masks import decode_rows_on, run_by_size
-from debias.video import decode_jpegs_on, encode_jpeg, thread_stream
+from debias.shards import decode_jpegs_on, encode_jpeg
+from debias.video import thread_stream
 from gpu_busy import GpuBusy  # benchmarks/, beside this script
 
 BAR = 0.85

@@ -1,5 +1,5 @@
-"""The preprocess job on Ray Data: shards, schema, the error table, atomic idempotent reruns, real clips,
-sampling policies, rotation and variable frame rates."""
+"""The preprocess job on Ray Data: shards, schema, the error table, committed reruns, real clips,
+sampling policies, rotation and variable frame rates. Killing and resuming: test_resume.py."""
 
 import csv
 import json
@@ -8,17 +8,19 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 import yaml
 
 from debias.config import load_config, to_dict
-from debias.curate import DecodeConfig, InputConfig, PreprocessConfig, make_decode_fn, shard_files
+from debias.curate import DecodeConfig, InputConfig, PreprocessConfig, make_decode_fn
 from debias.download import find_ffmpeg
 from debias.labels import LabelsConfig
-from debias.schema import SHARD_SCHEMA, shard_schema_markdown
+from debias.shards import (SHARD_SCHEMA, committed_run, decode_jpeg, num_scenes, read_classes, read_errors,
+                           read_parquet, read_scene_names, read_summary, shard_files, shard_schema_markdown,
+                           summary_digest, unpack_mask)
 from debias.synth import SynthConfig, generate
-from debias.video import decode_clips, decode_jpeg, decode_window, pick_uniform, unpack_mask, write_mp4
+from debias.video import decode_clips, decode_window, pick_uniform, write_mp4
 from ray_jobs.preprocess import main, run_preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +30,7 @@ NO_LABELS = ["labels.mask_provider=none", "labels.scene_provider=none"]
 
 
 def _read_shards(out):
-    return pq.read_table([str(f) for f in shard_files(out / "shards")])
+    return pa.concat_tables([read_parquet(f) for f in shard_files(str(out))])
 
 
 def _row(path):
@@ -62,17 +64,18 @@ def test_preprocess_writes_schema_shards_and_accounts_for_every_video(tmp_path, 
     out = tmp_path / "out"
     assert summary["videos_in"] == n_in
     assert summary["videos_ok"] + summary["videos_failed"] == n_in
-    errors = pq.read_table(out / "errors.parquet").to_pylist()
-    by_id = {e["video_id"]: e for e in errors}
-    assert by_id[videos[0].stem]["reason_code"] == "empty_file" and videos[0].name in by_id[videos[0].stem]["reason"]
-    assert by_id[videos[1].stem]["reason_code"] == "undecodable"
-    assert by_id[videos[5].stem]["reason_code"] == "no_video_stream" and "audio only" in by_id[videos[5].stem]["reason"]
-    assert by_id["ghost_video"]["reason_code"] == "missing_file"
-    assert by_id[videos[4].stem]["stage"] == "masks"
-    assert sum(e["reason_code"] == "malformed_manifest_row" for e in errors) == 2
+    errors = read_errors(str(out)).to_pylist()
+    by_id = {Path(e["source_path"]).stem: e for e in errors if e["source_path"]}  # ids carry the window
+    assert by_id[videos[0].stem]["error_code"] == "empty_file" and videos[0].name in by_id[videos[0].stem]["error"]
+    assert by_id[videos[1].stem]["error_code"] == "undecodable"
+    assert by_id[videos[5].stem]["error_code"] == "no_video_stream" and "audio only" in by_id[videos[5].stem]["error"]
+    assert by_id["ghost_video"]["error_code"] == "missing_file"
+    assert by_id[videos[4].stem]["error_stage"] == "masks"
+    assert sum(e["error_code"] == "malformed_manifest_row" for e in errors) == 2
     assert summary["failures_by_reason"]["malformed_manifest_row"] == 2
     assert {"read_source", "pipeline", "total"} <= set(summary["timings_s"]) and summary["stage_task_s"]["decode"] > 0
-    assert json.loads((out / "summary.json").read_text())["videos_ok"] == summary["videos_ok"]
+    assert read_summary(str(out)) == json.loads(json.dumps(summary))
+    assert (summary["videos_resumed"], summary["videos_processed"]) == (0, n_in)
 
     table = _read_shards(out)
     assert table.schema.remove_metadata() == SHARD_SCHEMA
@@ -85,18 +88,19 @@ def test_preprocess_writes_schema_shards_and_accounts_for_every_video(tmp_path, 
     assert np.allclose(masks.mean(axis=(1, 2)), row["mask_coverage"], atol=1e-6)
     assert row["person_frac"] == 1.0 and row["mask_source"] == "annotations"
     assert sum(row["scene_probs"]) == 1.0 and row["scene_probs"][row["scene_id"]] == 1.0
-    classes = json.loads((out / "classes.json").read_text())
+    classes = read_classes(str(out))
     assert classes[row["label_id"]] == row["label"]
-    scenes = json.loads((out / "scenes.json").read_text())  # the synthetic task's annotated scene names
-    assert len(scenes) == len(row["scene_probs"]) and all(isinstance(n, str) and n for n in scenes)
+    scenes = read_scene_names(str(out))  # the synthetic task's annotated scene names
+    assert len(scenes) == len(row["scene_probs"]) == num_scenes(str(out)) and all(isinstance(n, str) and n for n in scenes)
+    first_run, first_digest = committed_run(str(out)), summary_digest(str(out))
 
-    # A rerun replaces the shards instead of appending; a killed run's staging folder is cleared and
-    # was never visible under shards/.
-    (out / ".run-killed" / "shards").mkdir(parents=True)
-    (out / ".run-killed" / "shards" / "half.parquet").write_bytes(b"PAR1 half written")
-    run_preprocess(cfg)
-    assert _read_shards(out).num_rows == table.num_rows
-    assert not list(out.glob(".run-*")) and not list(out.glob(".shards-old-*"))
+    # A rerun of a committed run curates again into a new run and replaces it whole: the same rows, not
+    # twice as many; the old run is gone, and everything but the commit record lives in the run's folder.
+    again = run_preprocess(cfg)
+    assert again["videos_resumed"] == 0 and committed_run(str(out)) != first_run
+    assert _read_shards(out).num_rows == table.num_rows and summary_digest(str(out)) != first_digest
+    assert sorted(p.name for p in out.iterdir()) == ["_committed.json", "runs"]
+    assert [p.name for p in (out / "runs").iterdir()] == [committed_run(str(out))]
 
 
 def test_bad_config_and_missing_inputs_fail_before_work(tmp_path, ray_local):
@@ -109,6 +113,8 @@ def test_bad_config_and_missing_inputs_fail_before_work(tmp_path, ray_local):
     with pytest.raises(FileNotFoundError, match="input.root"):
         run_preprocess(PreprocessConfig(out=str(tmp_path / "o"), input=InputConfig(root=str(tmp_path / "no_such_dir"))))
     assert not (tmp_path / "o").exists()
+    with pytest.raises(FileNotFoundError, match=r"no curated data in .*run `debias preprocess"):
+        shard_files(str(tmp_path / "o"))
     with pytest.raises(SystemExit, match="decode.sampling: must be one of"):
         main([str(tmp_path), "--out", str(tmp_path / "o"), "decode.sampling=random"])
 
@@ -122,7 +128,7 @@ def test_real_clips_folder_of_videos_with_clips_per_video(tmp_path, real_clips, 
         (root / m["action_class"] / m["filename"]).symlink_to(real_clips / m["filename"])
     main([str(root), "--out", str(tmp_path / "out"), *NO_LABELS, "decode.sampling=clips", "decode.clips_per_video=2",
           "decode.num_frames=8", "decode.short_side_px=64", "decode.crop_px=56"])
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = read_summary(str(tmp_path / "out"))
     assert summary["videos_ok"] == len(meta) == 18, summary["failures_by_reason"]
     assert summary["rows"] == 36 and summary["mask_source"] == ["none"] and summary["scene_source"] == ["none"]
     frames_decoded = {f"{m['action_class']}/{Path(m['filename']).stem}": int(m["frames_decoded"]) for m in meta}
@@ -212,7 +218,7 @@ def test_shipped_preprocess_configs_load_and_are_complete():
 
 
 def test_readme_documents_the_shard_schema():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "schema.md").read_text()  # rendered there by docs/render.py
     assert shard_schema_markdown() in readme
 
 
