@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +23,11 @@ from debias import storage
 from debias.clips import ClipConfig
 from debias.config import check
 from debias.inference import eval_clips, pick_device, run_clips
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from debias.runs import RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -125,25 +131,18 @@ def video_rows(folder: str) -> list[dict]:
     return rows
 
 
-def run_embed(cfg: EmbedConfig) -> dict:
-    """Embed every shard row (or every video of a folder) of `cfg.input` with the run's model.
-
-    Writes OUT/embeddings/*.parquet (video_id, clip_index, label, split, error, embedding, logits: one row
-    per input row, failed videos with their error and null vectors), OUT/errors.parquet (the failed videos,
-    ERROR_SCHEMA) and OUT/summary.json; returns the summary.
-    """
+def embed_dataset(cfg: EmbedConfig, info: RunInfo) -> tuple[ray.data.Dataset, str, float]:
+    """The embedding pipeline over `cfg.input` up to the model step (nothing runs until it is consumed):
+    shard rows (or videos through the curation's decode step, one error row per broken video) -> eval clips
+    (CPU tasks) -> `Embedder` actors. Returns it, the input kind (shards or videos) and the GPUs per actor."""
     import ray
     from ray.data import ActorPoolStrategy
 
     from debias.cluster import init_ray
     from debias.curate import Decoder
     from debias.inference import decode_config
-    from debias.models import build_backbone
-    from debias.runs import read_run
-    from debias.shards import COMMIT_FILE, ERROR_COLUMNS, error_table, shard_files, write_parquet
+    from debias.shards import COMMIT_FILE, shard_files
 
-    t0 = time.perf_counter()
-    info = read_run(cfg.run)  # a wrong run fails here, naming the folder, before Ray starts
     from_shards = storage.is_file(storage.join(storage.absolute(cfg.input), COMMIT_FILE))
     if from_shards:
         files = shard_files(cfg.input)
@@ -158,7 +157,7 @@ def run_embed(cfg: EmbedConfig) -> dict:
     if from_shards:
         ds = ray.data.read_parquet(files).select_columns(["video_id", "clip_index", "label", "split", "source_path",
                                                           "frames", "height", "width"])
-    else:  # the curation's decode step with the run's settings, one error row per broken video
+    else:
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
         ds = ds.flat_map(Decoder, fn_constructor_args=(decode_config(info.preprocessing),), num_cpus=1,
                          compute=ActorPoolStrategy(size=cfg.decode_workers))
@@ -168,15 +167,34 @@ def run_embed(cfg: EmbedConfig) -> dict:
                                                        max(1, int(cfg.cpus_per_actor))),
                         batch_format="numpy", batch_size=cfg.batch_size, num_gpus=gpus, num_cpus=cfg.cpus_per_actor,
                         compute=ActorPoolStrategy(size=cfg.actors))
+    return ds, "shards" if from_shards else "videos", gpus
+
+
+def run_embed(cfg: EmbedConfig) -> dict:
+    """Embed every shard row (or every video of a folder) of `cfg.input` with the run's model.
+
+    Writes OUT/embeddings/*.parquet (PASS_COLUMNS, embedding, logits: one row per input row, failed videos
+    with their error and null vectors), OUT/errors.parquet (the failed videos, ERROR_SCHEMA) and
+    OUT/summary.json; returns the summary.
+    """
+    import ray
+
+    from debias.models import build_backbone
+    from debias.runs import read_run
+    from debias.shards import ERROR_COLUMNS, error_table, write_parquet
+
+    t0 = time.perf_counter()
+    info = read_run(cfg.run)  # a wrong run fails here, naming the folder, before Ray starts
+    ds, kind, gpus = embed_dataset(cfg, info)
     out_dir = storage.join(storage.absolute(cfg.out), "embeddings")
     storage.delete(out_dir)  # Ray Data appends by default: a rerun must replace, not add
     ds.write_parquet(out_dir, min_rows_per_file=cfg.rows_per_file, max_rows_per_file=cfg.rows_per_file)
-    done = ray.data.read_parquet(out_dir, columns=["video_id", "clip_index", "source_path", *ERROR_COLUMNS]).to_arrow_refs()
-    done = pa.concat_tables(ray.get(done))
+    done = ray.data.read_parquet(out_dir).select_columns(["video_id", "clip_index", "source_path", *ERROR_COLUMNS])
+    done = pa.concat_tables(ray.get(done.to_arrow_refs()))
     errors = error_table(done)
     write_parquet(storage.join(storage.absolute(cfg.out), "errors.parquet"), errors)
-    summary = {"run": info.uri, "checkpoint": cfg.checkpoint, "input": cfg.input,
-               "input_kind": "shards" if from_shards else "videos", "rows": done.num_rows, "failed": errors.num_rows,
+    summary = {"run": info.uri, "checkpoint": cfg.checkpoint, "input": cfg.input, "input_kind": kind,
+               "rows": done.num_rows, "failed": errors.num_rows,
                "failures_by_reason": dict(Counter(errors.column("error_code").to_pylist())),
                "embedding_dim": build_backbone(info.config.model)[1], "num_classes": info.num_actions,
                "actors": cfg.actors, "gpus_per_actor": gpus, "batch_size": cfg.batch_size,

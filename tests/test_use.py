@@ -213,3 +213,24 @@ def test_export_of_r3d_narrow_says_it_has_no_torchvision_twin(run, tmp_path):
     from debias.models import narrow_r3d
 
     narrow_r3d(4, 1).load_state_dict(state)  # strict: the card's recipe rebuilds it
+
+
+def test_evaluate_returns_a_per_video_confusion_matrix_that_matches_video_accuracy():
+    from debias.clips import video_key
+    from debias.train import evaluate
+
+    torch.manual_seed(0)
+    model = SDN(ModelConfig(width=4), num_actions=3, num_scenes=2)
+    clips = torch.randint(0, 256, (12, FRAMES, SIZE, SIZE, 3), dtype=torch.uint8)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2] * 2)
+    keys = torch.tensor([video_key(f"v{i // 2}") for i in range(12)])  # 6 videos of 2 clips each
+    batches = [{"clips": clips[i:i + 4], "label_id": labels[i:i + 4], "scene_id": torch.zeros(4, dtype=torch.long),
+                "video_key": keys[i:i + 4]} for i in range(0, 12, 4)]
+    result = evaluate(model, batches, torch.device("cpu"))
+    confusion = torch.tensor(result["confusion"])
+    assert confusion.shape == (3, 3) and confusion.sum() == 6  # one count per video
+    assert confusion.diag().sum().item() / 6 == pytest.approx(result["video_acc"])
+    without_videos = evaluate(model, [{k: v for k, v in b.items() if k != "video_key"} for b in batches],
+                              torch.device("cpu"))
+    assert torch.tensor(without_videos["confusion"]).sum() == 12  # per clip
+    assert torch.tensor(without_videos["confusion"]).diag().sum().item() / 12 == pytest.approx(without_videos["acc"])
