@@ -397,10 +397,10 @@ def read_source(cfg: InputConfig) -> tuple[list[Row], list[str]]:
 
 # --- per-video ground truth (the synthetic benchmark's annotations/ folder) ---------------------------
 
-def read_annotation(annotations_dir: str, clip_id: str) -> tuple[np.ndarray, int]:
-    """Ground truth of one video, ANNOTATIONS/<clip_id>.npz: (T, H, W) bool masks at render resolution and
-    the scene id. `annotations_dir` may be a URI."""
-    path = storage.join(annotations_dir, f"{clip_id}.npz")
+def read_annotation(annotations_dir: str, name: str) -> tuple[np.ndarray, int]:
+    """Ground truth of one video, ANNOTATIONS/<name>.npz (name: the manifest's id): (T, H, W) bool masks at
+    render resolution and the scene id. `annotations_dir` may be a URI."""
+    path = storage.join(annotations_dir, f"{name}.npz")
     with np.load(io.BytesIO(storage.read_bytes(path))) as data:
         h, w = (int(v) for v in data["frame_size"])
         masks = np.unpackbits(data["masks"], axis=-1, count=w).astype(bool)

@@ -153,7 +153,7 @@ def test_two_windows_of_one_youtube_id_are_two_clips_and_two_files(server, tmp_p
     (tmp_path / "k600_val.csv").write_text("label,youtube_id,time_start,time_end,split\n"
                                            "cracking knuckles,okvideo0002,0,1,validate\n"
                                            "cracking neck,okvideo0002,2,3,validate\n")
-    rows, classes = read_source(InputConfig(source="kinetics", manifest=str(tmp_path / "k600_val.csv"), root=str(videos)))
+    rows, _ = read_source(InputConfig(source="kinetics", manifest=str(tmp_path / "k600_val.csv"), root=str(videos)))
     assert [(r["video_id"], r["label"], r["error"]) for r in rows] == [
         ("okvideo0002_000000_000001", "cracking knuckles", ""), ("okvideo0002_000002_000003", "cracking neck", "")]
     fn = make_download_fn(_cfg(base, sections="auto"), str(videos), str(out / "_downloads"))

@@ -4,14 +4,15 @@ background clusters against the synthetic benchmark's scene ids, as Ray Data act
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
+from debias import shards
 from debias.clips import fill_people
 from debias.curate import DecodeConfig, PreprocessConfig, make_decode_fn
 from debias.labels import LabelsConfig
@@ -215,8 +216,6 @@ def test_default_clusters_on_a_folder_of_four_real_videos(real_clips, tmp_path, 
 
 def test_preprocess_job_on_a_fresh_machine_uses_the_weight_free_providers(ray_local, synth, tmp_path, capsys):
     """`auto` with no weights installed: the job runs, says so, and every row records its providers."""
-    import pyarrow.parquet as pq
-
     from ray_jobs.preprocess import run_preprocess
 
     cfg = PreprocessConfig(out=str(tmp_path / "out"), decode=DECODE,
@@ -225,10 +224,11 @@ def test_preprocess_job_on_a_fresh_machine_uses_the_weight_free_providers(ray_lo
     summary = run_preprocess(cfg)
     assert "mask_provider=auto -> motion" in capsys.readouterr().out
     assert summary["mask_source"] == ["motion"] and summary["scene_source"] == ["clusters"]
-    table = pq.read_table(tmp_path / "out" / "shards")
+    out = str(tmp_path / "out")
+    table = pa.concat_tables([shards.read_parquet(f, columns=["scene_probs"]) for f in shards.shard_files(out)])
     assert table.num_rows == summary["videos_ok"] == 24
     assert all(len(p) == 6 for p in table.column("scene_probs").to_pylist())
-    assert json.loads((tmp_path / "out" / "scenes.json").read_text()) == [f"cluster_{k}" for k in range(6)]
+    assert shards.read_scene_names(out) == [f"cluster_{k}" for k in range(6)] and summary["num_scenes"] == 6
 
 
 def test_scene_names_say_what_each_id_means(synth, places):
