@@ -353,6 +353,18 @@ def read_diving48(cfg: InputConfig) -> tuple[list[Row], list[str]]:
     return _with_label_ids(rows, classes), classes
 
 
+def _below(root: str, path: str) -> str:
+    """`path` relative to `root`, `/`-separated. Compared without scheme and leading `/`: an fsspec
+    filesystem lists `memory://x/a` as `memory:///x/a`."""
+    def bare(p: str) -> str:
+        return p.split("://", 1)[1].lstrip("/") if storage.is_uri(p) else p
+
+    prefix = bare(root).rstrip("/") + "/"
+    if not bare(path).startswith(prefix):
+        raise ValueError(f"{path} was listed below {root} but is not inside it (input.root)")
+    return bare(path)[len(prefix):]
+
+
 def read_folder(cfg: InputConfig) -> tuple[list[Row], list[str]]:
     """ROOT/<class>/<video file>: the class is the folder name, the id `<class>/<file stem>`. Files
     that are not videos by extension, hidden ones and deeper levels are ignored; videos directly in
@@ -360,10 +372,9 @@ def read_folder(cfg: InputConfig) -> tuple[list[Row], list[str]]:
     if not cfg.root or not storage.is_dir(cfg.root):
         raise FileNotFoundError(f"videos folder not found: '{cfg.root}' (input.root, or the ROOT argument)")
     root = storage.absolute(cfg.root)
-    prefix = root.rstrip("/") + "/"
     rows: list[Row] = []
     for path in storage.find_files(root):
-        parts = path[len(prefix):].split("/")
+        parts = _below(root, path).split("/")
         stem, ext = (parts[-1].rsplit(".", 1) + [""])[:2]
         if len(parts) > 2 or any(p.startswith(".") for p in parts) or f".{ext.lower()}" not in VIDEO_EXTENSIONS:
             continue

@@ -2,11 +2,13 @@
 
 import csv
 import json
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from debias import storage
 from debias.config import ConfigError, load_config
 from debias.curate import PreprocessConfig
 from debias.sources import InputConfig, ids_in_several_windows, read_source
@@ -306,3 +308,37 @@ def test_real_minikinetics200_validation_ids_all_in_the_kinetics400_csv(real_met
     assert _counts(rows) == {"val": 5000}  # every id found, none ambiguous, none duplicated
     assert {r["youtube_id"] for r in rows} == set(ids) and ids_in_several_windows(rows) == {}
     assert len(classes) == 200 and Counter(r["label"] for r in rows) == {c: 25 for c in classes}
+
+
+def test_readers_read_the_same_rows_through_a_uri(real_meta):
+    """input.manifest / id_lists / root as URIs: the published files copied to an fsspec `memory://` store
+    (a real filesystem, in this process) read as from the local disk; the folder source lists it."""
+    pytest.importorskip("fsspec")
+    base = f"memory://debias-test-{uuid.uuid4().hex[:8]}"
+    for folder in ("ucf101/ucfTrainTestlist", "hmdb51/testTrainMulti_7030_splits", "diving48", "kinetics400",
+                   "mini_kinetics200"):
+        for f in (real_meta / folder).iterdir():
+            storage.write_bytes(f"{base}/{folder}/{f.name}", f.read_bytes())
+    cases = [dict(source="ucf101", manifest="ucf101/ucfTrainTestlist", root="videos"),
+             dict(source="hmdb51", manifest="hmdb51/testTrainMulti_7030_splits", root="videos"),
+             dict(source="diving48", manifest="diving48", root="videos"),
+             dict(source="kinetics", manifest="kinetics400", root="videos"),
+             dict(source="minikinetics", manifest="kinetics400/kinetics-400_val.csv", root="videos",
+                  id_lists=["mini_kinetics200/val_ytid_list.txt"])]
+    for case in cases:
+        def at(prefix, c=case):
+            return InputConfig(**{k: ([f"{prefix}/{p}" for p in v] if k == "id_lists" else v if k == "source"
+                                      else f"{prefix}/{v}") for k, v in c.items()})
+        local_rows, local_classes = read_source(at(str(real_meta)))
+        rows, classes = read_source(at(base))
+        assert classes == local_classes and len(rows) == len(local_rows), case["source"]
+        assert [r["video_id"] for r in rows] == [r["video_id"] for r in local_rows]
+        assert rows[0]["source_path"] == f"{base}/videos/" + local_rows[0]["source_path"].split("/videos/", 1)[1]
+    for name in ["jump/a.mp4", "jump/b.avi", "wave/c.mkv", "loose.mp4", "wave/notes.txt"]:
+        storage.write_bytes(f"{base}/folder/{name}", b"x")
+    rows, classes = read_source(InputConfig(root=f"{base}/folder"))
+    assert classes == ["jump", "wave"]
+    assert [(r["video_id"], r["error_code"]) for r in rows] == [("jump/a", ""), ("jump/b", ""), ("loose", "no_class_folder"),
+                                                               ("wave/c", "")]
+    assert all(storage.is_file(r["source_path"]) for r in rows)
+    storage.delete(base)
