@@ -12,6 +12,7 @@ as `mlflow_uri` sets that, since a file store needs no server and is what a sing
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -85,9 +86,11 @@ class Tracker:
             folder = cfg.wandb_dir or run_dir
             storage.makedirs(folder)
             # Ray's Train V2 workers have no V1 session, so setup_wandb's rank-0 check does not apply:
-            # the caller is rank 0. The id is the run name, so a resumed run appends to the same W&B run.
+            # the caller is rank 0. The id is the run name (W&B ids may not hold slashes, #, ?, % or :), so a
+            # resumed run appends to the same W&B run.
+            run_id = re.sub(r"[/\\#?%:]", "-", run_name)[:64]
             self.wandb = setup_wandb(config=params, project=cfg.wandb_project, mode=cfg.wandb_mode,
-                                     dir=storage.absolute(folder), trial_id=run_name, trial_name=run_name)
+                                     dir=storage.absolute(folder), trial_id=run_id, trial_name=run_name)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         values = numeric(metrics)

@@ -12,7 +12,9 @@ videos that failed; OUT/summary.json the counts.
 from __future__ import annotations
 
 import json
+import sys
 from debias.embed import EmbedConfig, run_embed
+from debias.config import ConfigError
 from ray_jobs.common import job_parser, load_job_config
 
 
@@ -22,7 +24,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input", help="shards (a preprocess output) or a folder of videos (same as input=...)")
     args = parser.parse_intermixed_args(argv)
     args.overrides = [f"{k}={json.dumps(v)}" for k, v in (("run", args.run), ("input", args.input)) if v] + args.overrides
-    run_embed(load_job_config(EmbedConfig, args))
+    cfg = load_job_config(EmbedConfig, args)
+    try:  # a wrong run folder, checkpoint or input is the user's to fix: its message, no traceback
+        run_embed(cfg)
+    except (FileNotFoundError, ConfigError) as e:
+        sys.exit(f"debias embed: {e}")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ per-class accuracy per eval split and the shards' digest; confusion_SPLIT.png pe
 from __future__ import annotations
 
 import json
+import sys
 import logging
 
 from debias.export import ExportConfig, export_run
+from debias.config import ConfigError
 from ray_jobs.common import job_parser, load_job_config
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     args.overrides = [f"{k}={json.dumps(v)}" for k, v in (("run", args.run), ("checkpoint", args.checkpoint)) if v] + args.overrides
     cfg = load_job_config(ExportConfig, args)
-    card = export_run(cfg)
+    try:  # a wrong run folder or checkpoint is the user's to fix: its message, no traceback
+        card = export_run(cfg)
+    except (FileNotFoundError, ConfigError) as e:
+        sys.exit(f"debias export: {e}")
     log.info("export: %s (epoch %s) -> %s; %s", card["backbone"], card["epoch"], cfg.out,
              card["torchvision_constructor"] or "no torchvision twin (r3d_narrow)")
 

@@ -14,6 +14,7 @@ import json
 import sys
 
 from debias.inference import PredictConfig, predict
+from debias.config import ConfigError
 from ray_jobs.common import job_parser, load_job_config
 
 
@@ -32,7 +33,11 @@ def main(argv: list[str] | None = None) -> None:
                        ("device", args.device), ("format", "json" if args.json else None)):
         if value is not None:
             args.overrides.insert(0, f"{key}={json.dumps(value)}")
-    result = predict(load_job_config(PredictConfig, args))
+    cfg = load_job_config(PredictConfig, args)
+    try:  # a wrong run folder or checkpoint is the user's to fix: its message, no traceback
+        result = predict(cfg)
+    except (FileNotFoundError, ConfigError) as e:
+        sys.exit(f"debias predict: {e}")
     failed = [v for v in result["videos"] if v["error"]]
     if args.json:
         print(json.dumps(result, indent=1))

@@ -1,0 +1,134 @@
+"""Embed-stage benchmark: the `debias embed` pipeline (Ray Data: Parquet read -> clip rendering tasks ->
+`Embedder` actor) against the same work in a plain loop in this process, same shards, same model.
+
+    python benchmarks/bench_embed.py [--rows N] [--device cpu|cuda] [--backbone r3d_narrow|r3d_18] [--out FILE]
+
+The loop reads the shard rows with pyarrow and, per batch, calls the stage's own two functions
+(`make_eval_clip_fn`, `Embedder`): what the Ray stage does, without Ray. The stage is consumed with
+`iter_batches` (`embed_dataset`, as `run_embed` builds it). Steady-state rates count the rows after the
+first output batch over the time since it arrived (the actor's start, model load and first forward
+left out); wall times include them (Ray's own start excluded). `ratio` = stage steady-state rate / loop
+steady-state rate (the issue asks for >= 0.85); `wall_ratio` the same for wall times. The last line
+printed is a JSON object with every figure (also written to --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from debias.clips import ClipConfig, write_pattern_shards  # noqa: E402
+from debias.config import to_dict  # noqa: E402
+from debias.curate import DecodeConfig  # noqa: E402
+from debias.embed import EmbedConfig, Embedder, embed_dataset, make_eval_clip_fn  # noqa: E402
+from debias.models import SDN, ModelConfig  # noqa: E402
+from debias.runs import RunWriter, checkpoint_name, read_run, write_run_config  # noqa: E402
+from debias.shards import shard_files  # noqa: E402
+from debias.train import PretrainConfig  # noqa: E402
+
+
+def make_run(run: Path, backbone: str, frames: int, size_px: int) -> PretrainConfig:
+    """A run folder holding a freshly initialised SDN (the benchmark times inference, not accuracy)."""
+    cfg = PretrainConfig(model=ModelConfig(backbone=backbone), clip=ClipConfig(clip_len=frames, crop_px=size_px),
+                         shards="(benchmark)")
+    model = SDN(cfg.model, num_actions=4, num_scenes=4)
+    write_run_config(str(run), cfg, [f"class_{k}" for k in range(4)], [f"scene_{k}" for k in range(4)], 4,
+                     {"config": {"decode": to_dict(DecodeConfig(num_frames=frames, short_side_px=size_px,
+                                                                crop_px=size_px))}}, "0" * 64)
+    (run / checkpoint_name(0)).mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "epoch": 0}, run / checkpoint_name(0) / "state.pt")
+    RunWriter(str(run), tensorboard=False).epoch({"epoch": 0, "checkpoint": checkpoint_name(0)}, {})
+    return cfg
+
+
+def _rates(stamps: list[tuple[float, int]], t0: float) -> tuple[float, float]:
+    """(wall seconds, steady-state rows/s after the first batch) from (arrival time, rows) per batch."""
+    (t_first, _), (t_last, _) = stamps[0], stamps[-1]
+    rows_after = sum(n for _, n in stamps[1:])
+    return t_last - t0, rows_after / (t_last - t_first) if t_last > t_first else float("nan")
+
+
+def plain_loop(cfg: EmbedConfig, clip: ClipConfig, files: list[str], device: str, threads: int) -> list[tuple[float, int]]:
+    """The stage's work without Ray; (time, rows) as each batch is done, from the model's load on."""
+    stamps = []
+    embedder = Embedder(cfg.run, cfg.checkpoint, device, threads)
+    render = make_eval_clip_fn(clip)
+    columns = ["video_id", "clip_index", "label", "split", "source_path", "frames", "height", "width"]
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=cfg.batch_size, columns=columns):
+            out = embedder(render({c: batch.column(c).to_numpy(zero_copy_only=False) for c in columns}))
+            stamps.append((time.perf_counter(), out.num_rows))
+    return stamps
+
+
+def ray_stage(cfg: EmbedConfig) -> list[tuple[float, int]]:
+    """The Ray pipeline of `run_embed`, consumed batch by batch."""
+    ds, _, _ = embed_dataset(cfg, read_run(cfg.run))
+    return [(time.perf_counter(), b.num_rows)
+            for b in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=160)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size-px", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--backbone", default="r3d_narrow")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the loop and of the actor (CPU)")
+    parser.add_argument("--out", default="out/bench_embed.json")
+    args = parser.parse_args()
+
+    import ray
+
+    from debias.cluster import init_ray
+
+    with tempfile.TemporaryDirectory() as d:
+        shards = write_pattern_shards(Path(d) / "shards", {"train": args.rows}, num_frames=args.frames,
+                                      size_px=args.size_px, rows_per_file=args.batch_size * 4)
+        pretrain = make_run(Path(d) / "run", args.backbone, args.frames, args.size_px)
+        gpus = 1.0 if args.device == "cuda" else 0.0
+        cfg = EmbedConfig(run=str(Path(d) / "run"), input=str(shards), out=str(Path(d) / "emb"),
+                          batch_size=args.batch_size, cpus_per_actor=float(args.threads), gpus_per_actor=gpus)
+        torch.set_num_threads(args.threads)
+        t0 = time.perf_counter()
+        loop_s, loop_rate = _rates(plain_loop(cfg, pretrain.clip, shard_files(shards), args.device, args.threads), t0)
+        t = time.perf_counter()
+        init_ray()
+        ray_start_s = time.perf_counter() - t
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        t0 = time.perf_counter()
+        stamps = ray_stage(cfg)
+        stage_s, stage_rate = _rates(stamps, t0)
+        rows_out = sum(n for _, n in stamps)
+        ray.shutdown()
+    figures = {
+        "rows": args.rows, "frames": args.frames, "size_px": args.size_px, "batch_size": args.batch_size,
+        "backbone": args.backbone, "device": args.device, "threads": args.threads,
+        "rows_out": rows_out,
+        "loop_wall_s": round(loop_s, 3), "stage_wall_s": round(stage_s, 3), "ray_start_s": round(ray_start_s, 3),
+        "loop_rows_per_s": round(loop_rate, 2), "stage_rows_per_s": round(stage_rate, 2),
+        "ratio": round(stage_rate / loop_rate, 3), "wall_ratio": round(loop_s / stage_s, 3),
+        "machine": f"{platform.node()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
+        "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(figures, indent=1))
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
