@@ -1,5 +1,6 @@
 """Scene-bias measurements on real curated shards: a hand-built model that sees only the scene is
-measured as biased; a model that sees nothing is not."""
+measured as biased; a model that sees nothing is not. The online code (MDL probe) on features that do and
+do not hold the labels."""
 
 import math
 
@@ -8,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from debias.bias import BiasConfig, counterfactual, fit_linear_probe, load_clips, measure_bias, scene_only
-from debias.config import load_config
+from debias.bias import (MDL_PORTIONS, BiasConfig, block_ends, counterfactual, dataset_bias, fit_linear_probe,
+                         load_bias_data, load_clips, measure_bias, online_codelength, scene_only)
+from debias.config import ConfigError, load_config
 from debias.curate import PreprocessConfig
 from debias.synth import SynthConfig
 from ray_jobs.preprocess import run_preprocess
@@ -82,15 +84,48 @@ def test_a_scene_only_model_is_measured_as_biased_and_a_blind_one_is_not(shards)
     features = model.features(torch.from_numpy(train.frames))
     model.head = fit_linear_probe(features, torch.from_numpy(train.label_id), 6, CFG)
 
-    biased = measure_bias(model, shards, num_actions=6, num_scenes=6, cfg=CFG)
+    data = load_bias_data(shards, CFG)  # shared by both models, as the demo measures many on one dataset
+    biased = measure_bias(model, shards, num_actions=6, num_scenes=6, cfg=CFG, data=data)
     assert biased["videos"] == {"scene_probe": 36, "fit": 36, "test": 24}
     assert biased["scene_probe_acc"] >= 0.6  # chance 1/6: the features hold the scene
+    assert biased["scene_mdl_compression"] > 1.5  # ... and a probe learns it from few videos
     assert biased["representation_bias"] >= math.log(3)  # the scene alone gives the action away
+    assert biased["masked_action_acc"] >= 0.8  # people removed, it still names the action: from the scene
     assert biased["counterfactual_clean_acc"] >= 0.8
     assert biased["counterfactual_drop"] >= 0.5  # moved onto another scene, the people are misread ...
     assert biased["counterfactual_follows_background"] >= 0.5  # ... as the action of that scene
 
-    blind = measure_bias(Blind(), shards, num_actions=6, num_scenes=6, cfg=CFG)
+    blind = measure_bias(Blind(), shards, num_actions=6, num_scenes=6, cfg=CFG, data=data)
     assert blind["representation_bias"] <= 0.1 < biased["representation_bias"]
     assert blind["scene_probe_acc"] < biased["scene_probe_acc"]
+    # constant features: every block is coded with the label frequencies seen so far, never below ~uniform
+    assert blind["scene_mdl_bits"] > 0.9 * blind["scene_mdl_uniform_bits"] > biased["scene_mdl_bits"]
+    assert blind["masked_action_acc"] == float((data.test.label_id == 0).mean())  # it always says action 0
     assert blind["counterfactual_drop"] == 0.0  # its prediction does not depend on the clip
+
+    # bias=1.0: in train and val every action is in its home scene, so the scene label alone names it
+    assert dataset_bias(data, 6) == {"scene_label_action_acc": 1.0, "action_chance": 1 / 6,
+                                     "scene_label_bias": math.log(6)}
+
+
+def test_online_code_blocks_and_codelength():
+    # the paper's portions on the demo's 150 ood videos: shares that round to the same count merge
+    assert block_ends(150, MDL_PORTIONS) == [1, 2, 5, 9, 19, 38, 75, 150]
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 6, size=300)
+    informative = torch.from_numpy(np.eye(6)[labels] + 0.1 * rng.standard_normal((300, 6))).float()
+    noise = torch.from_numpy(rng.standard_normal((300, 6))).float()
+    cfg = BiasConfig(probe_steps=100)
+    clear, blind = online_codelength(informative, labels, 6, cfg), online_codelength(noise, labels, 6, cfg)
+    assert clear["uniform_bits"] == blind["uniform_bits"] == pytest.approx(300 * math.log2(6))
+    assert clear["blocks"] == block_ends(300, MDL_PORTIONS)
+    # the first block costs log2 6 a label; after it a probe on one-hot features codes labels nearly free
+    assert clear["bits"] < 0.2 * clear["uniform_bits"] and clear["compression"] > 5
+    assert blind["bits"] > 0.9 * blind["uniform_bits"]  # noise: nothing to learn, no compression
+    assert online_codelength(informative, labels, 6, cfg) == clear  # seeded: the same order and probes
+
+
+@pytest.mark.parametrize("portions", [[0.5], [0.5, 0.25, 1.0], [0.1, 0.5], [0.0, 1.0]])
+def test_bad_online_code_portions_fail_naming_the_key(portions):
+    with pytest.raises(ConfigError, match="mdl_portions"):
+        BiasConfig(mdl_portions=portions)
