@@ -7,13 +7,19 @@ private local instance for the job.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import signal
 import socket
+import time
+import uuid
+from pathlib import Path
 
 import ray
 
 LOG_LEVEL_ENV = "DEBIAS_LOG_LEVEL"  # how the level reaches Ray's worker processes
+LOCAL_RAY_ENV = "DEBIAS_LOCAL_RAY"  # marks every process of a job's private Ray instance (they inherit it)
 
 
 def configure_logging(level: str | None = None) -> None:
@@ -55,8 +61,46 @@ def init_ray(local_num_cpus: int = 0) -> None:
     # every process of this Ray is told where its dashboard is.
     port = free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    os.environ[LOCAL_RAY_ENV] = token = uuid.uuid4().hex
+    # Registered before ray.init, so that it runs after Ray's own atexit shutdown (atexit is LIFO).
+    atexit.register(reap, token)
     ray.init(num_cpus=local_num_cpus or max(4, os.cpu_count() or 1), include_dashboard=True,
              dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True)
+
+
+def reap(token: str, grace_s: float = 10.0) -> list[int]:
+    """After the job's private Ray has shut down: end every process still marked as one of its own
+    (LOCAL_RAY_ENV=token in its environment), SIGTERM first, SIGKILL after `grace_s`. Ray's shutdown
+    ends its workers by itself; this catches one that outlives its raylet (an orphaned TrainController
+    holding its memory was seen after a pipeline job). Returns the pids it had to end."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+    def marked() -> list[int]:
+        needle, me, found = f"{LOCAL_RAY_ENV}={token}".encode(), os.getpid(), []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                if int(environ.parent.name) != me and needle in environ.read_bytes().split(b"\0"):
+                    found.append(int(environ.parent.name))
+            except (OSError, ValueError):
+                continue
+        return found
+
+    deadline = time.time() + grace_s
+    while (left := marked()) and time.time() < deadline:  # Ray's own shutdown is still ending them
+        time.sleep(0.5)
+    if left:
+        logging.getLogger("debias.cluster").warning("%d processes of this job's Ray outlived its shutdown; ending them: %s",
+                                                    len(left), left)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(1.0)
+        left = marked()
+    return left
 
 
 def free_port() -> int:

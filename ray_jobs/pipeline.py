@@ -35,7 +35,7 @@ from ray_jobs.sweep import run_sweep
 from ray_jobs.synth import run_synth
 from ray_jobs.transfer import BIAS_COLUMNS, run_transfer
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray_jobs.pipeline")  # not __name__: under `python -m` that is __main__
 
 BEST = "sweep_best"  # the transfer name of the sweep's best trial
 

@@ -29,7 +29,7 @@ from debias.sweep import (SWEPT, SweepConfig, best_trial, concurrent_trials, num
                           trial_pretrain_config, trial_resources, trial_rows)
 from ray_jobs.common import job_parser, load_job_config
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray_jobs.sweep")  # not __name__: under `python -m` that is __main__
 
 
 def trial_driver(config: dict, base: dict, runs_dir: str) -> None:

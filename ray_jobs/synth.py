@@ -19,7 +19,7 @@ from debias import storage
 from debias.synth import SynthConfig, generate
 from ray_jobs.common import job_parser, load_job_config
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray_jobs.synth")  # not __name__: under `python -m` that is __main__
 
 
 def run_synth(cfg: SynthConfig) -> dict:

@@ -27,7 +27,7 @@ from debias.transfer import SCRATCH, TransferConfig, run_specs, transfer_table
 from debias.cluster import init_ray
 from ray_jobs.common import job_parser, load_job_config
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray_jobs.transfer")  # not __name__: under `python -m` that is __main__
 from debias.pretrain import run_pretrain
 
 BIAS_COLUMNS = ["pretrain", "scene_probe_acc", "scene_chance", "scene_only_probe_acc", "representation_bias",
@@ -73,7 +73,7 @@ def run_transfer(cfg: TransferConfig) -> dict:
     pending = list(specs)
     running: dict = {}
     rows, histories = [], {}
-    with tqdm(total=len(specs), desc="transfer runs", unit="run") as bar:
+    with tqdm(total=len(specs), desc="transfer runs", unit="run", disable=None) as bar:
         while pending or running:
             while pending and len(running) < parallel:
                 spec = pending.pop(0)
@@ -90,9 +90,11 @@ def run_transfer(cfg: TransferConfig) -> dict:
                          "epochs": len(result["history"])})
             histories[spec.config.name] = result["history"]
             bar.update(1)
+            log.info("transfer: %s done (%d/%d), top-1 %s", spec.config.name, len(rows), len(specs), rows[-1]["top1"])
     order = {(s.pretrain, s.target, s.split): i for i, s in enumerate(specs)}
     rows.sort(key=lambda r: order[(r["pretrain"], r["target"], r["split"])])
-    bias = {name: ray.get(ref) for name, ref in tqdm(bias_refs.items(), desc="bias measurements", unit="model")}
+    bias = {name: ray.get(ref) for name, ref in tqdm(bias_refs.items(), desc="bias measurements", unit="model",
+                                                     disable=None)}
     return write_report(cfg, out, rows, histories, bias, time.perf_counter() - t0)
 
 
