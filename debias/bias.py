@@ -14,7 +14,10 @@ Per model, each on held-out videos (`measure_bias`, one flat dict):
 - **the model's own reliance on the scene**, on `test_split`:
   - `masked_action_acc`: the model's action accuracy on its clips with the people removed over the
     whole clip (no motion left), against `action_chance`; a model that reads the action from the
-    scene keeps the split's scene-action correlation here;
+    scene keeps the split's scene-action correlation here. `masked_action_prob`: the mean probability
+    it gives the true action there (chance: 1 / actions). The mask loss makes a model unsure without
+    people, but its argmax may still lean to the scene's action: the accuracy counts that lean as a
+    hit however small, the probability weighs it;
   - `counterfactual_*`: each clip's people pasted, frame by frame through their stored masks, onto the
     background of a clip of another action; the action accuracy on these composites against the clean
     clips (the drop), and how often the model predicts the background clip's action instead.
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from torch import nn
@@ -103,12 +107,15 @@ class BiasData:
 
 
 def load_clips(shards_dir: str, split: str, cfg: BiasConfig) -> Clips:
-    """The centre window and centre crop of up to `cfg.max_videos` videos of `split`, with their masks.
-    Reads the shard columns split, frames, human_masks, height, width, label_id, scene_id."""
-    columns = ["split", "frames", "human_masks", "height", "width", "label_id", "scene_id"]
+    """The centre window and centre crop of up to `cfg.max_videos` videos of `split`, with their masks,
+    in the order of (video_id, clip_index): the curated row order varies from one preprocess run to the
+    next (its decoders finish in any order), the measurements do not. Reads the shard columns video_id,
+    clip_index, split, frames, human_masks, height, width, label_id, scene_id."""
+    columns = ["video_id", "clip_index", "split", "frames", "human_masks", "height", "width", "label_id", "scene_id"]
     tables = [read_parquet(f, columns=columns) for f in shard_files(str(shards_dir))]
-    rows = [t.filter(pc.equal(t["split"], split)) for t in tables]
-    data = {c: [v for t in rows for v in t[c].to_pylist()] for c in columns[1:]}
+    rows = pa.concat_tables([t.filter(pc.equal(t["split"], split)) for t in tables])
+    rows = rows.sort_by([("video_id", "ascending"), ("clip_index", "ascending")])
+    data = {c: rows[c].to_pylist() for c in columns[3:]}
     n = len(data["label_id"])
     if n == 0:
         raise ValueError(f"{shards_dir}: no videos in split '{split}' (bias measurement)")
@@ -257,7 +264,8 @@ def measure_bias(model: nn.Module, shards_dir: str, num_actions: int, num_scenes
                               _run(model, data.test_scene_only, cfg.batch_size, "features"), data.test.label_id, cfg)
     chance = 1.0 / num_actions
     test = data.test
-    masked = _run(model, data.test_scene_only, cfg.batch_size, "actions").argmax(1).numpy()
+    masked_probs = _run(model, data.test_scene_only, cfg.batch_size, "actions").softmax(1)
+    masked = masked_probs.argmax(1).numpy()
     clean = _run(model, test.frames, cfg.batch_size, "actions").argmax(1).numpy()
     swapped = _run(model, data.composites, cfg.batch_size, "actions").argmax(1).numpy()
     clean_acc, swapped_acc = float((clean == test.label_id).mean()), float((swapped == test.label_id).mean())
@@ -265,7 +273,9 @@ def measure_bias(model: nn.Module, shards_dir: str, num_actions: int, num_scenes
         "scene_probe_acc": scene_acc, "scene_chance": 1.0 / num_scenes,
         "scene_mdl_bits": mdl["bits"], "scene_mdl_uniform_bits": mdl["uniform_bits"],
         "scene_mdl_compression": mdl["compression"],
-        "masked_action_acc": float((masked == test.label_id).mean()), "action_chance": chance,
+        "masked_action_acc": float((masked == test.label_id).mean()),
+        "masked_action_prob": float(masked_probs.gather(1, torch.from_numpy(test.label_id)[:, None]).mean()),
+        "action_chance": chance,
         "scene_only_probe_acc": only_acc,
         # a probe at or below chance carries no scene-to-action information: clamp the log at 0
         "representation_bias": math.log(max(only_acc, chance) / chance),
