@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -37,6 +37,9 @@ import pyarrow.parquet as pq
 
 from debias import storage
 from debias.video import VideoError
+
+if TYPE_CHECKING:
+    import torch  # the GPU codecs only; a machine that curates on CPUs needs no torch import here
 
 Row = dict[str, Any]
 
@@ -345,7 +348,9 @@ def start_attempt(out: str, digest: str, run_id: str | None, rows_per_video: int
     that outlived its driver) is cut out of those files and curated again; a file cut short is deleted.
     """
     out = storage.absolute(out)
-    attempt = Attempt(out, run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{digest[:8]}", uuid.uuid4().hex[:8])
+    attempt_id = uuid.uuid4().hex[:8]
+    # a new run: when, which rows, and the attempt (two runs of one config in one second stay apart)
+    attempt = Attempt(out, run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{digest[:8]}-{attempt_id[:4]}", attempt_id)
     resumed = Resumed()
     if run_id is None:
         storage.write_json(storage.join(attempt.run_dir, "run.json"), {"row_digest": digest})
