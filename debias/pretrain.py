@@ -26,11 +26,12 @@ from ray.train import ScalingConfig as RayScaling
 from ray.train.torch import TorchTrainer
 
 from debias import runs, storage
-from debias.runs import STATE_FILE, RunWriter, build_model, checkpoint_name
 from debias.clips import CLIP_COLUMNS, ClipCollate, make_clip_fn, make_clip_plan_fn
 from debias.cluster import configure_logging, init_ray
 from debias.config import from_dict, to_dict
+from debias.runs import STATE_FILE, RunWriter, build_model, checkpoint_name
 from debias.shards import num_scenes, read_classes, read_scene_names, read_summary, shard_files, summary_digest
+from debias.tracking import Tracker
 from debias.train import (Batch, LRSchedule, PretrainConfig, decode_on_device, evaluate, make_optimizer,
                           train_one_epoch)
 
@@ -169,6 +170,7 @@ def train_loop_per_worker(config: dict) -> None:
         schedule.load_state_dict(state["schedule"])
         start_epoch = state["epoch"] + 1
     writer = RunWriter(config["run"], cfg.tensorboard) if rank == 0 else None
+    tracker = Tracker(cfg.tracking, cfg.name, to_dict(cfg), config["run"]) if rank == 0 and cfg.tracking.enabled else None
     iter_args = {"batch_size": cfg.optim.batch_size, "prefetch_batches": cfg.loader.prefetch_batches}
     if decode_on_device(cfg):
         iter_args["collate_fn"] = ClipCollate(cfg.clip, device)
@@ -202,6 +204,8 @@ def train_loop_per_worker(config: dict) -> None:
                 torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
                             "schedule": schedule.state_dict(), "epoch": epoch}, Path(d) / STATE_FILE)
                 writer.epoch(metrics, confusion)
+                if tracker:
+                    tracker.log(metrics, step=epoch)
                 saved = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=checkpoint_name(epoch))
         if rank == 0:
@@ -210,6 +214,8 @@ def train_loop_per_worker(config: dict) -> None:
             log.info("[%s] epoch %d/%d %s", cfg.name, epoch + 1, cfg.optim.epochs, shown)
     if writer:
         writer.close()
+    if tracker:
+        tracker.close()
 
 
 def progress(batches: Iterable[Batch], total: int, desc: str, rank: int) -> Iterable[Batch]:

@@ -15,6 +15,7 @@ from ray import tune
 
 from debias import runs
 from debias.config import check, from_dict
+from debias.tracking import TrackingConfig
 from debias.train import PretrainConfig
 
 SWEPT = ("lambda_scene", "lambda_mask")  # the PretrainConfig.loss keys a sweep searches over
@@ -104,7 +105,9 @@ def trial_pretrain_config(trial_config: dict, base: dict, trial_name: str, runs_
     """What one trial trains: `base` (a PretrainConfig as data) with the trial's weights and its own run name."""
     cfg = from_dict(PretrainConfig, base)
     loss = dataclasses.replace(cfg.loss, **{k: float(trial_config[k]) for k in SWEPT})
-    return dataclasses.replace(cfg, loss=loss, name=trial_name, out=runs_dir)
+    # the sweep tracks its trials through Tune's own callbacks (tracking.tune_callbacks); a tracker inside
+    # each trial's training as well would log every epoch twice
+    return dataclasses.replace(cfg, loss=loss, name=trial_name, out=runs_dir, tracking=TrackingConfig())
 
 
 def trial_resources(cfg: SweepConfig) -> dict[str, float]:

@@ -29,6 +29,7 @@ from debias.losses import (
     scene_loss,
 )
 from debias.models import SDN, ModelConfig
+from debias.tracking import TrackingConfig
 
 
 @dataclass
@@ -135,6 +136,7 @@ class PretrainConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow / W&B beside the run's own files
 
     def __post_init__(self) -> None:
         check(self.checkpoint_keep >= 1, "checkpoint_keep", "must be >= 1")

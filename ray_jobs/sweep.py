@@ -27,6 +27,7 @@ from debias.pretrain import run_pretrain
 from debias.report import plot_curves, plot_sweep, table
 from debias.sweep import (SWEPT, SweepConfig, best_trial, concurrent_trials, num_trials, param_space,
                           trial_pretrain_config, trial_resources, trial_rows)
+from debias.tracking import tune_callbacks
 from ray_jobs.common import job_parser, load_job_config
 
 log = logging.getLogger("ray_jobs.sweep")  # not __name__: under `python -m` that is __main__
@@ -70,7 +71,9 @@ def make_tuner(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) 
         tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=scheduler,
                                     num_samples=cfg.num_samples,
                                     max_concurrent_trials=concurrent_trials(cfg, ray.cluster_resources())),
-        run_config=tune.RunConfig(name=cfg.name, storage_path=storage.parent(path)),
+        run_config=tune.RunConfig(name=cfg.name, storage_path=storage.parent(path),
+                                  callbacks=tune_callbacks(cfg.pretrain.tracking, cfg.name,
+                                                           "" if storage.is_uri(path) else path)),
     )
 
 
