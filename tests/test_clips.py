@@ -19,14 +19,14 @@ from debias.clips import (
     write_pattern_shards,
 )
 from debias import shards
-from debias.shards import encode_jpeg
+from debias.shards import encode_jpeg, shard_files
 
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory) -> dict:
     """Eight rows of 48 px frames and four of 40 px, in one batch (clips of several sizes meet in a batch)."""
-    tables = [pq.read_table(write_pattern_shards(tmp_path_factory.mktemp(f"p{px}"), {"train": n}, num_frames=12,
-                                                 size_px=px, seed=px) / "shards", columns=CLIP_COLUMNS)
+    tables = [pq.read_table(shard_files(write_pattern_shards(tmp_path_factory.mktemp(f"p{px}"), {"train": n}, num_frames=12,
+                                                             size_px=px, seed=px)), columns=CLIP_COLUMNS)
               for px, n in ((48, 8), (40, 4))]
     table = pa.concat_tables(tables)
     return {k: table.column(k).to_numpy(zero_copy_only=False) for k in CLIP_COLUMNS}

@@ -1,6 +1,5 @@
 """`ray job submit` against a real local head started with `ray start`, with token authentication."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from debias.config import load_config
+from debias.shards import read_summary
 from debias.synth import SynthConfig
 from debias.cluster import free_port
 from ray_jobs.synth import run_synth
@@ -74,11 +74,11 @@ def test_job_submit_runs_a_driver_on_the_cluster_and_succeeds(ray_head, tmp_path
     status = subprocess.run([RAY, "job", "status", "--address", address, "debias-job-test"],
                             env=env, capture_output=True, text=True, check=True)
     assert "debias-job-test' succeeded" in status.stdout  # ray prints "Job 'ID' succeeded"
-    summary = json.loads((out / "summary.json").read_text())
+    summary = read_summary(str(out))
     assert (summary["videos_ok"], summary["videos_failed"]) == (12, 0)
     logs = subprocess.run([RAY, "job", "logs", "--address", address, "debias-job-test"],
                           env=env, capture_output=True, text=True, check=True).stdout
-    assert f"summary: {out / 'summary.json'}" in logs  # the driver says where its outputs went
+    assert f"summary: {out}/runs/{summary['run_id']}/summary.json" in logs  # the driver says where its outputs went
     # The upload holds the code only: the excludes keep .git, virtual environments and outputs out.
     packages = temp_dir / "session_latest" / "runtime_resources" / "working_dir_files"
     uploaded = [p for p in packages.glob("_ray_pkg_*") if p.is_dir()]
