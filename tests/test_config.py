@@ -56,7 +56,7 @@ def test_demo_yaml_is_the_embedded_default():
 
 
 def test_cli_lists_jobs_and_rejects_a_bad_key_before_any_work():
-    out = subprocess.run([sys.executable, "-m", "debias.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "ray_jobs.cli", "--help"], capture_output=True, text=True, check=True)
     for job in ("demo", "synth", "preprocess", "pretrain"):
         assert job in out.stdout
     bad = subprocess.run([sys.executable, "-m", "ray_jobs.pretrain", "optim.lrr=1"], capture_output=True, text=True)

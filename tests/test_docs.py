@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from debias.cli import JOBS
+from ray_jobs.cli import JOBS
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("render", ROOT / "docs" / "render.py")

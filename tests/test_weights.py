@@ -129,7 +129,7 @@ def test_corrupt_download_fails_the_load_check_and_the_command(tmp_path, mirror,
 
 
 def test_cli_lists_what_the_default_config_needs(tmp_path):
-    shown = subprocess.run([sys.executable, "-m", "debias.cli", "weights", f"labels.weights_dir={tmp_path}"],
+    shown = subprocess.run([sys.executable, "-m", "ray_jobs.cli", "weights", f"labels.weights_dir={tmp_path}"],
                            capture_output=True, text=True, cwd=ROOT)
     assert shown.returncode == 1  # nothing installed
     for name in ("sam_vit_b_01ec64.pth", "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth", "resnet50_places365.pth.tar",
