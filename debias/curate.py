@@ -27,7 +27,7 @@ from debias.config import check, to_dict
 from debias.download import DownloadConfig
 from debias.labels import LabelsConfig
 from debias.shards import ERROR_COLUMNS, ERROR_SCHEMA, SCHEMA_VERSION, Attempt, Resumed, encode_jpeg_bgr
-from debias.sources import InputConfig, Row
+from debias.sources import InputConfig, Row, ids_in_several_windows
 from debias.video import FramePicker, VideoError, decode_clips, pick_all, pick_at_rate, pick_clips, pick_uniform
 
 
@@ -267,6 +267,9 @@ def publish_run(attempt: Attempt, resumed: Resumed, rows_in: list[Row], classes:
         "ok_by_split": _counts(first.column("split_min").to_pylist()) if files else {},
         "num_classes": len(classes),
         "num_scenes": len(scene_names),  # the scene classes used (length of scene_probs)
+        # YouTube ids that are several clips (Mini-Kinetics ids matching several windows; Kinetics-600/700
+        # ids published in several windows): all kept, listed so that nobody resolves them silently
+        "ids_in_several_windows": ids_in_several_windows(rows_in),
         "mask_source": sorted(set(table.column("mask_source").to_pylist())) if files else [],
         "scene_source": sorted(set(table.column("scene_source").to_pylist())) if files else [],
         "downloads": ({"ok": sum(r["status"] == "ok" for r in downloads.values()),
