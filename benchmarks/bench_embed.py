@@ -7,7 +7,8 @@ The loop reads the shard rows with pyarrow and, per batch, calls the stage's own
 (`make_eval_clip_fn`, `Embedder`): what the Ray stage does, without Ray. The stage is `embed_dataset`
 (as `run_embed` builds it) consumed to the end. Each side runs on N/4 rows and on N rows; the rate is
 the difference in rows over the difference in wall time, so what both runs pay once (loading the model,
-starting the actors, the first forward pass) cancels: `ratio` = stage rate / loop rate, the issue's
+starting the actors, the first forward pass) cancels, after one discarded warm-up run each (the
+session's first Ray run also starts its worker processes): `ratio` = stage rate / loop rate, the issue's
 ">= 0.85". `wall_ratio` compares the N-row runs whole (actor start included, Ray's own start not).
 The last line printed is a JSON object with every figure (also written to --out).
 """
@@ -99,6 +100,8 @@ def main() -> None:
             configs[n] = EmbedConfig(run=str(Path(d) / "run"), input=str(shards), out=str(Path(d) / "emb"),
                                      batch_size=args.batch_size, cpus_per_actor=float(args.threads), gpus_per_actor=gpus)
         torch.set_num_threads(args.threads)
+        small, large = sizes
+        plain_loop(configs[small], pretrain.clip, shard_files(configs[small].input), args.device, args.threads)  # warm-up
         loop_s = {n: plain_loop(configs[n], pretrain.clip, shard_files(configs[n].input), args.device, args.threads)
                   for n in sizes}
         t = time.perf_counter()
@@ -107,9 +110,9 @@ def main() -> None:
                  object_store_memory=512 * 1024**2)
         ray_start_s = time.perf_counter() - t
         ray.data.DataContext.get_current().enable_progress_bars = False
+        ray_stage(configs[small])  # warm-up, discarded: the session's first run also starts Ray's worker processes
         stage = {n: ray_stage(configs[n]) for n in sizes}
         ray.shutdown()
-    small, large = sizes
     loop_rate = (large - small) / (loop_s[large] - loop_s[small])
     stage_rate = (large - small) / (stage[large][0] - stage[small][0])
     figures = {
