@@ -18,21 +18,21 @@ import ray
 from tqdm import tqdm
 
 from debias import runs, storage
-from debias.bias import BiasConfig, measure_bias
+from debias.bias import BiasConfig, dataset_bias, load_bias_data, measure_bias
+from debias.cluster import init_ray
 from debias.config import from_dict, to_dict
+from debias.pretrain import run_pretrain
 from debias.report import plot_bars, plot_curves, table
+from debias.shards import read_classes
 from debias.sweep import concurrent_runs
 from debias.train import PretrainConfig
 from debias.transfer import SCRATCH, TransferConfig, run_specs, transfer_table
-from debias.cluster import init_ray
 from ray_jobs.common import job_parser, load_job_config
 
 log = logging.getLogger("ray_jobs.transfer")  # not __name__: under `python -m` that is __main__
-from debias.pretrain import run_pretrain
 
-BIAS_COLUMNS = ["pretrain", "scene_probe_acc", "scene_chance", "scene_only_probe_acc", "representation_bias",
-                "counterfactual_clean_acc", "counterfactual_acc", "counterfactual_drop",
-                "counterfactual_follows_background"]
+BIAS_COLUMNS = ["pretrain", "scene_probe_acc", "scene_mdl_bits", "scene_mdl_compression", "masked_action_acc",
+                "masked_action_prob", "representation_bias", "counterfactual_drop", "counterfactual_follows_background"]
 
 
 @ray.remote
@@ -40,6 +40,12 @@ def finetune(config: dict) -> dict:
     """One fine-tuning run (a TorchTrainer launched from this task); its per-epoch history."""
     result = run_pretrain(from_dict(PretrainConfig, config))
     return {"history": result["history"], "final": result["final"]}
+
+
+@ray.remote
+def dataset_bias_of(shards: str, bias: dict) -> dict:
+    """What the pretraining data itself says about scene bias (once per dataset, not per model)."""
+    return dataset_bias(load_bias_data(shards, from_dict(BiasConfig, bias)), len(read_classes(shards)))
 
 
 @ray.remote
@@ -67,6 +73,8 @@ def run_transfer(cfg: TransferConfig) -> dict:
     bias_refs = {name: bias_of.options(num_cpus=cfg.bias_cpus).remote(
         storage.absolute(ckpt), storage.absolute(cfg.source_shards), to_dict(cfg.bias))
         for name, ckpt in cfg.pretrained.items() if name != SCRATCH}
+    data_bias_ref = dataset_bias_of.options(num_cpus=cfg.bias_cpus).remote(storage.absolute(cfg.source_shards),
+                                                                           to_dict(cfg.bias))
     # Fine-tuning, 1 task per (pretrained, target, split): each task only drives its own TorchTrainer
     # (a fraction of a CPU); at most `parallel` in flight so that the Train workers and the Data tasks
     # feeding them always find CPUs (or GPUs).
@@ -95,14 +103,15 @@ def run_transfer(cfg: TransferConfig) -> dict:
     rows.sort(key=lambda r: order[(r["pretrain"], r["target"], r["split"])])
     bias = {name: ray.get(ref) for name, ref in tqdm(bias_refs.items(), desc="bias measurements", unit="model",
                                                      disable=None)}
-    return write_report(cfg, out, rows, histories, bias, time.perf_counter() - t0)
+    return write_report(cfg, out, rows, histories, bias, ray.get(data_bias_ref), time.perf_counter() - t0)
 
 
-def write_report(cfg: TransferConfig, out: str, rows: list[dict], histories: dict, bias: dict, wall_s: float) -> dict:
+def write_report(cfg: TransferConfig, out: str, rows: list[dict], histories: dict, bias: dict, data_bias: dict,
+                 wall_s: float) -> dict:
     targets = list(cfg.targets)
     summary_table = transfer_table(rows, targets)
     bias_rows = [{"pretrain": name, **{k: v for k, v in b.items() if k != "videos"}} for name, b in bias.items()]
-    summary = {"transfer": rows, "table": summary_table, "bias": bias, "wall_s": round(wall_s, 1),
+    summary = {"transfer": rows, "table": summary_table, "bias": bias, "dataset_bias": data_bias, "wall_s": round(wall_s, 1),
                "config": to_dict(cfg)}
     storage.write_json(storage.join(out, "summary.json"), summary)
     plot_bars(summary_table, "pretrain", targets, storage.join(out, "transfer.png"), ylabel="top-1 (mean over splits)")
@@ -116,11 +125,16 @@ def write_report(cfg: TransferConfig, out: str, rows: list[dict], histories: dic
         "![transfer](transfer.png)", "",
         "Per split:", "", table(rows, ["pretrain", "target", "split", "top1", "epochs"]), "",
         ("Scene bias of each pretrained model on its pretraining data: `scene_probe_acc`, a linear probe on "
-         f"frozen features predicting the pseudo scene label on `{cfg.bias.scene_split}` (lower = less scene "
-         f"information); `representation_bias` = log(scene-only probe accuracy / chance), the probe reading the "
-         f"action from clips with the people removed (0 = none); `counterfactual_*`: the model on "
-         f"`{cfg.bias.test_split}` clips whose people were pasted onto another action's background "
-         "(`follows_background`: share predicted as the background's action)."), "",
+         f"frozen features predicting the pseudo scene label on `{cfg.bias.scene_split}`, and `scene_mdl_bits`, "
+         "the online codelength of those labels given the features (fewer bits = more scene information; "
+         "`compression` = uniform code / online code); `masked_action_acc` / `masked_action_prob`: the model's own "
+         f"action accuracy and true-class probability on `{cfg.bias.test_split}` clips with the people removed "
+         "(chance = none from the background); `representation_bias` = log(scene-only probe accuracy / chance); "
+         f"`counterfactual_*`: the model on `{cfg.bias.test_split}` clips whose people were pasted onto another "
+         "action's background (`follows_background`: share predicted as the background's action)."), "",
+        (f"The data itself (once, not per model): the true scene label alone gives the action at "
+         f"{data_bias['scene_label_action_acc']:.3f} (chance {data_bias['action_chance']:.3f}), "
+         f"log ratio {data_bias['scene_label_bias']:.3f}: the ceiling of any model's `representation_bias`."), "",
         table(bias_rows, BIAS_COLUMNS) if bias_rows else "(no pretrained checkpoints to measure)", "",
         "![fine-tuning curves](curves.png)", "",
     ])

@@ -70,7 +70,9 @@ def test_pipeline_on_the_synthetic_benchmark_then_a_rerun_skips_every_stage(tmp_
     for name in ("baseline", "sweep_best"):
         bias = on_disk["bias"][name]
         assert 0.0 <= bias["scene_probe_acc"] <= 1.0 and bias["representation_bias"] >= 0.0
+        assert bias["scene_mdl_bits"] > 0 and 0.0 <= bias["masked_action_acc"] <= 1.0
         assert -1.0 <= bias["counterfactual_drop"] <= 1.0
+    assert 0.0 < on_disk["dataset_bias"]["scene_label_action_acc"] <= 1.0  # once per dataset, not per model
     for f in ("report.md", "transfer.png", "pretrain_curves.png", "transfer_curves.png"):
         assert (tmp_path / f).stat().st_size > 500
     assert "sweep_best" in (tmp_path / "report.md").read_text()
