@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ class TrackingConfig:
     # offline: W&B files under wandb_dir, uploaded later with `wandb sync`; online needs WANDB_API_KEY
     wandb_mode: Literal["off", "offline", "online"] = "off"
     wandb_project: str = "debias"
-    wandb_dir: str = ""  # "" = the run folder (local runs only: W&B writes through the local file system)
+    wandb_dir: str = ""  # "" = the run folder (for a run on object storage: TMPDIR/debias-wandb)
 
     def __post_init__(self) -> None:
         check(not self.mlflow_uri or not storage.is_uri(self.mlflow_uri)
@@ -83,7 +84,9 @@ class Tracker:
             from ray.air.integrations.wandb import setup_wandb
 
             wandb_env(cfg.wandb_mode)
-            folder = cfg.wandb_dir or run_dir
+            # W&B writes through the local file system: a run on object storage keeps its W&B files locally
+            folder = cfg.wandb_dir or (run_dir if not storage.is_uri(run_dir) else
+                                       os.path.join(tempfile.gettempdir(), "debias-wandb"))
             storage.makedirs(folder)
             # Ray's Train V2 workers have no V1 session, so setup_wandb's rank-0 check does not apply:
             # the caller is rank 0. The id is the run name (W&B ids may not hold slashes, #, ?, % or :), so a
