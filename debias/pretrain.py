@@ -122,11 +122,12 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict:
     )
     trainer.fit()
     history = runs.read_metrics(run)
+    per_class = runs.write_class_report(run, classes, cfg.eval_splits[0]) if cfg.eval_splits else []
     final = history[-1] if history else {}
     shown = ", ".join(f"{s}_{m}={final[f'{s}_{m}']:.3f}" for s in cfg.eval_splits
                       for m in ("acc", "video_acc", "top5") if f"{s}_{m}" in final)
     log.info("pretrain [%s]: %d epochs, %s -> %s", cfg.name, len(history), shown, run)
-    return {"name": cfg.name, "run": run, "history": history, "final": final,
+    return {"name": cfg.name, "run": run, "history": history, "final": final, "per_class": per_class,
             "checkpoint": runs.checkpoint_path(run), "best_checkpoint": runs.checkpoint_path(run, "best")}
 
 

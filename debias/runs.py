@@ -8,6 +8,8 @@
                                   Ray keeps the `checkpoint_keep` best by `best_metric` and always the latest
       metrics.jsonl               one line per epoch (rank 0), naming the epoch's checkpoint
       confusion/SPLIT.json        the confusion matrix of each eval split at the latest epoch
+      confusion_SPLIT.png         ... as a plot, and per_class.json: each class's accuracy on every eval
+                                  split and its drop from the first (in-distribution) to the others
       tensorboard/                TensorBoard events (tensorboardX)
 
 A run is self-describing: `load_model(RUN)` rebuilds the model from config.json and a checkpoint, also
@@ -281,3 +283,16 @@ def read_confusion(run: str) -> dict[str, list[list[int]]]:
     folder = storage.join(storage.absolute(run), "confusion")
     return {os.path.splitext(n)[0]: storage.read_json(storage.join(folder, n))["rows_true_cols_predicted"]
             for n in storage.list_dir(folder) if n.endswith(".json")}
+
+
+def write_class_report(run: str, classes: list[str], in_split: str) -> list[dict]:
+    """At the end of a run: per_class.json (each class's accuracy per eval split, its drop from `in_split`
+    to the others: the actions that lean on their scene) and a confusion_SPLIT.png per split."""
+    from debias.export import class_drops, plot_confusion
+
+    confusion = read_confusion(run)
+    for split, matrix in confusion.items():
+        plot_confusion(matrix, classes, storage.join(run, f"confusion_{split}.png"), f"{storage.name(run)}: {split}")
+    rows = class_drops(confusion, classes, in_split) if in_split in confusion else []
+    storage.write_json(storage.join(run, "per_class.json"), rows)
+    return rows
