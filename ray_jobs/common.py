@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import TypeVar
 
@@ -34,6 +35,12 @@ def job_parser(prog: str, description: str, positional: tuple[str, str] | None =
     parser.set_defaults(positional_key=positional[1] if positional else None)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
+
+
+def options_to_overrides(args: argparse.Namespace, keys: tuple[str, ...]) -> None:
+    """Put the job's own `--KEY VALUE` options in front of its overrides as KEY=VALUE (JSON-quoted, so a
+    path stays a string whatever it looks like)."""
+    args.overrides = [f"{k}={json.dumps(getattr(args, k))}" for k in keys if getattr(args, k)] + args.overrides
 
 
 def load_job_config(cls: type[T], args: argparse.Namespace) -> T:

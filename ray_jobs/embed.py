@@ -11,11 +11,10 @@ videos that failed; OUT/summary.json the counts.
 
 from __future__ import annotations
 
-import json
 import sys
 from debias.embed import EmbedConfig, run_embed
 from debias.config import ConfigError
-from ray_jobs.common import job_parser, load_job_config
+from ray_jobs.common import job_parser, load_job_config, options_to_overrides
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", help="the training run folder (same as run=...)")
     parser.add_argument("--input", help="shards (a preprocess output) or a folder of videos (same as input=...)")
     args = parser.parse_intermixed_args(argv)
-    args.overrides = [f"{k}={json.dumps(v)}" for k, v in (("run", args.run), ("input", args.input)) if v] + args.overrides
+    options_to_overrides(args, ("run", "input"))
     cfg = load_job_config(EmbedConfig, args)
     try:  # a wrong run folder, checkpoint or input is the user's to fix: its message, no traceback
         run_embed(cfg)

@@ -10,15 +10,14 @@ per-class accuracy per eval split and the shards' digest; confusion_SPLIT.png pe
 
 from __future__ import annotations
 
-import json
 import sys
 import logging
 
 from debias.export import ExportConfig, export_run
 from debias.config import ConfigError
-from ray_jobs.common import job_parser, load_job_config
+from ray_jobs.common import job_parser, load_job_config, options_to_overrides
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray_jobs.export")  # not __name__: under `python -m` that is __main__
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", help="the training run folder (same as run=...)")
     parser.add_argument("--checkpoint", help="latest (default), best, or a checkpoint folder")
     args = parser.parse_intermixed_args(argv)
-    args.overrides = [f"{k}={json.dumps(v)}" for k, v in (("run", args.run), ("checkpoint", args.checkpoint)) if v] + args.overrides
+    options_to_overrides(args, ("run", "checkpoint"))
     cfg = load_job_config(ExportConfig, args)
     try:  # a wrong run folder or checkpoint is the user's to fix: its message, no traceback
         card = export_run(cfg)
