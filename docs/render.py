@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     rec = sub.add_parser("record", help="run a command and store its figures")
     rec.add_argument("name")
     rec.add_argument("--from", dest="from_file", help="the JSON the command writes (e.g. out/demo/summary.json)")
-    rec.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ...")
+    rec.add_argument("command", nargs="*", help="-- COMMAND ... (everything after --)")
     add = sub.add_parser("add", help="store figures produced earlier or elsewhere")
     add.add_argument("name")
     add.add_argument("file")
@@ -288,9 +288,12 @@ def main(argv: list[str] | None = None) -> None:
     add.add_argument("--date", help="when it ran (default: now)")
     add.add_argument("--commit", help="the commit it ran at (default: HEAD)")
     add.add_argument("--machine", help="where it ran (default: this machine)")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # the command goes after `--`: split it off first (argparse.REMAINDER would also swallow --from)
+    after = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if args.action == "record":
-        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        command = after or args.command
         if not command:
             parser.error("record: give the command after --")
         print(f"wrote {record(ROOT, args.name, command, args.from_file)}")
