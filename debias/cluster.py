@@ -95,9 +95,9 @@ def reap(token: str, grace_s: float = 10.0) -> list[int]:
     deadline = time.time() + grace_s
     while (left := marked()) and time.time() < deadline:  # Ray's own shutdown is still ending them
         time.sleep(0.5)
-    if left:
-        logging.getLogger("debias.cluster").warning("%d processes of this job's Ray outlived its shutdown; ending them: %s",
-                                                    len(left), left)
+    if left:  # at interpreter exit the logging streams may be closed already (pytest's capture): the real stderr
+        print(f"debias.cluster: {len(left)} processes of this job's Ray outlived its shutdown; ending them: {left}",
+              file=sys.__stderr__, flush=True)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in left:
             try:
