@@ -74,10 +74,12 @@ class ResourcesConfig:
     """Per-stage parallelism; the driver passes these to Ray Data where it makes each call."""
 
     decode_cpus: float = 1.0  # CPUs per decode actor (PyAV decodes one stream on ~1 core)
-    # decode actors (one video at a time each); 0 = one per decode_cpus of the cluster, less 2 CPUs
-    # for the label actors and the finalize tasks
+    # decode actors (one video at a time each); 0 = one per decode_cpus of the CPUs the label stages
+    # leave: all but 2 when the labels run on GPUs, half when they run on CPUs
     decode_workers: int = 0
-    label_actors: int = 1  # actors per label provider (each loads its model once)
+    # actors per label provider (each loads its model once); on CPUs a pool grows from this to one per
+    # decode actor where CPUs are free
+    label_actors: int = 1
     label_batch_size: int = 32  # videos per label batch (each holds decode.num_frames images)
     # GPUs per model actor (SAM, Places365) when the cluster has GPUs, else CPU; half, so that the mask and
     # scene actors share one GPU (with a whole one each, one GPU would deadlock the two stages)
@@ -230,7 +232,8 @@ def _counts(values: list[str]) -> dict[str, int]:
 
 
 def publish_run(attempt: Attempt, resumed: Resumed, rows_in: list[Row], classes: list[str], scene_names: list[str],
-                timings_s: dict[str, float], config: dict, downloads: dict[str, dict] | None = None) -> dict:
+                timings_s: dict[str, float], config: dict, downloads: dict[str, dict] | None = None,
+                actors: dict[str, int] | None = None) -> dict:
     """Make a finished run visible (`shards.commit`): the error parts of every attempt become its error
     table, and summary.json counts videos (not clips) by outcome and reason, those taken over from a
     killed attempt (`videos_resumed`) and those this attempt curated (`videos_processed`). A clip
@@ -276,6 +279,7 @@ def publish_run(attempt: Attempt, resumed: Resumed, rows_in: list[Row], classes:
                        "failed_by_reason": _counts([r["reason_code"] for r in downloads.values() if r["status"] == "failed"])}
                       if downloads is not None else None),
         "timings_s": {k: round(v, 2) for k, v in timings_s.items()},
+        "actors": actors or {},  # per stage: the actor pool's size (decode) or its largest size (labels)
         "stage_task_s": {k: round(v, 2) for k, v in sorted(stage_task_s.items())},  # this attempt's, summed over workers
         "config": config,
     }

@@ -113,13 +113,25 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     init_ray()
     timings["ray_start"] = time.perf_counter() - t
     # The model providers take label_gpus GPUs per actor where the cluster has GPUs (they autocast there).
-    gpus = res.label_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    cluster = ray.cluster_resources()
+    gpus = res.label_gpus if cluster.get("GPU", 0) > 0 else 0
+    labels_on_cpu = (mask_provider == "motion" or scene_provider == "clusters"
+                     or not gpus and (mask_provider == "sam" or scene_provider == "places365"))
+    # Decode actors: decode_workers, or one per decode_cpus of the CPUs the label stages leave: 2 when the
+    # labels are cheap or on GPUs, half the cluster when they run on CPUs (the weight-free providers
+    # cost about what decoding does under sampling=paper: benchmarks/bench_scale.py).
+    cpus = cluster.get("CPU", 1)
+    decoders = res.decode_workers or max(1, int((cpus - (max(2, cpus / 2) if labels_on_cpu else 2)) // res.decode_cpus))
 
     def label_pool(model: bool) -> ActorPoolStrategy:
         """A model actor on a GPU runs label_calls_per_actor batches at once, each thread on its own
-        CUDA stream, so that one batch's JPEG decode overlaps another's forward pass."""
-        calls = res.label_calls_per_actor if model and gpus else 1
-        return ActorPoolStrategy(size=res.label_actors, max_concurrent_calls_per_actor=calls,
+        CUDA stream, so that one batch's JPEG decode overlaps another's forward pass. On CPUs the pool
+        grows from label_actors up to one per decoder where CPUs are free (Ray Data's autoscaler), so
+        that the label stages keep up with decoding on a many-core node."""
+        on_gpu = model and gpus
+        calls = res.label_calls_per_actor if on_gpu else 1
+        most = res.label_actors if on_gpu else max(res.label_actors, decoders)
+        return ActorPoolStrategy(min_size=res.label_actors, max_size=most, max_concurrent_calls_per_actor=calls,
                                  enable_true_multi_threading=calls > 1)
 
     t = time.perf_counter()
@@ -130,9 +142,8 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         # 1. decode + sample + resize/crop + JPEG, 1:N (N = decode.clips_per_video under sampling=clips,
         #    else 1; a failure is one error row, not a lost row). CPU-bound, decode_cpus per actor (PyAV
         #    decodes a stream on ~one core with decode.threads=1). An actor pool: Ray Data's task scheduler
-        #    kept ~1 decode task busy (Decoder's docstring). decode_workers actors, or one per CPU beside 2
-        #    for the label actors and the finalize tasks; a shared cluster sets fewer to keep cores for training.
-        decoders = res.decode_workers or max(1, int((ray.cluster_resources().get("CPU", 1) - 2) // res.decode_cpus))
+        #    kept ~1 decode task busy (Decoder's docstring). `decoders` actors (above); a shared cluster sets
+        #    decode_workers lower to keep cores for training.
         ds = ds.flat_map(Decoder, fn_constructor_args=(cfg.decode,), num_cpus=res.decode_cpus,
                          compute=ActorPoolStrategy(size=decoders))
         # 2. human masks, 1:1. A provider is an actor so a model loads once per worker; half a CPU each
@@ -154,7 +165,9 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         ds.write_parquet(path, filesystem=fs, min_rows_per_file=res.rows_per_shard, max_rows_per_file=res.rows_per_shard)
     timings["pipeline"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    summary = publish_run(attempt, resumed, rows, classes, names, timings, to_dict(cfg), downloads)
+    summary = publish_run(attempt, resumed, rows, classes, names, timings, to_dict(cfg), downloads,
+                          {"decode": decoders, "masks": label_pool(mask_provider == "sam").max_size,
+                           "scenes": label_pool(scene_provider == "places365").max_size})
     log.info("preprocess: %d videos (%d rows) -> %s, %d failed %s; %d taken over, %d curated now",
              summary["videos_ok"], summary["rows"], attempt.run_dir, summary["videos_failed"],
              summary["failures_by_reason"] or "", summary["videos_resumed"], summary["videos_processed"])
