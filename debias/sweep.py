@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -61,6 +62,9 @@ class SweepConfig:
     lambda_scene: SpaceConfig = field(default_factory=lambda: SpaceConfig(values=[0.1, 0.2, 0.5]))
     lambda_mask: SpaceConfig = field(default_factory=lambda: SpaceConfig(values=[0.5, 1.0]))
     num_samples: int = 1  # grid: repeats of the whole grid; random kinds: trials drawn
+    # Each weight pair trains once per seed, and the best pair is chosen on its mean over them: with one
+    # seed a difference between two pairs may be noise (the spread is in the summary's by_weights).
+    seeds: list[int] = field(default_factory=lambda: [0])
     metric: str = "ood_acc"  # a per-epoch metric of the trainer (SPLIT_acc, SPLIT_masked_entropy, ...)
     mode: Literal["max", "min"] = "max"
     asha: AshaConfig = field(default_factory=AshaConfig)
@@ -70,6 +74,8 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         check(self.num_samples >= 1, "num_samples", "must be >= 1")
+        check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
+              f"must list at least one seed, each once, got {self.seeds}")
         check(self.max_concurrent_trials >= 0, "max_concurrent_trials", "must be >= 0 (0 = auto)")
         check(self.trial_cpus > 0, "trial_cpus", "must be > 0")
         split, _, measure = self.metric.partition("_")
@@ -90,21 +96,23 @@ def domain(space: SpaceConfig) -> Any:
 
 
 def param_space(cfg: SweepConfig) -> dict:
-    """Tune's param_space: one search domain per swept weight (the rest of the config is constant and
-    travels beside it, see `trial_pretrain_config`)."""
-    return {key: domain(getattr(cfg, key)) for key in SWEPT}
+    """Tune's param_space: one search domain per swept weight, crossed with the seeds (the rest of the
+    config is constant and travels beside it, see `trial_pretrain_config`)."""
+    return {**{key: domain(getattr(cfg, key)) for key in SWEPT}, "seed": tune.grid_search(list(cfg.seeds))}
 
 
 def num_trials(cfg: SweepConfig) -> int:
-    """How many trials the sweep runs: grid sizes multiply, times num_samples."""
+    """How many trials the sweep runs: grid sizes multiply, times the seeds, times num_samples."""
     grid = math.prod(len(getattr(cfg, k).values) for k in SWEPT if getattr(cfg, k).kind == "grid")
-    return grid * cfg.num_samples
+    return grid * len(cfg.seeds) * cfg.num_samples
 
 
 def trial_pretrain_config(trial_config: dict, base: dict, trial_name: str, runs_dir: str) -> PretrainConfig:
-    """What one trial trains: `base` (a PretrainConfig as data) with the trial's weights and its own run name."""
+    """What one trial trains: `base` (a PretrainConfig as data) with the trial's weights and seed, and its
+    own run name."""
     cfg = from_dict(PretrainConfig, base)
     loss = dataclasses.replace(cfg.loss, **{k: float(trial_config[k]) for k in SWEPT})
+    cfg = dataclasses.replace(cfg, seed=int(trial_config.get("seed", cfg.seed)))
     # the sweep tracks its trials through Tune's own callbacks (tracking.tune_callbacks); a tracker inside
     # each trial's training as well would log every epoch twice
     return dataclasses.replace(cfg, loss=loss, name=trial_name, out=runs_dir, tracking=TrackingConfig())
@@ -135,7 +143,7 @@ def concurrent_trials(cfg: SweepConfig, cluster: dict[str, float]) -> int:
 
 
 def trial_rows(results: list[dict], metric: str, runs_dir: str) -> list[dict]:
-    """One summary row per trial from Tune results: [{"trial", "lambda_scene", "lambda_mask", METRIC,
+    """One summary row per trial from Tune results: [{"trial", "lambda_scene", "lambda_mask", "seed", METRIC,
     "epochs", "stopped_early", "status", "run", "checkpoint"}]; `results` items hold trial_id, config,
     metrics, status, epochs_planned. `run` is the trial's Train run (RUNS_DIR/TRIAL_ID), `checkpoint` its
     latest checkpoint ("" when it saved none)."""
@@ -146,15 +154,37 @@ def trial_rows(results: list[dict], metric: str, runs_dir: str) -> list[dict]:
         run = runs.run_path(runs_dir, r["trial_id"])
         saved = runs.checkpoints(run)
         rows.append({"trial": r["trial_id"], **{k: float(r["config"][k]) for k in SWEPT},
+                     "seed": int(r["config"].get("seed", 0)),
                      metric: m.get(metric), "epochs": epochs, "stopped_early": 0 < epochs < r["epochs_planned"],
                      "status": r["status"], "run": run, "checkpoint": saved[-1] if saved else ""})
     return rows
 
 
+def weight_rows(rows: list[dict], metric: str) -> list[dict]:
+    """One row per weight pair over its seeds' trials: {"lambda_scene", "lambda_mask", "seeds" (that
+    reported METRIC), METRIC_mean, METRIC_std (0 with one seed), "trials"}, in the trials' order."""
+    pairs: dict[tuple, list[dict]] = {}
+    for r in rows:
+        pairs.setdefault(tuple(r[k] for k in SWEPT), []).append(r)
+    out = []
+    for pair, trials in pairs.items():
+        values = [r[metric] for r in trials if r.get(metric) is not None]
+        out.append({**dict(zip(SWEPT, pair)), "seeds": len(values),
+                    f"{metric}_mean": statistics.fmean(values) if values else None,
+                    f"{metric}_std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
+                    "trials": [r["trial"] for r in trials]})
+    return out
+
+
 def best_trial(rows: list[dict], metric: str, mode: Literal["max", "min"]) -> dict:
-    """The trial with the best final `metric` among those that reported it (ties: the first)."""
-    scored = [r for r in rows if r.get(metric) is not None]
-    if not scored:
+    """The best weight pair by the mean of `metric` over its seeds (ties: the first), and of its trials the
+    one of the lowest seed that reported it (not its best seed, which would pick the luckiest run):
+    that trial's row with the pair's METRIC_mean, METRIC_std and seeds."""
+    pairs = [p for p in weight_rows(rows, metric) if p["seeds"]]
+    if not pairs:
         raise RuntimeError(f"no trial reported '{metric}' (statuses: {[r['status'] for r in rows]})")
     sign = 1.0 if mode == "max" else -1.0
-    return max(scored, key=lambda r: sign * r[metric])
+    pair = max(pairs, key=lambda p: sign * p[f"{metric}_mean"])
+    trial = min((r for r in rows if r["trial"] in pair["trials"] and r.get(metric) is not None),
+                key=lambda r: r.get("seed", 0))
+    return {**trial, **{k: pair[k] for k in (f"{metric}_mean", f"{metric}_std", "seeds")}}

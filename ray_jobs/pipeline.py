@@ -184,7 +184,8 @@ def write_report(cfg: PipelineConfig, out: str, stages: Stages, sweep: dict, tra
                  wall_s: float) -> dict:
     targets = list(cfg.targets)
     summary = {
-        "sweep": {"metric": sweep["metric"], "mode": sweep["mode"], "trials": sweep["trials"], "best": sweep["best"]},
+        "sweep": {"metric": sweep["metric"], "mode": sweep["mode"], "trials": sweep["trials"], "best": sweep["best"],
+                  "by_weights": sweep["by_weights"], "seeds": sweep["seeds"]},
         "transfer": transfer["transfer"], "transfer_table": transfer["table"], "bias": transfer["bias"],
         "dataset_bias": transfer["dataset_bias"],
         "timings_s": {**stages.timings_s, "total": round(wall_s, 1)}, "skipped": stages.skipped,
@@ -202,9 +203,13 @@ def write_report(cfg: PipelineConfig, out: str, stages: Stages, sweep: dict, tra
     report = "\n".join([
         "# debias pipeline", "",
         f"## Sweep: {len(sweep['trials'])} trials, best by `{metric}` ({sweep['mode']})", "",
-        table(sweep["trials"], ["trial", *SWEPT, metric, "epochs", "stopped_early", "status"]), "",
-        (f"Best: lambda_scene={best['lambda_scene']:g}, lambda_mask={best['lambda_mask']:g}, "
-         f"{metric}={best[metric]:.3f} (transferred as `{BEST}`)."), "",
+        table(sweep["trials"], ["trial", *SWEPT, "seed", metric, "epochs", "stopped_early", "status"]), "",
+        *([f"Over the seeds {sweep['seeds']}:", "",
+           table(sweep["by_weights"], [*SWEPT, "seeds", f"{metric}_mean", f"{metric}_std"]), ""]
+          if len(sweep["seeds"]) > 1 else []),
+        (f"Best: lambda_scene={best['lambda_scene']:g}, lambda_mask={best['lambda_mask']:g}, {metric}="
+         f"{best[f'{metric}_mean']:.3f} (mean over {best['seeds']} seeds, std {best[f'{metric}_std']:.3f}); its "
+         f"seed-{best['seed']} trial {best['trial']} is transferred as `{BEST}`."), "",
         "![pretraining curves](pretrain_curves.png)", "",
         "## Transfer: top-1 after fine-tuning (mean over splits)", "",
         table(transfer["table"], ["pretrain", *targets]), "",

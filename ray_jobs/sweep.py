@@ -26,7 +26,7 @@ from debias.config import to_dict
 from debias.pretrain import run_pretrain
 from debias.report import plot_curves, plot_sweep, table
 from debias.sweep import (SWEPT, SweepConfig, best_trial, concurrent_trials, num_trials, param_space,
-                          trial_pretrain_config, trial_resources, trial_rows)
+                          trial_pretrain_config, trial_resources, trial_rows, weight_rows)
 from debias.tracking import tune_callbacks
 from ray_jobs.common import job_parser, load_job_config
 
@@ -120,18 +120,24 @@ def run_sweep(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -
                 "config": r.config, "metrics": r.metrics, "status": "ERROR" if r.error else "TERMINATED",
                 "epochs_planned": cfg.pretrain.optim.epochs} for r in grid]
     rows = sorted(trial_rows(results, cfg.metric, storage.join(path, "runs")),
-                  key=lambda r: (r["lambda_scene"], r["lambda_mask"]))
+                  key=lambda r: (r["lambda_scene"], r["lambda_mask"], r["seed"]))
     best = best_trial(rows, cfg.metric, cfg.mode)
+    by_weights = weight_rows(rows, cfg.metric)
     summary = {"metric": cfg.metric, "mode": cfg.mode, "path": str(path), "trials": rows, "best": best,
+               "by_weights": by_weights, "seeds": cfg.seeds,
                "errors": [str(r.error) for r in grid if r.error], "wall_s": round(time.perf_counter() - t0, 1),
                "config": to_dict(cfg)}
     storage.write_json(storage.join(path, "summary.json"), summary)
     plot_sweep(rows, cfg.metric, best["trial"], storage.join(path, "sweep.png"))
     histories = {r["trial"]: runs.read_metrics(r["run"]) for r in rows}
     plot_curves(histories, list(dict.fromkeys(["train_loss", "train_acc", cfg.metric])), storage.join(path, "curves.png"))
-    log.info("trials:\n%s", table(rows, ["trial", *SWEPT, cfg.metric, "epochs", "stopped_early", "status"]))
-    log.info("sweep: best %s=%.3f at lambda_scene=%g, lambda_mask=%g (trial %s); %d errored; summary: %s  plots: %s, %s",
-             cfg.metric, best[cfg.metric], best["lambda_scene"], best["lambda_mask"], best["trial"],
+    log.info("trials:\n%s", table(rows, ["trial", *SWEPT, "seed", cfg.metric, "epochs", "stopped_early", "status"]))
+    if len(cfg.seeds) > 1:
+        log.info("over the seeds %s:\n%s", cfg.seeds, table(by_weights, [*SWEPT, "seeds", f"{cfg.metric}_mean", f"{cfg.metric}_std"]))
+    log.info("sweep: best %s=%.3f (mean over %d seeds, std %.3f) at lambda_scene=%g, lambda_mask=%g (trial %s); "
+             "%d errored; summary: %s  plots: %s, %s",
+             cfg.metric, best[f"{cfg.metric}_mean"], best["seeds"], best[f"{cfg.metric}_std"], best["lambda_scene"],
+             best["lambda_mask"], best["trial"],
              len(summary["errors"]), storage.join(path, "summary.json"), storage.join(path, "sweep.png"),
              storage.join(path, "curves.png"))
     return summary

@@ -11,7 +11,7 @@ from ray import tune
 
 from debias.config import ConfigError, load_config
 from debias.curate import PreprocessConfig
-from debias.sweep import SweepConfig, best_trial, concurrent_runs, num_trials, param_space
+from debias.sweep import SweepConfig, best_trial, concurrent_runs, num_trials, param_space, weight_rows
 from debias.synth import SynthConfig
 from debias.runs import read_metrics
 from debias.cluster import init_ray
@@ -50,13 +50,31 @@ def test_trials_are_sized_so_that_workers_and_data_fit():
 
 
 def test_best_trial_follows_the_mode():
-    rows = [{"trial": "a", "val_acc": 0.5, "status": "TERMINATED"},
-            {"trial": "b", "val_acc": 0.7, "status": "TERMINATED"},
-            {"trial": "c", "val_acc": None, "status": "ERROR"}]
+    rows = [{"trial": "a", "lambda_scene": 0.1, "lambda_mask": 1.0, "seed": 0, "val_acc": 0.5, "status": "TERMINATED"},
+            {"trial": "b", "lambda_scene": 0.2, "lambda_mask": 1.0, "seed": 0, "val_acc": 0.7, "status": "TERMINATED"},
+            {"trial": "c", "lambda_scene": 0.5, "lambda_mask": 1.0, "seed": 0, "val_acc": None, "status": "ERROR"}]
     assert best_trial(rows, "val_acc", "max")["trial"] == "b"
     assert best_trial(rows, "val_acc", "min")["trial"] == "a"
     with pytest.raises(RuntimeError, match="no trial reported 'ood_acc'"):
         best_trial(rows, "ood_acc", "max")
+
+
+def test_seeds_cross_the_grid_and_the_best_pair_is_chosen_on_its_mean():
+    cfg = load_config(SweepConfig, None, ["lambda_scene.values=[0.1,0.2]", "lambda_mask.values=[1.0]", "seeds=[0,1,2]"])
+    assert param_space(cfg)["seed"] == tune.grid_search([0, 1, 2]) and num_trials(cfg) == 6
+    with pytest.raises(ConfigError, match=r"seeds: must list at least one seed, each once"):
+        load_config(SweepConfig, None, ["seeds=[1,1]"])
+    # pair 0.2 has the single best run (0.9) but the lower mean: the pair 0.1 wins, through its seed-0 trial
+    ood = {(0.1, 0): 0.6, (0.1, 1): 0.7, (0.1, 2): 0.8, (0.2, 0): 0.9, (0.2, 1): 0.3, (0.2, 2): None}
+    rows = [{"trial": f"t{scene}_{seed}", "lambda_scene": scene, "lambda_mask": 1.0, "seed": seed, "ood_acc": v,
+             "status": "ERROR" if v is None else "TERMINATED"} for (scene, seed), v in ood.items()]
+    pairs = weight_rows(rows, "ood_acc")
+    assert [(p["lambda_scene"], p["seeds"]) for p in pairs] == [(0.1, 3), (0.2, 2)]
+    assert pairs[0]["ood_acc_mean"] == pytest.approx(0.7) and pairs[0]["ood_acc_std"] == pytest.approx(0.1)
+    assert pairs[1]["ood_acc_mean"] == pytest.approx(0.6)
+    best = best_trial(rows, "ood_acc", "max")
+    assert (best["trial"], best["seed"], best["seeds"]) == ("t0.1_0", 0, 3)
+    assert best["ood_acc_mean"] == pytest.approx(0.7)
 
 
 @pytest.fixture(scope="module")
