@@ -59,14 +59,15 @@ def _decode_each(batch: pd.DataFrame, stage: str, decode: Callable[[list[bytes]]
     return clips, errors
 
 
-def decode_rows(batch: pd.DataFrame, stage: str, max_frames: int = 0) -> tuple[list[np.ndarray | None], pd.DataFrame]:
+def decode_rows(batch: pd.DataFrame, stage: str, max_frames: int = 0,
+                half_size: bool = False) -> tuple[list[np.ndarray | None], pd.DataFrame]:
     """Decode every good row's JPEG frames on the CPU to (T, H, W, 3) uint8, or only `max_frames` of
     them spread evenly over the row when that is fewer (a step that needs a clip's background, not each
-    frame); a corrupt frame makes the row an error row. Returns the clips (None for rows in error) and
-    the updated error columns."""
+    frame), at half size with `half_size`; a corrupt frame makes the row an error row. Returns the clips
+    (None for rows in error) and the updated error columns."""
     def decode(jpegs: list[bytes]) -> np.ndarray:
         picked = sample_uniform(len(jpegs), max_frames) if 0 < max_frames < len(jpegs) else range(len(jpegs))
-        return np.stack([decode_jpeg(jpegs[i]) for i in picked])
+        return np.stack([decode_jpeg(jpegs[i], half_size) for i in picked])
     return _decode_each(batch, stage, decode)
 
 
@@ -164,6 +165,7 @@ def _stabilise(clip: np.ndarray) -> np.ndarray:
     return out
 
 
+MOTION_HALF_MIN_PX = 64  # stored frames at least this size are masked at half size (`MotionMasks`)
 COLOUR_BITS = 3  # bits kept per channel in the colour model: 8 bins each, 512 colours
 
 
@@ -213,9 +215,21 @@ class MotionMasks:
         self.threshold, self.colour_ratio = threshold, colour_ratio
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        clips, errors = decode_rows(batch, "masks")
-        results = [None if c is None else mask_columns(list(motion_masks(c, self.threshold, self.colour_ratio)), self.source)
-                   for c in clips]
+        good = batch[batch["error"] == ""]
+        # Frames of at least MOTION_HALF_MIN_PX are masked at half size and the masks scaled back: a
+        # quarter of the pixels for a blob-level mask (under sampling=paper the mask stage cost about as
+        # much as decoding; benchmarks/bench_scale.py).
+        half = bool(len(good)) and int(min(good["height"].min(), good["width"].min())) >= MOTION_HALF_MIN_PX
+        clips, errors = decode_rows(batch, "masks", half_size=half)
+        results = []
+        for c, height, width in zip(clips, batch["height"], batch["width"]):
+            if c is None:
+                results.append(None)
+                continue
+            masks = motion_masks(c, self.threshold, self.colour_ratio)
+            if half:
+                masks = masks.repeat(2, axis=1).repeat(2, axis=2)[:, :height, :width]
+            results.append(mask_columns(list(masks), self.source))
         return with_columns(batch, results, errors, MASK_COLUMNS)
 
 

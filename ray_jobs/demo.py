@@ -230,6 +230,22 @@ def mean_histories(results: dict) -> dict[str, list[dict]]:
     return out
 
 
+def class_drops(results: dict, variants: tuple[str, ...]) -> list[dict]:
+    """Per action class, each variant's accuracy drop from in-distribution to out-of-context (the runs'
+    per_class.json: `drop_SPLIT` for each eval split after the first), mean over seeds; sorted by the
+    first variant's drop, largest first (the actions that lean on their scene most)."""
+    drops: dict[tuple[str, str], list[float]] = {}
+    for (variant, _seed), r in results.items():
+        for row in r["per_class"] if variant in variants else []:
+            for key, v in row.items():
+                if key.startswith("drop_") and v is not None:
+                    drops.setdefault((row["class"], f"{variant}_{key}"), []).append(v)
+    classes = list(dict.fromkeys(c for c, _ in drops))
+    rows = [{"class": c, **{k: statistics.fmean(v) for (cc, k), v in drops.items() if cc == c}} for c in classes]
+    first = next((k for k in rows[0] if k != "class"), None) if rows else None
+    return sorted(rows, key=lambda r: -r.get(first, 0.0))
+
+
 def fmt(entry: dict, key: str) -> str:
     """mean +- std over seeds, or n/a."""
     return "n/a" if entry[key] is None else f"{entry[key]:.3f} ± {entry[f'{key}_std']:.3f}"
@@ -241,7 +257,9 @@ def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_b
     means = aggregate(rows, list(TRAINER_FIGURES) + ["scene_mdl_compression", *BIAS_MEASURES])
     verdict = claim(means, rows, cfg)
     apart = separation(means, BIAS_MEASURES)
+    drops = class_drops(results, ("baseline", "sdn"))
     summary = {**provenance(), **means, "claim": verdict, "separation": apart, "dataset_bias": data_bias,
+               "class_drops": drops,
                "runs": rows, "data": {k: curated[k] for k in ("videos_ok", "videos_failed", "ok_by_split")},
                "timings_s": {k: round(v, 1) for k, v in timings.items()}, "config": to_dict(cfg)}
     storage.write_json(storage.join(out, "summary.json"), summary)
@@ -293,6 +311,10 @@ def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_b
         "Which measures separate the variants (gap between two variants' means against the sum of their "
         "standard deviations over seeds):", "",
         table(apart_rows, list(apart_rows[0])), "",
+        "## Which actions lean on the scene", "",
+        "Per action, the accuracy drop from `val` (scenes as in training) to `ood` (scenes shuffled), mean "
+        "over seeds (each run's per_class.json and confusion_SPLIT.png hold the details):", "",
+        table(drops, list(drops[0])) if drops else "(no per-class figures)", "",
         "![training curves, mean over seeds](curves.png)", "",
         "Timings (s): " + ", ".join(f"{k}={v:.1f}" for k, v in timings.items()), "",
     ])

@@ -41,8 +41,13 @@ def test_demo_runs_every_variant_and_seed_and_reports_means_and_bias(tmp_path, r
     assert on_disk["sdn"]["lambda_scene"] > 0 and on_disk["sdn"]["lambda_mask"] > 0
     assert set(on_disk["separation"]) >= {"scene_mdl_bits", "masked_action_acc", "counterfactual_follows_background"}
     assert 0.0 < on_disk["dataset_bias"]["scene_label_action_acc"] <= 1.0
+    # per action: baseline's and SDN's val -> ood drop, mean over seeds, one row per class
+    drops = on_disk["class_drops"]
+    assert len(drops) == 6 and all(set(r) == {"class", "baseline_drop_ood", "sdn_drop_ood"} for r in drops)
+    assert all(-1.0 <= r["sdn_drop_ood"] <= 1.0 for r in drops)
+    assert [r["baseline_drop_ood"] for r in drops] == sorted((r["baseline_drop_ood"] for r in drops), reverse=True)
     report = (out / "report.md").read_text()
-    assert "sdn" in report and "±" in report and "scene_mdl_bits" in report
+    assert "sdn" in report and "±" in report and "scene_mdl_bits" in report and "Which actions lean on the scene" in report
     assert (out / "curves.png").stat().st_size > 1000 and (out / "bias.png").stat().st_size > 1000
     # SDN trains its mask branch: the masked-clip entropy is measured and in [0, log 6].
     assert 0.0 <= on_disk["sdn"]["val_masked_entropy"] <= 1.7918
