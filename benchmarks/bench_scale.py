@@ -12,7 +12,8 @@ weight-free providers (motion masks, background clusters), each run a fresh job 
 2. `full`: the whole split, same config: throughput and peak memory against `small`;
 3. `decode_only` at the small size: the same job with both label providers `none` and the same decode
    actors (count read from the first run's summary), under the config's sampling and under `uniform`
-   beside a `uniform` job with labels: `pipeline_over_decode`, whether the label stages bound the job;
+   beside a `uniform` job with labels: `pipeline_over_decode`, what the labels cost the job (the
+   weight-free ones run inside the decode actors);
 4. `resume`: the job SIGKILLed (driver and its whole Ray: what the loss of the node does) at half the
    time the same run took uninterrupted, then started again with the same config and OUT; every video
    must be accounted for, and the second start's wall time is compared with the uninterrupted run's.

@@ -1,10 +1,12 @@
 """How good are the weight-free label providers? Measured against the synthetic benchmark's truth.
 
-    PYTHONPATH=. python benchmarks/label_quality.py [--out /tmp/label_quality] [--per-class 40]
+    PYTHONPATH=. python benchmarks/label_quality.py [--out /tmp/label_quality] [--per-class 40] [--size-px 32]
 
-Writes a synthetic benchmark (source task), decodes it as `debias preprocess` does (defaults:
-16 frames, 32 px), then scores
-- motion masks (`labels.mask_provider=motion`) against the annotation masks mapped onto the same
+Writes a synthetic benchmark (source task), decodes it as `debias preprocess` does (16 frames, a centre
+crop of --size-px: 32 the demo's, from 48 px videos; 112 the real videos', from videos rendered at 128),
+then scores
+- motion masks (`labels.mask_provider=motion`, the `MotionMasks` stage as the job runs it: at half
+  size from 64 px) against the annotation masks mapped onto the same
   stored pixels: pixel IoU, precision and recall summed over all frames, and the share of frames
   where the person is found at all;
 - background clusters (`labels.scene_provider=clusters`) against the true scene ids: purity and NMI,
@@ -24,7 +26,7 @@ import pandas as pd
 
 from debias.curate import DecodeConfig, PreprocessConfig, make_decode_fn
 from debias.labels import LabelsConfig
-from debias.masks import AnnotationMasks, decode_rows, motion_masks
+from debias.masks import AnnotationMasks, MotionMasks, decode_rows
 from debias.scenes import cluster_probs, fit_scene_clusters, background_features
 from debias.sources import InputConfig, read_source
 from debias.sources import read_annotation
@@ -52,15 +54,18 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/label_quality")
     parser.add_argument("--per-class", type=int, default=40, help="train videos per action (val/ood: a quarter each)")
     parser.add_argument("--thresholds", default="10,20,30", help="motion thresholds to score")
+    parser.add_argument("--size-px", type=int, default=32, help="stored frame size (crop); 112 = the real videos'")
     args = parser.parse_args()
     t0 = time.perf_counter()
     quarter = max(1, args.per_class // 4)
+    # the demo's: 48 px videos stored at 32; larger: rendered at 8/7 of the crop, as real videos at 128 -> 112
+    short_px = 32 if args.size_px <= 32 else round(args.size_px * 8 / 7)
     generate(SynthConfig(out=args.out, train_per_class=args.per_class, val_per_class=quarter, ood_per_class=quarter,
-                         target_train_per_class=0, target_test_per_class=0))
+                         target_train_per_class=0, target_test_per_class=0,
+                         frame_size_px=SynthConfig().frame_size_px if args.size_px <= 32 else short_px))
     task = Path(args.out) / "source"
-    # the demo's stored size: 32 px, 16 frames spread over each video
     cfg = PreprocessConfig(input=InputConfig(source="kinetics", manifest=str(task / "manifest.csv")),
-                           decode=DecodeConfig(short_side_px=32, crop_px=32))
+                           decode=DecodeConfig(short_side_px=short_px, crop_px=args.size_px))
     rows, _classes = read_source(cfg.input)
     decoded = pd.DataFrame([make_decode_fn(cfg.decode)(r)[0] for r in rows])
     truth = AnnotationMasks(str(task / "annotations"), cfg.decode)(decoded)
@@ -70,7 +75,9 @@ def main() -> None:
     result: dict = {"videos": len(rows), "stored_px": cfg.decode.crop_px, "frames": cfg.decode.num_frames}
 
     for threshold in [float(t) for t in args.thresholds.split(",")]:
-        pred = np.stack([motion_masks(c, threshold, LabelsConfig().motion_colour_ratio) for c in clips])
+        stage = MotionMasks(threshold, LabelsConfig().motion_colour_ratio)(decoded)
+        pred = np.stack([np.stack([unpack_mask(m, r.height, r.width) for m in r.human_masks])
+                         for r in stage.itertuples(index=False)])
         tp = (pred & true_masks).sum()
         result[f"motion_t{threshold:g}"] = {
             "iou": round(float(tp / (pred | true_masks).sum()), 3),

@@ -74,12 +74,10 @@ class ResourcesConfig:
     """Per-stage parallelism; the driver passes these to Ray Data where it makes each call."""
 
     decode_cpus: float = 1.0  # CPUs per decode actor (PyAV decodes one stream on ~1 core)
-    # decode actors (one video at a time each); 0 = one per decode_cpus of the CPUs the label stages
-    # leave: all but 2 when the labels run on GPUs, half when they run on CPUs
+    # decode actors (one video at a time each); 0 = one per decode_cpus of the cluster, less 2 CPUs
+    # for the model label actors and the finalize tasks
     decode_workers: int = 0
-    # actors per label provider (each loads its model once); on CPUs a pool grows from this to one per
-    # decode actor where CPUs are free
-    label_actors: int = 1
+    label_actors: int = 1  # actors per model label provider, SAM and Places365 (each loads its model once)
     label_batch_size: int = 32  # videos per label batch (each holds decode.num_frames images)
     # GPUs per model actor (SAM, Places365) when the cluster has GPUs, else CPU; half, so that the mask and
     # scene actors share one GPU (with a whole one each, one GPU would deadlock the two stages)
@@ -115,18 +113,27 @@ class PreprocessConfig:
 
 
 class Decoder:
-    """The decode step as a Ray Data actor: `make_decode_fn(cfg)` built once per worker process.
+    """The decode step as a Ray Data actor: `make_decode_fn(cfg)` built once per worker process, then
+    `steps` ((class, constructor args) of label steps, each a callable over a pandas batch) on the rows
+    it decoded, in order.
 
-    Same rows in and out as `make_decode_fn`. An actor pool rather than tasks because Ray Data 2.60's
-    streaming executor kept about one decode task running whatever the task cap (instrumented: its
-    resource allocator granted the flat_map 0-1 CPU); an actor pool of N keeps N cores decoding
-    (measured: 2 actors 1.76x one on 2 cores, README)."""
+    Reads what `make_decode_fn` reads; writes what it and the steps write. An actor pool rather than
+    tasks because Ray Data 2.60's streaming executor kept about one decode task running whatever the
+    task cap (instrumented: its resource allocator granted the flat_map 0-1 CPU); an actor pool of N
+    keeps N cores decoding."""
 
-    def __init__(self, cfg: DecodeConfig) -> None:
+    def __init__(self, cfg: DecodeConfig, steps: tuple[tuple[Callable, tuple], ...] = ()) -> None:
         self.decode = make_decode_fn(cfg)
+        self.steps = [step(*args) for step, args in steps]
 
     def __call__(self, row: Row) -> list[Row]:
-        return self.decode(row)
+        rows = self.decode(row)
+        if not self.steps:
+            return rows
+        batch = pd.DataFrame(rows)
+        for step in self.steps:
+            batch = step(batch)
+        return batch.to_dict("records")
 
 
 def make_decode_fn(cfg: DecodeConfig) -> Callable[[Row], list[Row]]:

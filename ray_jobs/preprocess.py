@@ -115,23 +115,21 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     # The model providers take label_gpus GPUs per actor where the cluster has GPUs (they autocast there).
     cluster = ray.cluster_resources()
     gpus = res.label_gpus if cluster.get("GPU", 0) > 0 else 0
-    labels_on_cpu = (mask_provider == "motion" or scene_provider == "clusters"
-                     or not gpus and (mask_provider == "sam" or scene_provider == "places365"))
-    # Decode actors: decode_workers, or one per decode_cpus of the CPUs the label stages leave: 2 when the
-    # labels are cheap or on GPUs, half the cluster when they run on CPUs (the weight-free providers
-    # cost about what decoding does under sampling=paper: benchmarks/bench_scale.py).
-    cpus = cluster.get("CPU", 1)
-    decoders = res.decode_workers or max(1, int((cpus - (max(2, cpus / 2) if labels_on_cpu else 2)) // res.decode_cpus))
+    # Decode actors: decode_workers, or one per decode_cpus of the CPUs beside 2 for the model label
+    # actors and the finalize tasks.
+    decoders = res.decode_workers or max(1, int((cluster.get("CPU", 1) - 2) // res.decode_cpus))
+    # Label steps without a model (motion, clusters, annotations, none) run inside the decode actors,
+    # on the rows each has just decoded: a stage of their own moved every row (~1 MB under
+    # sampling=paper) through the object store twice more, and on a 2-core machine that stage bound the
+    # job (benchmarks/bench_scale.py). The model providers are stages of their own.
+    in_decode = tuple(step[:2] for step, model in ((masks_step, mask_provider == "sam"),
+                                                   (scenes_step, scene_provider == "places365")) if not model)
 
     def label_pool(model: bool) -> ActorPoolStrategy:
         """A model actor on a GPU runs label_calls_per_actor batches at once, each thread on its own
-        CUDA stream, so that one batch's JPEG decode overlaps another's forward pass. On CPUs the pool
-        grows from label_actors up to one per decoder where CPUs are free (Ray Data's autoscaler), so
-        that the label stages keep up with decoding on a many-core node."""
-        on_gpu = model and gpus
-        calls = res.label_calls_per_actor if on_gpu else 1
-        most = res.label_actors if on_gpu else max(res.label_actors, decoders)
-        return ActorPoolStrategy(min_size=res.label_actors, max_size=most, max_concurrent_calls_per_actor=calls,
+        CUDA stream, so that one batch's JPEG decode overlaps another's forward pass."""
+        calls = res.label_calls_per_actor if model and gpus else 1
+        return ActorPoolStrategy(size=res.label_actors, max_concurrent_calls_per_actor=calls,
                                  enable_true_multi_threading=calls > 1)
 
     t = time.perf_counter()
@@ -139,23 +137,23 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         # Blocks of <= ~32 videos once there are many (from_items stops at 200 blocks, which would cap the
         # decode tasks of a big cluster at 200); one block a video for a small run.
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), max(200, len(todo) // 32))))
-        # 1. decode + sample + resize/crop + JPEG, 1:N (N = decode.clips_per_video under sampling=clips,
-        #    else 1; a failure is one error row, not a lost row). CPU-bound, decode_cpus per actor (PyAV
-        #    decodes a stream on ~one core with decode.threads=1). An actor pool: Ray Data's task scheduler
-        #    kept ~1 decode task busy (Decoder's docstring). `decoders` actors (above); a shared cluster sets
-        #    decode_workers lower to keep cores for training.
-        ds = ds.flat_map(Decoder, fn_constructor_args=(cfg.decode,), num_cpus=res.decode_cpus,
+        # 1. decode + sample + resize/crop + JPEG (+ the label steps without a model), 1:N (N =
+        #    decode.clips_per_video under sampling=clips, else 1; a failure is one error row, not a lost
+        #    row). CPU-bound, decode_cpus per actor (PyAV decodes a stream on ~one core with
+        #    decode.threads=1). An actor pool: Ray Data's task scheduler kept ~1 decode task busy
+        #    (Decoder's docstring). `decoders` actors (above); a shared cluster sets decode_workers lower
+        #    to keep cores for training.
+        ds = ds.flat_map(Decoder, fn_constructor_args=(cfg.decode, in_decode), num_cpus=res.decode_cpus,
                          compute=ActorPoolStrategy(size=decoders))
-        # 2. human masks, 1:1. A provider is an actor so a model loads once per worker; half a CPU each
-        #    so that it never starves the decoders; SAM + detector get a GPU where there is one.
-        ds = ds.map_batches(masks_step[0], fn_constructor_args=masks_step[1], batch_format="pandas",
-                            batch_size=res.label_batch_size, num_cpus=0.5,
-                            num_gpus=gpus if mask_provider == "sam" else 0, compute=label_pool(mask_provider == "sam"))
-        # 3. scene labels, 1:1, same resources and reasons as the masks (Places365 on the GPU).
-        ds = ds.map_batches(scenes_step[0], fn_constructor_args=scenes_step[1], batch_format="pandas",
-                            batch_size=res.label_batch_size, num_cpus=0.5,
-                            num_gpus=gpus if scene_provider == "places365" else 0,
-                            compute=label_pool(scene_provider == "places365"))
+        if mask_provider == "sam":
+            # 2. human masks (detector + SAM), 1:1. An actor so the models load once per worker; half a
+            #    CPU so that it never starves the decoders; a GPU share where the cluster has GPUs.
+            ds = ds.map_batches(masks_step[0], fn_constructor_args=masks_step[1], batch_format="pandas",
+                                batch_size=res.label_batch_size, num_cpus=0.5, num_gpus=gpus, compute=label_pool(True))
+        if scene_provider == "places365":
+            # 3. Places365 scene labels, 1:1, same resources and reasons as the masks.
+            ds = ds.map_batches(scenes_step[0], fn_constructor_args=scenes_step[1], batch_format="pandas",
+                                batch_size=res.label_batch_size, num_cpus=0.5, num_gpus=gpus, compute=label_pool(True))
         # 4. finalize, 1:(0 or 1): error rows go to the attempt's error parts, good rows are cast to the
         #    shard schema. Arrow-only work: a quarter CPU.
         ds = ds.map_batches(make_finalize_fn(attempt), batch_format="pyarrow", num_cpus=0.25)
@@ -165,9 +163,9 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         ds.write_parquet(path, filesystem=fs, min_rows_per_file=res.rows_per_shard, max_rows_per_file=res.rows_per_shard)
     timings["pipeline"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    summary = publish_run(attempt, resumed, rows, classes, names, timings, to_dict(cfg), downloads,
-                          {"decode": decoders, "masks": label_pool(mask_provider == "sam").max_size,
-                           "scenes": label_pool(scene_provider == "places365").max_size})
+    actors = {"decode": decoders, "masks": res.label_actors if mask_provider == "sam" else "in decode",
+              "scenes": res.label_actors if scene_provider == "places365" else "in decode"}
+    summary = publish_run(attempt, resumed, rows, classes, names, timings, to_dict(cfg), downloads, actors)
     log.info("preprocess: %d videos (%d rows) -> %s, %d failed %s; %d taken over, %d curated now",
              summary["videos_ok"], summary["rows"], attempt.run_dir, summary["videos_failed"],
              summary["failures_by_reason"] or "", summary["videos_resumed"], summary["videos_processed"])
