@@ -14,17 +14,18 @@ weight-free providers (motion masks, background clusters), each run a fresh job 
    actors (count read from the first run's summary), under the config's sampling and under `uniform`
    beside a `uniform` job with labels: `pipeline_over_decode`, what the labels cost the job (the
    weight-free ones run inside the decode actors);
-4. `resume`: the job SIGKILLed (driver and its whole Ray: what the loss of the node does) at half the
-   time the same run took uninterrupted, then started again with the same config and OUT; every video
-   must be accounted for, and the second start's wall time is compared with the uninterrupted run's.
+4. `resume` (at the full size; `--resume-size small`: at 10 %): the job SIGKILLed (driver and its whole
+   Ray: what the loss of the node does) at half the time the same run took uninterrupted, then started
+   again with the same config and OUT; every video must be accounted for, and the second start's wall
+   time is compared with the uninterrupted run's.
 
 Throughput is videos (and stored frames) per second of the job's streaming pipeline (its summary's
 `timings_s.pipeline`: start-up, the source read and the scene-cluster fit left out), frames per core over
 the machine's cores; wall times are the whole job's. Peak memory is sampled every 0.5 s from /proc: the
-driver's RSS and the sum over every process of the job (the driver and everything it started, Ray's GCS,
-raylet and workers, found by an environment marker they inherit); Ray's object store is shared memory
-that each process touching it counts in its RSS, so the sum overstates the tree's use, the same way at
-either size. The last line printed is a JSON object with every figure, the bars and the machine.
+driver's RSS, and over every process of the job (the driver and everything it started, Ray's GCS,
+raylet and workers, found by an environment marker they inherit) the sum of their PSS, which counts a
+shared page (Ray's object store) once in all; the sum of their RSS, which counts it in every process
+that maps it and so grows with the run as more processes touch more of the store, is shown beside it. The last line printed is a JSON object with every figure, the bars and the machine.
 """
 
 from __future__ import annotations
@@ -116,14 +117,19 @@ def _job_pids(token: str) -> list[int]:
     return found
 
 
-def _rss_mib(pid: int) -> float:
+def _memory_mib(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of one process in MiB: PSS divides each shared page (Ray's object store) among the
+    processes that map it, so that PSS sums over processes to the memory they use together."""
+    rss = pss = 0.0
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1]) / 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) / 1024
     except OSError:
         pass
-    return 0.0
+    return rss, pss
 
 
 def run_job(name: str, args: list[str], log_dir: Path, kill_after_s: float | None = None) -> dict:
@@ -133,7 +139,7 @@ def run_job(name: str, args: list[str], log_dir: Path, kill_after_s: float | Non
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own private Ray
     env[MARKER] = token
     log = log_dir / f"{name}.log"
-    peaks = {"driver": 0.0, "tree": 0.0}
+    peaks = {"driver": 0.0, "tree_pss": 0.0, "tree_rss": 0.0}
     t0 = time.perf_counter()
     with open(log, "w") as sink:
         job = subprocess.Popen([sys.executable, "-m", "ray_jobs.preprocess", *args], cwd=ROOT, env=env,
@@ -142,8 +148,10 @@ def run_job(name: str, args: list[str], log_dir: Path, kill_after_s: float | Non
 
         def sample() -> None:
             while not done.is_set():
-                peaks["driver"] = max(peaks["driver"], _rss_mib(job.pid))
-                peaks["tree"] = max(peaks["tree"], sum(_rss_mib(p) for p in _job_pids(token)))
+                peaks["driver"] = max(peaks["driver"], _memory_mib(job.pid)[0])
+                tree = [_memory_mib(p) for p in _job_pids(token)]
+                peaks["tree_rss"] = max(peaks["tree_rss"], sum(rss for rss, _ in tree))
+                peaks["tree_pss"] = max(peaks["tree_pss"], sum(pss for _, pss in tree))
                 done.wait(0.5)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -167,7 +175,7 @@ def run_job(name: str, args: list[str], log_dir: Path, kill_after_s: float | Non
     if kill_after_s is None and rc != 0:
         sys.exit(f"{name}: preprocess failed (rc {rc}), see {log}:\n{log.read_text()[-3000:]}")
     result = {"wall_s": round(wall_s, 1), "peak_rss_driver_mib": round(peaks["driver"]),
-              "peak_rss_job_mib": round(peaks["tree"]), "rc": rc}
+              "peak_pss_job_mib": round(peaks["tree_pss"]), "peak_rss_sum_job_mib": round(peaks["tree_rss"]), "rc": rc}
     print(f"{name}: {json.dumps(result)}", flush=True)
     return result
 
@@ -195,8 +203,9 @@ def main() -> None:
     parser.add_argument("--dataset", choices=["hmdb51", "ucf101"], default="hmdb51")
     parser.add_argument("--work", default="/tmp/bench_scale", help="video tree, list files, outputs and logs")
     parser.add_argument("--small", type=float, default=0.1, help="share of the videos in the small runs")
-    parser.add_argument("--resume-size", choices=["small", "full"], default="small",
-                        help="the kill-and-resume pair at the small size (cheaper) or the full one")
+    parser.add_argument("--resume-size", choices=["small", "full"], default="full",
+                        help="the kill-and-resume pair at the full size or (cheaper, but then start-up is a large "
+                             "part of the run and a kill at half time may come before any file is written) the small one")
     parser.add_argument("--meta", default=str(SHARED / "real_meta"))
     parser.add_argument("--clips", default=str(SHARED / "real_clips"))
     args = parser.parse_args()
@@ -243,12 +252,13 @@ def main() -> None:
     s, f = runs["small"], runs["full"]
     figures = {
         "memory_driver_full_over_small": round(f["peak_rss_driver_mib"] / s["peak_rss_driver_mib"], 3),
-        "memory_job_full_over_small": round(f["peak_rss_job_mib"] / s["peak_rss_job_mib"], 3),
+        "memory_job_full_over_small": round(f["peak_pss_job_mib"] / s["peak_pss_job_mib"], 3),
         "throughput_full_over_small": round(f["videos_per_s"] / s["videos_per_s"], 3),
         "pipeline_over_decode": round(s["videos_per_s"] / runs["small_decode_only"]["videos_per_s"], 3),
         "pipeline_over_decode_uniform": round(runs["small_uniform"]["videos_per_s"]
                                               / runs["small_uniform_decode_only"]["videos_per_s"], 3),
         "resume_over_uninterrupted": round(runs["resume"]["wall_s"] / base["wall_s"], 3),
+        "resume_uninterrupted_wall_s": base["wall_s"],
     }
     bars = {
         "memory_driver_full_over_small": figures["memory_driver_full_over_small"] <= 1.3,
