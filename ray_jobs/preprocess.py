@@ -160,7 +160,11 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         # 5. size-targeted Parquet shards into this attempt's folder: each file, once whole, is what a
         #    resumed run keeps (a kill loses at most the files being filled).
         fs, path = storage.filesystem(attempt.folder("shards"))
-        ds.write_parquet(path, filesystem=fs, min_rows_per_file=res.rows_per_shard, max_rows_per_file=res.rows_per_shard)
+        #    A quarter CPU a write task: at Ray's default of one CPU the write waited for a whole free CPU
+        #    beside the decoders, wrote 1 of 50 files in the first half of a 13-minute run, and the rows
+        #    piled up in the object store meanwhile (benchmarks/bench_scale.py).
+        ds.write_parquet(path, filesystem=fs, min_rows_per_file=res.rows_per_shard, max_rows_per_file=res.rows_per_shard,
+                         ray_remote_args={"num_cpus": 0.25})
     timings["pipeline"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     actors = {"decode": decoders, "masks": res.label_actors if mask_provider == "sam" else "in decode",
