@@ -95,7 +95,7 @@ def run_configs(cfg: DemoConfig, shards: str, out: str) -> dict[tuple[str, int],
 def train(config: dict) -> dict:
     """One training run (a TorchTrainer launched from this task): its run folder and history."""
     result = run_pretrain(from_dict(PretrainConfig, config))
-    return {"run": result["run"], "history": result["history"], "final": result["final"]}
+    return {"run": result["run"], "history": result["history"], "final": result["final"], "per_class": result["per_class"]}
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -241,9 +241,10 @@ def class_drops(results: dict, variants: tuple[str, ...]) -> list[dict]:
                 if key.startswith("drop_") and v is not None:
                     drops.setdefault((row["class"], f"{variant}_{key}"), []).append(v)
     classes = list(dict.fromkeys(c for c, _ in drops))
-    rows = [{"class": c, **{k: statistics.fmean(v) for (cc, k), v in drops.items() if cc == c}} for c in classes]
-    first = next((k for k in rows[0] if k != "class"), None) if rows else None
-    return sorted(rows, key=lambda r: -r.get(first, 0.0))
+    # columns in the order of `variants` (the runs finish in any order)
+    keys = sorted({k for _, k in drops}, key=lambda k: (next(i for i, v in enumerate(variants) if k.startswith(f"{v}_")), k))
+    rows = [{"class": c, **{k: statistics.fmean(drops[c, k]) for k in keys if (c, k) in drops}} for c in classes]
+    return sorted(rows, key=lambda r: -r.get(keys[0], 0.0)) if keys else rows
 
 
 def fmt(entry: dict, key: str) -> str:
