@@ -86,8 +86,8 @@ class ResourcesConfig:
     # JPEG decode overlaps another's forward pass. 1 on CPU whatever this says.
     label_calls_per_actor: int = 2
     # Rows per Parquet file. A file is the unit a killed run keeps, and the write stage holds up to this
-    # many rows before it writes one: aim at ~100 MB (a stored frame is ~6.5 KB at 112 px with its mask):
-    # 1000 rows of 16 frames, ~100 under sampling=paper (every frame: UCF101 / HMDB51 ~170 a video).
+    # many rows before it writes one: aim at files of ~100 MB, which rows of 16 frames at 112 px reach
+    # at about 1000 and rows of every frame (sampling=paper) at about 100.
     rows_per_shard: int = 1000
 
 
@@ -243,7 +243,7 @@ def _counts(values: list[str]) -> dict[str, int]:
 
 def publish_run(attempt: Attempt, resumed: Resumed, rows_in: list[Row], classes: list[str], scene_names: list[str],
                 timings_s: dict[str, float], config: dict, downloads: dict[str, dict] | None = None,
-                actors: dict[str, int] | None = None) -> dict:
+                actors: dict[str, int | str] | None = None) -> dict:
     """Make a finished run visible (`shards.commit`): the error parts of every attempt become its error
     table, and summary.json counts videos (not clips) by outcome and reason, those taken over from a
     killed attempt (`videos_resumed`) and those this attempt curated (`videos_processed`). A clip
@@ -289,7 +289,7 @@ def publish_run(attempt: Attempt, resumed: Resumed, rows_in: list[Row], classes:
                        "failed_by_reason": _counts([r["reason_code"] for r in downloads.values() if r["status"] == "failed"])}
                       if downloads is not None else None),
         "timings_s": {k: round(v, 2) for k, v in timings_s.items()},
-        "actors": actors or {},  # per stage: the actor pool's size (decode) or its largest size (labels)
+        "actors": actors or {},  # per stage: its actors, or "in decode" for label steps run by the decoders
         "stage_task_s": {k: round(v, 2) for k, v in sorted(stage_task_s.items())},  # this attempt's, summed over workers
         "config": config,
     }

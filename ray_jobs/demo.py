@@ -242,7 +242,7 @@ def class_drops(results: dict, variants: tuple[str, ...]) -> list[dict]:
                     drops.setdefault((row["class"], f"{variant}_{key}"), []).append(v)
     classes = list(dict.fromkeys(c for c, _ in drops))
     # columns in the order of `variants` (the runs finish in any order)
-    keys = sorted({k for _, k in drops}, key=lambda k: (next(i for i, v in enumerate(variants) if k.startswith(f"{v}_")), k))
+    keys = [k for v in variants for k in sorted({k for _, k in drops if k.startswith(f"{v}_")})]
     rows = [{"class": c, **{k: statistics.fmean(drops[c, k]) for k in keys if (c, k) in drops}} for c in classes]
     return sorted(rows, key=lambda r: -r.get(keys[0], 0.0)) if keys else rows
 

@@ -119,16 +119,15 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     # actors and the finalize tasks.
     decoders = res.decode_workers or max(1, int((cluster.get("CPU", 1) - 2) // res.decode_cpus))
     # Label steps without a model (motion, clusters, annotations, none) run inside the decode actors,
-    # on the rows each has just decoded: a stage of their own moved every row (~1 MB under
-    # sampling=paper) through the object store twice more, and on a 2-core machine that stage bound the
-    # job (benchmarks/bench_scale.py). The model providers are stages of their own.
+    # on the rows each has just decoded: so they scale with the decoders on any node, and no row crosses
+    # the object store for them. The model providers are stages of their own.
     in_decode = tuple(step[:2] for step, model in ((masks_step, mask_provider == "sam"),
                                                    (scenes_step, scene_provider == "places365")) if not model)
 
-    def label_pool(model: bool) -> ActorPoolStrategy:
+    def label_pool() -> ActorPoolStrategy:
         """A model actor on a GPU runs label_calls_per_actor batches at once, each thread on its own
         CUDA stream, so that one batch's JPEG decode overlaps another's forward pass."""
-        calls = res.label_calls_per_actor if model and gpus else 1
+        calls = res.label_calls_per_actor if gpus else 1
         return ActorPoolStrategy(size=res.label_actors, max_concurrent_calls_per_actor=calls,
                                  enable_true_multi_threading=calls > 1)
 
@@ -149,20 +148,20 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
             # 2. human masks (detector + SAM), 1:1. An actor so the models load once per worker; half a
             #    CPU so that it never starves the decoders; a GPU share where the cluster has GPUs.
             ds = ds.map_batches(masks_step[0], fn_constructor_args=masks_step[1], batch_format="pandas",
-                                batch_size=res.label_batch_size, num_cpus=0.5, num_gpus=gpus, compute=label_pool(True))
+                                batch_size=res.label_batch_size, num_cpus=0.5, num_gpus=gpus, compute=label_pool())
         if scene_provider == "places365":
             # 3. Places365 scene labels, 1:1, same resources and reasons as the masks.
             ds = ds.map_batches(scenes_step[0], fn_constructor_args=scenes_step[1], batch_format="pandas",
-                                batch_size=res.label_batch_size, num_cpus=0.5, num_gpus=gpus, compute=label_pool(True))
+                                batch_size=res.label_batch_size, num_cpus=0.5, num_gpus=gpus, compute=label_pool())
         # 4. finalize, 1:(0 or 1): error rows go to the attempt's error parts, good rows are cast to the
         #    shard schema. Arrow-only work: a quarter CPU.
         ds = ds.map_batches(make_finalize_fn(attempt), batch_format="pyarrow", num_cpus=0.25)
         # 5. size-targeted Parquet shards into this attempt's folder: each file, once whole, is what a
         #    resumed run keeps (a kill loses at most the files being filled).
         fs, path = storage.filesystem(attempt.folder("shards"))
-        #    A quarter CPU a write task: at Ray's default of one CPU the write waited for a whole free CPU
-        #    beside the decoders, wrote 1 of 50 files in the first half of a 13-minute run, and the rows
-        #    piled up in the object store meanwhile (benchmarks/bench_scale.py).
+        #    A quarter CPU a write task: at Ray's default of one CPU a write waited for a whole free CPU
+        #    beside the decoders, most files were written only late in the run, and the rows piled up
+        #    in the object store meanwhile (benchmarks/bench_scale.py: memory, and what a kill loses).
         ds.write_parquet(path, filesystem=fs, min_rows_per_file=res.rows_per_shard, max_rows_per_file=res.rows_per_shard,
                          ray_remote_args={"num_cpus": 0.25})
     timings["pipeline"] = time.perf_counter() - t
