@@ -57,6 +57,9 @@ def init_ray(local_num_cpus: int = 0) -> None:
     # retried; on a busy small machine importing torch in a fresh worker can take longer than that,
     # and then no attempt ever succeeds. Local workers inherit this process's environment.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+    # Ray Train starts a preemption watcher (an actor process) per run, for nodes a cloud can take
+    # back: a local Ray has none, and the demo starts 12 runs on 2 cores.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # The dashboard shows progress, and Ray Train needs its State API: its placement-group cleaner frees
     # the workers of a run killed mid-fit (a trial that ASHA stops). Left to itself, that cleaner finds
     # the API by auto-detecting "the" local Ray and dies when the machine runs another Ray instance, so

@@ -141,7 +141,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
         data = loaded or {}
-    data = _merge(data, parse_overrides(overrides or []))
+    # Keys start at their defaults, a section's own included (DemoConfig's `pretrain` is not
+    # PretrainConfig()): a file or override that sets one key of a section leaves the section's other
+    # keys at its defaults, not at those of the section's class.
+    data = _merge(_merge(to_dict(cls()), data), parse_overrides(overrides or []))
     try:
         return _build(cls, data)
     except ConfigError as e:

@@ -123,7 +123,9 @@ class Decoder:
     keeps N cores decoding."""
 
     def __init__(self, cfg: DecodeConfig, steps: tuple[tuple[Callable, tuple], ...] = ()) -> None:
-        self.decode = make_decode_fn(cfg)
+        # the steps read the frames before JPEG (`pixels`): decoding them again cost a motion mask
+        # and a cluster label more than the rest of their work (profiled at 112 px)
+        self.decode = make_decode_fn(cfg, keep_pixels=bool(steps))
         self.steps = [step(*args) for step, args in steps]
 
     def __call__(self, row: Row) -> list[Row]:
@@ -133,23 +135,25 @@ class Decoder:
         batch = pd.DataFrame(rows)
         for step in self.steps:
             batch = step(batch)
-        return batch.to_dict("records")
+        return batch.drop(columns="pixels").to_dict("records")
 
 
-def make_decode_fn(cfg: DecodeConfig) -> Callable[[Row], list[Row]]:
+def make_decode_fn(cfg: DecodeConfig, keep_pixels: bool = False) -> Callable[[Row], list[Row]]:
     """Decode one video's window, pick frames by the sampling policy, resize + centre-crop, JPEG-encode.
     1:N for flat_map: one row per clip (N = clips_per_video under `clips`, else 1); a video that
     fails gives one error row.
 
     Reads: source_path, time_start, time_end, error. Writes: frames, frame_indices, clip_index,
-    padded, fps, height, width, t_decode_s (or error / error_code / error_stage).
+    padded, fps, height, width, t_decode_s (or error / error_code / error_stage); with `keep_pixels`
+    also pixels, the clip's frames as (T, H, W, 3) uint8 RGB (None in an error row), for label steps in
+    the same process (`debias.masks.decode_rows` reads them); never stored.
     """
     pick = cfg.picker()
 
     def decode(row: Row) -> list[Row]:
         t0 = time.perf_counter()
         empty = {**row, "frames": [], "frame_indices": [], "clip_index": 0, "padded": False, "fps": 0.0,
-                 "height": 0, "width": 0, "t_decode_s": 0.0}
+                 "height": 0, "width": 0, "t_decode_s": 0.0, **({"pixels": None} if keep_pixels else {})}
         if row["error"]:
             return [empty]
         end = row["time_end"] if row["time_end"] >= 0 else None
@@ -160,7 +164,8 @@ def make_decode_fn(cfg: DecodeConfig) -> Callable[[Row], list[Row]]:
             return [shards.failed({**empty, "t_decode_s": time.perf_counter() - t0}, "decode", e.code, str(e))]
         rows = [{**empty, "frames": [encode_jpeg_bgr(f, cfg.jpeg_quality) for f in clip],
                  "frame_indices": idx.tolist(), "clip_index": i, "padded": bool(len(idx) > 1 and idx[-1] == idx[-2]),
-                 "fps": video.fps, "height": cfg.crop_px, "width": cfg.crop_px}
+                 "fps": video.fps, "height": cfg.crop_px, "width": cfg.crop_px,
+                 **({"pixels": np.ascontiguousarray(clip[..., ::-1])} if keep_pixels else {})}
                 for i, (clip, idx) in enumerate(zip(video.clips, video.frame_indices))]
         rows[0]["t_decode_s"] = time.perf_counter() - t0  # the video's time, once however many clips
         return rows
@@ -186,12 +191,6 @@ def apply_per_row(batch: pd.DataFrame, fn: Callable[[pd.Series], dict], stage: s
         out[key] = [r[key] for r in results]
     out[ERROR_COLUMNS] = errors.values
     return out
-
-
-def _batch_digest(batch: pa.Table) -> str:
-    """Names a batch's side files by its rows, so a retried task overwrites instead of duplicating."""
-    keys = sorted(f"{v}#{c}" for v, c in zip(batch.column("video_id").to_pylist(), batch.column("clip_index").to_pylist()))
-    return hashlib.sha1("\n".join(keys).encode()).hexdigest()[:16]
 
 
 def row_affecting_config(cfg: PreprocessConfig, mask_provider: str, scene_provider: str) -> dict:

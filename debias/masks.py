@@ -61,13 +61,26 @@ def _decode_each(batch: pd.DataFrame, stage: str, decode: Callable[[list[bytes]]
 
 def decode_rows(batch: pd.DataFrame, stage: str, max_frames: int = 0,
                 half_size: bool = False) -> tuple[list[np.ndarray | None], pd.DataFrame]:
-    """Decode every good row's JPEG frames on the CPU to (T, H, W, 3) uint8, or only `max_frames` of
+    """Decode every good row's JPEG frames on the CPU to (T, H, W, 3) uint8 RGB, or only `max_frames` of
     them spread evenly over the row when that is fewer (a step that needs a clip's background, not each
-    frame), at half size with `half_size`; a corrupt frame makes the row an error row. Returns the clips
-    (None for rows in error) and the updated error columns."""
+    frame), at half size with `half_size` (ceil(H/2), ceil(W/2)); a corrupt frame makes the row an error
+    row. A batch with `pixels` (`make_decode_fn(keep_pixels=True)`: the frames before JPEG) is read from
+    them instead, with no decode. Returns the clips (None for rows in error) and the error columns."""
+    def picked(n: int) -> np.ndarray | slice:
+        return sample_uniform(n, max_frames) if 0 < max_frames < n else slice(None)
+
+    if "pixels" in batch.columns:
+        def half(frame: np.ndarray) -> np.ndarray:
+            return cv2.resize(frame, ((frame.shape[1] + 1) // 2, (frame.shape[0] + 1) // 2), interpolation=cv2.INTER_AREA)
+        clips = [None if row.error else (np.stack([half(f) for f in row.pixels[picked(len(row.pixels))]])
+                                         if half_size else row.pixels[picked(len(row.pixels))])
+                 for row in batch.itertuples(index=False)]
+        return clips, batch[["error", "error_code", "error_stage"]].copy()
+
     def decode(jpegs: list[bytes]) -> np.ndarray:
-        picked = sample_uniform(len(jpegs), max_frames) if 0 < max_frames < len(jpegs) else range(len(jpegs))
-        return np.stack([decode_jpeg(jpegs[i], half_size) for i in picked])
+        idx = picked(len(jpegs))
+        chosen = jpegs[idx] if isinstance(idx, slice) else [jpegs[i] for i in idx]
+        return np.stack([decode_jpeg(j, half_size) for j in chosen])
     return _decode_each(batch, stage, decode)
 
 
@@ -143,11 +156,12 @@ class SamMasks:
 SHIFT_MIN_PX = 64  # frames at least this size estimate their shift at half size: half the cost at 112 px
 
 
-def _grey(frame: np.ndarray, scale: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H/scale, W/scale) float32 grey, for phase correlation."""
-    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+def _grey(frames: np.ndarray, scale: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, H/scale, W/scale) float32 grey, for phase correlation."""
+    t, h, w, _ = frames.shape
+    grey = cv2.cvtColor(frames.reshape(t * h, w, 3), cv2.COLOR_RGB2GRAY).reshape(t, h, w)
     if scale > 1:
-        grey = cv2.resize(grey, (grey.shape[1] // scale, grey.shape[0] // scale), interpolation=cv2.INTER_AREA)
+        grey = np.stack([cv2.resize(g, (w // scale, h // scale), interpolation=cv2.INTER_AREA) for g in grey])
     return grey.astype(np.float32)
 
 
@@ -155,13 +169,13 @@ def _stabilise(clip: np.ndarray) -> np.ndarray:
     """Undo camera shake: shift each frame onto the clip's temporal median (phase correlation); a frame
     that moved less than a tenth of a pixel is kept as it is."""
     scale = 2 if min(clip.shape[1:3]) >= SHIFT_MIN_PX else 1
-    reference = _grey(temporal_median(clip), scale)
+    reference = _grey(temporal_median(clip)[None], scale)[0]
     out = clip.copy()
-    for i, frame in enumerate(clip):
-        (dx, dy), _response = cv2.phaseCorrelate(reference, _grey(frame, scale))
+    for i, grey in enumerate(_grey(clip, scale)):
+        (dx, dy), _response = cv2.phaseCorrelate(reference, grey)
         if abs(dx) > 0.05 or abs(dy) > 0.05:
             shift = np.float32([[1, 0, -scale * dx], [0, 1, -scale * dy]])
-            out[i] = cv2.warpAffine(frame, shift, (frame.shape[1], frame.shape[0]), borderMode=cv2.BORDER_REFLECT)
+            out[i] = cv2.warpAffine(clip[i], shift, (clip.shape[2], clip.shape[1]), borderMode=cv2.BORDER_REFLECT)
     return out
 
 

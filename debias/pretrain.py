@@ -109,7 +109,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "num_actions": len(classes), "num_scenes": scenes, "run": run,
-                           "steps": steps},
+                           "steps": steps, "best_metric": metric},
         scaling_config=RayScaling(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
                                   resources_per_worker={"CPU": sc.cpus_per_worker}),
         run_config=RunConfig(name=cfg.name, storage_path=out,
@@ -133,7 +133,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict:
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: `config` = {"cfg": PretrainConfig as a dict, "num_actions", "num_scenes", "run":
-    the run folder, "steps": {split: batches per worker per epoch}}.
+    the run folder, "steps": {split: batches per worker per epoch}, "best_metric": what ranks checkpoints}.
 
     Resumes from the run's latest checkpoint when there is one (model, optimizer with its momentum,
     LR schedule state, epoch); reports (and checkpoints) each epoch; rank 0 writes the epoch's metrics,
@@ -191,7 +191,8 @@ def train_loop_per_worker(config: dict) -> None:
         metrics.update({f"train_{k}": v for k, v in result.items()})
         t1 = time.perf_counter()
         confusion = {}
-        for split in cfg.eval_splits:
+        evaluated = (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.optim.epochs
+        for split in cfg.eval_splits if evaluated else []:
             shard = ray.train.get_dataset_shard(split).iter_torch_batches(**iter_args)
             result = evaluate(core, progress(shard, config["steps"][split], f"[{cfg.name}] {split}", rank), device)
             if "confusion" in result:
@@ -208,7 +209,10 @@ def train_loop_per_worker(config: dict) -> None:
                 if tracker:
                     tracker.log(metrics, step=epoch)
                 saved = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=checkpoint_name(epoch))
+            # Ray ranks the checkpoints by best_metric: NaN in an epoch that was not evaluated ranks it
+            # last (Ray keeps the latest checkpoint regardless, for resuming)
+            ranked = {**metrics, **({} if config["best_metric"] in metrics else {config["best_metric"]: math.nan})}
+            ray.train.report(ranked, checkpoint=saved, checkpoint_dir_name=checkpoint_name(epoch))
         if rank == 0:
             shown = {k: round(v, 3) for k, v in metrics.items()
                      if isinstance(v, float) and k.endswith(("acc", "loss", "entropy", "_s"))}

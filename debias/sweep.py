@@ -82,6 +82,8 @@ class SweepConfig:
         check(split in self.pretrain.eval_splits + ["train"] and bool(measure), "metric",
               f"must be SPLIT_MEASURE with SPLIT in train or pretrain.eval_splits {self.pretrain.eval_splits}, "
               f"got {self.metric!r}")
+        check(split == "train" or self.pretrain.eval_every_epochs == 1, "pretrain.eval_every_epochs",
+              f"must be 1 for metric={self.metric!r}: Tune and ASHA read the metric in every epoch's report")
 
 
 def domain(space: SpaceConfig) -> Any:

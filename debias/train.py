@@ -125,6 +125,7 @@ class PretrainConfig:
     seed: int = 0
     train_split: str = "train"
     eval_splits: list[str] = field(default_factory=lambda: ["val", "ood"])
+    eval_every_epochs: int = 1  # evaluate the eval splits every N epochs, and always after the last
     tensorboard: bool = True  # also write the per-epoch metrics as TensorBoard events in OUT/NAME/tensorboard
     # ranks the checkpoints ("best" in `debias predict/export --checkpoint best`); "" = the first eval
     # split's accuracy. Maximised when it ends in acc/top5 or holds "entropy", else minimised.
@@ -140,6 +141,10 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check(self.checkpoint_keep >= 1, "checkpoint_keep", "must be >= 1")
+        check(self.eval_every_epochs >= 1, "eval_every_epochs", f"must be >= 1, got {self.eval_every_epochs}")
+        check(self.eval_every_epochs == 1 or self.optim.schedule != "plateau" or self.optim.plateau_metric.startswith("train_"),
+              "eval_every_epochs", f"must be 1 when optim.plateau_metric={self.optim.plateau_metric!r} (an eval "
+              "metric) drives the plateau schedule: it reads the metric every epoch")
         prefixes = ("train_", *(f"{s}_" for s in self.eval_splits))
         check(not self.best_metric or self.best_metric.startswith(prefixes), "best_metric",
               f"must be a per-epoch metric of train_split or an eval split (a name starting with {list(prefixes)}), "

@@ -12,6 +12,7 @@ costs about as much as decoding it, so converting only the kept ones is most of 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -264,11 +265,47 @@ def sample_uniform(num_available: int, num_frames: int) -> np.ndarray:
 MEDIAN_FRAMES = 32
 
 
+@functools.cache
+def _median_comparators(n: int) -> tuple[tuple[int, int], ...]:
+    """Batcher's odd-even merge sort network on `n` (a power of two) wires, less the comparators that
+    cannot reach wire n // 2 (the median's): (low, high) pairs in the order they run."""
+    pairs, p = [], 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                pairs += [(i + j, i + j + k) for i in range(min(k, n - j - k)) if (i + j) // (2 * p) == (i + j + k) // (2 * p)]
+            k //= 2
+        p *= 2
+    needed, kept = {n // 2}, []
+    for a, b in reversed(pairs):
+        if a in needed or b in needed:
+            kept.append((a, b))
+            needed |= {a, b}
+    return tuple(reversed(kept))
+
+
 def temporal_median(clip: np.ndarray, max_frames: int = MEDIAN_FRAMES) -> np.ndarray:
-    """(T, ...) uint8 -> the per-pixel median over at most `max_frames` frames spread evenly over T."""
+    """(T, ...) uint8 -> the per-pixel median (the upper one for even T) over at most `max_frames` frames
+    spread evenly over T.
+
+    A sorting network of elementwise min/max over whole frames rather than np.median: measured 12x
+    faster on (32, 112, 112, 3) (0.9 vs 12.6 ms), which made the median most of a motion mask's cost.
+    The frames are padded to a power of two with as many 0 as 255 frames (one more 0 when odd), which
+    leaves the median at wire n // 2."""
     if len(clip) > max_frames:
         clip = clip[sample_uniform(len(clip), max_frames)]
-    return np.median(clip, axis=0).astype(np.uint8)
+    t = len(clip)
+    n = 1 << (t - 1).bit_length()
+    flat = clip.reshape(t, -1)
+    pad = n - t
+    wires = [flat[i].copy() for i in range(t)] + [np.full(flat.shape[1], 255 * (i % 2), np.uint8) for i in range(pad)]
+    low = np.empty_like(wires[0])
+    for a, b in _median_comparators(n):
+        np.minimum(wires[a], wires[b], out=low)
+        np.maximum(wires[a], wires[b], out=wires[b])
+        wires[a], low = low, wires[a]
+    return wires[n // 2].reshape(clip.shape[1:])
 
 
 def _require_frames(times_s: np.ndarray, num_frames: int) -> None:

@@ -52,12 +52,12 @@ class DemoConfig:
     out: str = "out/demo"
     synth: SynthConfig = field(default_factory=SynthConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
-    # 10 epochs: 4 variants x 3 seeds at 30 epochs need ~3 x the 10 minutes a demo may take on 2 cores;
-    # the ood gap opens within the first epochs (curves.png). One torch thread a run, two runs at once:
-    # tiny convolutions use two cores better as two runs than as one run on two threads, and one run's
-    # Ray Train start-up and data waits overlap the other's work.
+    # 10 epochs (SDN's ood accuracy still rises at the last: curves.png), evaluated every 2nd. One torch thread a run, three runs at once (half a CPU a
+    # worker: debias.sweep.concurrent_runs): tiny convolutions use two cores better as runs than as
+    # threads, and a run's Ray Train start-up (a dozen fresh actor processes) leaves a core idle that the
+    # others fill. Where the time goes: docs/benchmarks.md.
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
-        optim=OptimConfig(epochs=10), scaling=ScalingConfig(cpus_per_worker=1.0)))
+        eval_every_epochs=2, optim=OptimConfig(epochs=10), scaling=ScalingConfig(cpus_per_worker=0.5)))
     bias: BiasConfig = field(default_factory=BiasConfig)
     # Every variant is trained once per seed (pretrain.seed: initial weights, data order, the eval
     # clips); the synthetic benchmark stays the same (synth.seed). One run cannot tell a gap from noise.
@@ -93,9 +93,11 @@ def run_configs(cfg: DemoConfig, shards: str, out: str) -> dict[tuple[str, int],
 
 @ray.remote
 def train(config: dict) -> dict:
-    """One training run (a TorchTrainer launched from this task): its run folder and history."""
+    """One training run (a TorchTrainer launched from this task): its run folder, history and wall time."""
+    t0 = time.perf_counter()
     result = run_pretrain(from_dict(PretrainConfig, config))
-    return {"run": result["run"], "history": result["history"], "final": result["final"], "per_class": result["per_class"]}
+    return {"run": result["run"], "history": result["history"], "final": result["final"], "per_class": result["per_class"],
+            "wall_s": time.perf_counter() - t0}
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -146,6 +148,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         print(f"demo: {configs[key].name} done ({len(results)}/{len(configs)})", flush=True)
     timings["train_and_measure_s"] = time.perf_counter() - t
     timings["measure_in_driver_s"] = bias_s
+    # Where the runs' time went, summed over runs: their epochs' training and evaluation, and the whole
+    # run (the rest is each run's Ray Train start-up, its data pipelines' first start and its end).
+    timings["runs_wall_s"] = sum(r["wall_s"] for r in results.values())
+    timings["runs_train_s"] = sum(m["train_time_s"] for r in results.values() for m in r["history"])
+    timings["runs_eval_s"] = sum(m["eval_time_s"] for r in results.values() for m in r["history"])
     timings["total_s"] = time.perf_counter() - t0
     return write_report(cfg, out, curated, results, dataset_bias(bias_data, num_actions), num_actions, scenes,
                         timings)

@@ -1,3 +1,4 @@
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,14 @@ def test_shipped_configs_load_and_are_complete(path, cls):
 
     cfg = load_config(cls, ROOT / path)
     assert yaml.safe_load((ROOT / path).read_text()) == to_dict(cfg)  # every key written out
+
+
+def test_an_override_keeps_the_rest_of_its_section_at_that_sections_defaults():
+    """The demo's pretrain section has defaults of its own (epochs, CPUs a worker, evaluation every 2nd
+    epoch); setting one of its keys keeps the others."""
+    cfg = load_config(DemoConfig, None, ["pretrain.optim.lr=0.1"])
+    assert cfg.pretrain.optim.lr == 0.1
+    assert dataclasses.replace(cfg.pretrain, optim=DemoConfig().pretrain.optim) == DemoConfig().pretrain
 
 
 def test_demo_yaml_is_the_embedded_default():

@@ -1,13 +1,12 @@
 """The whole chain on Ray, on a tiny benchmark: synth -> preprocess -> 4 variants x 2 seeds of pretrain
-(two runs at a time) -> bias measures -> report. (Resuming a run: tests/test_train.py.)"""
+(as many runs at a time as the CPUs hold) -> bias measures -> report. (Resuming a run: tests/test_train.py.)"""
 
-import dataclasses
 import json
 
 from debias import storage
 from debias.config import load_config
 from debias.pretrain import run_pretrain
-from debias.runs import read_metrics
+from debias.runs import checkpoint_path, read_metrics
 from ray_jobs.demo import VARIANTS, DemoConfig, run_configs, run_demo
 
 TINY = ["synth.train_per_class=4", "synth.val_per_class=2", "synth.ood_per_class=2",
@@ -31,7 +30,10 @@ def test_demo_runs_every_variant_and_seed_and_reports_means_and_bias(tmp_path, r
         assert 0.0 <= run["masked_action_acc"] <= 1.0
         # 12 ood videos, 6 scenes: the uniform code is 12 log2 6 bits; the online code is positive
         assert abs(run["scene_mdl_uniform_bits"] - 12 * 2.585) < 0.01 and run["scene_mdl_bits"] > 0
-        assert len(read_metrics(str(out / "runs" / name))) == 2
+        history = read_metrics(str(out / "runs" / name))
+        # the demo evaluates every 2nd epoch: the first only trains, the last is evaluated and is the best
+        assert len(history) == 2 and "val_acc" not in history[0] and "val_acc" in history[1]
+        assert checkpoint_path(str(out / "runs" / name), "best").endswith("checkpoint_epoch_0001")
     for variant in VARIANTS:
         entry = on_disk[variant]
         values = entry["ood_acc_values"]

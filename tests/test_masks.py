@@ -11,15 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from debias.curate import DecodeConfig, make_decode_fn
+from debias.curate import DecodeConfig, Decoder, make_decode_fn
 from debias.labels import LabelsConfig
 from debias.label_models import BoxSegmenter, PersonDetector, load_detector, load_sam, tiny_sam
 from debias.masks import MotionMasks, SamMasks, decode_rows, decode_rows_on, motion_masks
-from debias.sources import InputConfig
-from debias.sources import read_annotation
+from debias.sources import InputConfig, read_annotation, read_source
 from debias.synth import SynthConfig, generate
 from debias.shards import decode_jpeg, encode_jpeg, unpack_mask
-from debias.video import resize_crop
+from debias.video import MEDIAN_FRAMES, resize_crop, sample_uniform, temporal_median
 from debias.weights import WeightsError, catalog, resolve_providers
 
 DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"  # the smallest torchvision COCO detector
@@ -56,8 +55,6 @@ def synth(tmp_path_factory) -> Path:
 
 
 def synth_rows(task: Path, decode: DecodeConfig) -> list[dict]:
-    from debias.sources import read_source
-
     rows, _ = read_source(InputConfig(source="kinetics", manifest=str(task / "manifest.csv")))
     return [make_decode_fn(decode)(r)[0] for r in rows]
 
@@ -197,6 +194,38 @@ def test_motion_masks_find_the_synthetic_person(synth):
         pred = motion_masks(clip, labels.motion_threshold, labels.motion_colour_ratio)
         tp, pred_n, true_n = tp + (pred & truth).sum(), pred_n + pred.sum(), true_n + truth.sum()
     assert tp / true_n > 0.5 and tp / pred_n > 0.25  # measured on 360 videos: recall 0.75, precision 0.44
+
+
+@pytest.mark.parametrize("frames", [1, 2, 5, 16, 17, 31, 32, 40])
+def test_temporal_median_is_the_per_pixel_median_of_at_most_32_frames(frames):
+    """The sorting network equals numpy's (upper) median for any T, padded or not."""
+    clip = np.random.default_rng(frames).integers(0, 256, (frames, 6, 5, 3), dtype=np.uint8)
+    used = clip[sample_uniform(frames, MEDIAN_FRAMES)] if frames > MEDIAN_FRAMES else clip
+    assert np.array_equal(temporal_median(clip), np.sort(used, axis=0)[len(used) // 2])
+
+
+def test_label_steps_in_the_decoder_read_the_frames_before_jpeg(synth):
+    """Inside a Decoder the steps read `pixels` (no second JPEG decode; masked at half size from them):
+    the same stored frames, masks that find the person as well as the stored JPEGs' do, and `pixels`
+    never leaves the actor."""
+    decode = DecodeConfig(num_frames=16, short_side_px=64, crop_px=64)
+    inputs, _ = read_source(InputConfig(source="kinetics", manifest=str(synth / "manifest.csv")))
+    fused = [Decoder(decode, ((MotionMasks, (20.0, 3.0)),))(r)[0] for r in inputs]
+    assert all("pixels" not in r for r in fused)
+    stored = MotionMasks(20.0, 3.0)(pd.DataFrame([make_decode_fn(decode)(r)[0] for r in inputs])).to_dict("records")
+    scores = {}
+    for name, rows in (("fused", fused), ("stored", stored)):
+        tp = pred_n = true_n = 0
+        for r in rows:
+            truth, _ = read_annotation(str(synth / "annotations"), r["youtube_id"])
+            truth = np.stack([resize_crop(m.astype(np.uint8), 64, 64, nearest=True) > 0 for m in truth[r["frame_indices"]]])
+            pred = np.stack([unpack_mask(m, 64, 64) for m in r["human_masks"]])
+            tp, pred_n, true_n = tp + (pred & truth).sum(), pred_n + pred.sum(), true_n + truth.sum()
+        scores[name] = (tp / true_n, tp / pred_n)
+    assert [r["frames"] for r in fused] == [r["frames"] for r in stored]
+    (recall, precision), (stored_recall, stored_precision) = scores["fused"], scores["stored"]
+    assert recall > 0.5 and precision > 0.25, scores
+    assert recall > stored_recall - 0.05 and precision > stored_precision - 0.05, scores
 
 
 def test_motion_masks_ignore_a_static_scene():
