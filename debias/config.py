@@ -130,6 +130,28 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _defaults(cls: type) -> dict:
+    """Each field's default as plain data, without building `cls` itself (its checks may need keys that
+    only a file gives, e.g. a pipeline's targets); a section whose own default does not build is left to
+    its class's defaults."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        try:
+            if f.default_factory is not dataclasses.MISSING:
+                out[f.name] = _plain(f.default_factory())
+            elif f.default is not dataclasses.MISSING:
+                out[f.name] = _plain(f.default)
+        except ConfigError:
+            continue
+    return out
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build `cls` from the YAML file at `path` (optional) and `key=value` overrides."""
     data: dict = {}
@@ -144,7 +166,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     # Keys start at their defaults, a section's own included (DemoConfig's `pretrain` is not
     # PretrainConfig()): a file or override that sets one key of a section leaves the section's other
     # keys at its defaults, not at those of the section's class.
-    data = _merge(_merge(to_dict(cls()), data), parse_overrides(overrides or []))
+    data = _merge(_merge(_defaults(cls), data), parse_overrides(overrides or []))
     try:
         return _build(cls, data)
     except ConfigError as e:
