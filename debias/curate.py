@@ -28,7 +28,7 @@ from debias.download import DownloadConfig
 from debias.labels import LabelsConfig
 from debias.shards import ERROR_COLUMNS, ERROR_SCHEMA, SCHEMA_VERSION, Attempt, Resumed, encode_jpeg_bgr
 from debias.sources import InputConfig, Row, ids_in_several_windows
-from debias.video import FramePicker, VideoError, decode_clips, pick_all, pick_at_rate, pick_clips, pick_uniform
+from debias.video import FramePicker, VideoError, bgr_to_rgb, decode_clips, pick_all, pick_at_rate, pick_clips, pick_uniform
 
 
 @dataclass
@@ -123,9 +123,10 @@ class Decoder:
     keeps N cores decoding."""
 
     def __init__(self, cfg: DecodeConfig, steps: tuple[tuple[Callable, tuple], ...] = ()) -> None:
-        # the steps read the frames before JPEG (`pixels`): decoding them again cost a motion mask
-        # and a cluster label more than the rest of their work (profiled at 112 px)
-        self.decode = make_decode_fn(cfg, keep_pixels=bool(steps))
+        # Steps that read frames (`reads_pixels`: motion masks, scene clusters) get them before JPEG
+        # (`pixels`): decoding the JPEGs again cost them more than the rest of their work (profiled at
+        # 112 px). Only for those: the copy costs the other steps' jobs time for nothing.
+        self.decode = make_decode_fn(cfg, keep_pixels=any(getattr(step, "reads_pixels", False) for step, _ in steps))
         self.steps = [step(*args) for step, args in steps]
 
     def __call__(self, row: Row) -> list[Row]:
@@ -135,7 +136,7 @@ class Decoder:
         batch = pd.DataFrame(rows)
         for step in self.steps:
             batch = step(batch)
-        return batch.drop(columns="pixels").to_dict("records")
+        return batch.drop(columns="pixels", errors="ignore").to_dict("records")
 
 
 def make_decode_fn(cfg: DecodeConfig, keep_pixels: bool = False) -> Callable[[Row], list[Row]]:
@@ -165,7 +166,7 @@ def make_decode_fn(cfg: DecodeConfig, keep_pixels: bool = False) -> Callable[[Ro
         rows = [{**empty, "frames": [encode_jpeg_bgr(f, cfg.jpeg_quality) for f in clip],
                  "frame_indices": idx.tolist(), "clip_index": i, "padded": bool(len(idx) > 1 and idx[-1] == idx[-2]),
                  "fps": video.fps, "height": cfg.crop_px, "width": cfg.crop_px,
-                 **({"pixels": np.ascontiguousarray(clip[..., ::-1])} if keep_pixels else {})}
+                 **({"pixels": bgr_to_rgb(clip)} if keep_pixels else {})}
                 for i, (clip, idx) in enumerate(zip(video.clips, video.frame_indices))]
         rows[0]["t_decode_s"] = time.perf_counter() - t0  # the video's time, once however many clips
         return rows

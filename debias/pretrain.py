@@ -102,7 +102,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict:
     sc = cfg.scaling
     counts = {cfg.train_split: check_labelled(rows[cfg.train_split], cfg.train_split)}
     counts.update({s: rows[s].count() * cfg.clip.eval_clips for s in cfg.eval_splits})
-    steps = {s: math.ceil(n / sc.num_workers / cfg.optim.batch_size) for s, n in counts.items()}
+    steps = {s: math.ceil(n / max(1, sc.num_workers) / cfg.optim.batch_size) for s, n in counts.items()}
     datasets = {cfg.train_split: clip_dataset(cfg, rows[cfg.train_split], train=True)}
     datasets.update({s: clip_dataset(cfg, rows[s], train=False) for s in cfg.eval_splits})
     metric = runs.best_metric(cfg)

@@ -165,6 +165,7 @@ class ClusterScenes:
     """
 
     source = "clusters"
+    reads_pixels = True  # inside a `Decoder`: the frames before JPEG
 
     def __init__(self, model: dict, temperature: float) -> None:
         self.model, self.temperature = model, temperature

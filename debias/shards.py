@@ -175,6 +175,11 @@ def pack_mask(mask: np.ndarray) -> bytes:
     return np.packbits(mask.astype(bool).ravel()).tobytes()
 
 
+def pack_masks(masks: np.ndarray) -> list[bytes]:
+    """(T, H, W) bool -> `pack_mask` of each frame, in one call for the clip."""
+    return [p.tobytes() for p in np.packbits(masks.astype(bool).reshape(len(masks), -1), axis=1)]
+
+
 def unpack_mask(data: bytes, height: int, width: int) -> np.ndarray:
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=height * width)
     return bits.reshape(height, width).astype(bool)

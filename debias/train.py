@@ -100,7 +100,7 @@ class ScalingConfig:
     sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
-        check(self.num_workers >= 1, "num_workers", "must be >= 1")
+        check(self.num_workers >= 0, "num_workers", "must be >= 0")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
         check(self.max_failures >= -1, "max_failures", "must be >= 0 (or -1: unlimited)")
 

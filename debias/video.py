@@ -162,6 +162,13 @@ def _shrink_bgr(frame: av.VideoFrame, short_side_px: int, crop_px: int) -> np.nd
     return np.ascontiguousarray(image[top : top + crop_px, left : left + crop_px])
 
 
+def bgr_to_rgb(clip: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) BGR uint8 -> a contiguous RGB copy; one OpenCV call for the clip (numpy's copy of the
+    reversed channel view took 15x as long)."""
+    t, h, w, _ = clip.shape
+    return cv2.cvtColor(clip.reshape(t * h, w, 3), cv2.COLOR_BGR2RGB).reshape(clip.shape)
+
+
 def decode_clips(path: str | Path, pick: FramePicker, short_side_px: int, crop_px: int,
                  time_start_s: float = 0.0, time_end_s: float | None = None, threads: int = 1) -> DecodedClips:
     """Decode the frames of [time_start_s, time_end_s) that `pick` chooses, resized and centre-cropped.
