@@ -102,7 +102,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict:
     sc = cfg.scaling
     counts = {cfg.train_split: check_labelled(rows[cfg.train_split], cfg.train_split)}
     counts.update({s: rows[s].count() * cfg.clip.eval_clips for s in cfg.eval_splits})
-    steps = {s: math.ceil(n / max(1, sc.num_workers) / cfg.optim.batch_size) for s, n in counts.items()}
+    steps = {s: math.ceil(n / max(1, sc.num_workers) / cfg.optim.batch_size) for s, n in counts.items()}  # local mode: 1
     datasets = {cfg.train_split: clip_dataset(cfg, rows[cfg.train_split], train=True)}
     datasets.update({s: clip_dataset(cfg, rows[s], train=False) for s in cfg.eval_splits})
     metric = runs.best_metric(cfg)
@@ -162,10 +162,15 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = make_optimizer(core, cfg.optim)
     schedule = LRSchedule(cfg.optim)
     start_epoch = 0
+    local = cfg.scaling.num_workers == 0  # Ray Train's local mode keeps no checkpoint: the run folder does
     checkpoint = ray.train.get_checkpoint()
+    state = None
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
+    elif local and runs.checkpoints(config["run"]):
+        state = runs.load_state(runs.checkpoints(config["run"])[-1])
+    if state:
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -206,6 +211,8 @@ def train_loop_per_worker(config: dict) -> None:
                 torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
                             "schedule": schedule.state_dict(), "epoch": epoch}, Path(d) / STATE_FILE)
                 writer.epoch(metrics, confusion)
+                if local:
+                    writer.checkpoint(d, checkpoint_name(epoch), cfg.checkpoint_keep, config["best_metric"])
                 if tracker:
                     tracker.log(metrics, step=epoch)
                 saved = ray.train.Checkpoint.from_directory(d)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 import tempfile
 import time
@@ -272,6 +273,23 @@ class RunWriter:
             self.events.flush()
             if storage.is_uri(self.run):
                 storage.upload(self.events_dir, storage.join(self.run, "tensorboard"))
+
+    def checkpoint(self, local_dir: str, name: str, keep: int, metric: str) -> None:
+        """Ray Train's local mode keeps no checkpoint (scaling.num_workers 0): save the epoch's folder as
+        RUN/NAME, as Ray does with workers, and keep what Ray's CheckpointConfig keeps: the `keep` best
+        by `metric` (an epoch without it ranks last) and the latest. Call after `epoch`."""
+        storage.upload(local_dir, storage.join(self.run, name))
+        found = {storage.name(c): c for c in checkpoints(self.run)}
+        scores = {m["checkpoint"]: m.get(metric, math.nan) for m in map(json.loads, self.lines)}
+        sign = 1.0 if higher_is_better(metric) else -1.0
+
+        def rank(n: str) -> float:  # NaN (not evaluated) and unknown rank last
+            score = scores.get(n, math.nan)
+            return -math.inf if math.isnan(score) else sign * score
+
+        kept = set(sorted(found, key=rank, reverse=True)[:keep]) | {max(found)}
+        for n in set(found) - kept:
+            storage.delete(found[n])
 
     def close(self) -> None:
         if self.events is not None:

@@ -78,6 +78,8 @@ class SweepConfig:
               f"must list at least one seed, each once, got {self.seeds}")
         check(self.max_concurrent_trials >= 0, "max_concurrent_trials", "must be >= 0 (0 = auto)")
         check(self.trial_cpus > 0, "trial_cpus", "must be > 0")
+        check(self.pretrain.scaling.num_workers > 0, "pretrain.scaling.num_workers",
+              "a trial reports its epochs to Tune through Ray Train's callbacks, which local mode (0) does not run")
         split, _, measure = self.metric.partition("_")
         check(split in self.pretrain.eval_splits + ["train"] and bool(measure), "metric",
               f"must be SPLIT_MEASURE with SPLIT in train or pretrain.eval_splits {self.pretrain.eval_splits}, "
@@ -125,17 +127,25 @@ def trial_resources(cfg: SweepConfig) -> dict[str, float]:
     return {"CPU": cfg.trial_cpus}
 
 
+def run_task_cpus(pretrain: PretrainConfig, waiting_cpus: float) -> float:
+    """The CPUs of the task that fits a run: `waiting_cpus` while it only waits on its worker group, and
+    one worker's more in local mode (num_workers 0), where it trains."""
+    return waiting_cpus + (pretrain.scaling.cpus_per_worker if pretrain.scaling.num_workers == 0 else 0.0)
+
+
 def concurrent_runs(pretrain: PretrainConfig, driver_cpus: float, cluster: dict[str, float]) -> int:
     """Training runs of `pretrain` that fit at once in `cluster` (ray.cluster_resources()).
 
     On GPUs: one run per `num_workers` GPUs. On CPUs: each run holds its driver, its workers and at
     least one clip-decoding task of its Ray Data pipeline; counting that task is what keeps a small
-    machine from filling every CPU with drivers and workers whose data can then never be read.
+    machine from filling every CPU with drivers and workers whose data can then never be read. A run in
+    local mode (num_workers 0) trains in its driver: it counts as one worker there (`driver_cpus`).
     """
     sc = pretrain.scaling
+    workers = max(1, sc.num_workers)
     if sc.use_gpu:
-        return max(1, int(cluster.get("GPU", 0) // sc.num_workers))
-    per_run = driver_cpus + sc.num_workers * sc.cpus_per_worker + pretrain.loader.clip_cpus
+        return max(1, int(cluster.get("GPU", 0) // workers))
+    per_run = driver_cpus + workers * sc.cpus_per_worker + pretrain.loader.clip_cpus
     return max(1, int(cluster.get("CPU", 0) // per_run))
 
 

@@ -91,6 +91,10 @@ class OptimConfig:
 
 @dataclass
 class ScalingConfig:
+    # 0: Ray Train's local mode: the loop runs in the process that calls fit, without the controller,
+    # worker and dataset-split actors a worker group starts (a dozen processes, each importing torch),
+    # for models that train in seconds an epoch (the demo's). Ray then keeps no checkpoint: the run
+    # writer saves them in the run folder itself, the same layout (debias.runs.RunWriter.checkpoint).
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 2.0  # also the torch thread count of a CPU worker
@@ -100,7 +104,9 @@ class ScalingConfig:
     sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
-        check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        check(self.num_workers >= 0, "num_workers", "must be >= 0 (0: Ray Train's local mode)")
+        check(self.num_workers > 0 or self.max_failures == 0, "max_failures",
+              "local mode (num_workers 0) has no worker group to restart: needs max_failures 0")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
         check(self.max_failures >= -1, "max_failures", "must be >= 0 (or -1: unlimited)")
 

@@ -29,7 +29,7 @@ from debias.pretrain import run_pretrain
 from debias.report import plot_curves, plot_seeds, provenance, table
 from debias.runs import load_model
 from debias.shards import num_scenes, read_classes
-from debias.sweep import concurrent_runs
+from debias.sweep import concurrent_runs, run_task_cpus
 from debias.synth import SynthConfig
 from debias.train import OptimConfig, PretrainConfig, ScalingConfig
 from ray_jobs.common import job_parser, load_job_config
@@ -52,18 +52,19 @@ class DemoConfig:
     out: str = "out/demo"
     synth: SynthConfig = field(default_factory=SynthConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
-    # 10 epochs (SDN's ood accuracy still rises at the last: curves.png), evaluated every 2nd. One torch thread a run, three runs at once (half a CPU a
-    # worker: debias.sweep.concurrent_runs): tiny convolutions use two cores better as runs than as
-    # threads, and a run's Ray Train start-up (a dozen fresh actor processes) leaves a core idle that the
-    # others fill. Where the time goes: docs/benchmarks.md.
+    # 10 epochs (SDN's ood accuracy still rises at the last: curves.png), evaluated every 2nd. Ray Train's
+    # local mode (num_workers 0): each run trains in the task that fits it. A worker group's start-up (a
+    # dozen fresh actor processes, each importing torch) took longer than a model's training here. One
+    # torch thread a run, three runs at once (debias.sweep.concurrent_runs): tiny convolutions use two
+    # cores better as runs than as threads. Where the time goes: docs/benchmarks.md.
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
-        eval_every_epochs=2, optim=OptimConfig(epochs=10), scaling=ScalingConfig(cpus_per_worker=0.5)))
+        eval_every_epochs=2, optim=OptimConfig(epochs=10), scaling=ScalingConfig(num_workers=0, cpus_per_worker=0.5)))
     bias: BiasConfig = field(default_factory=BiasConfig)
     # Every variant is trained once per seed (pretrain.seed: initial weights, data order, the eval
     # clips); the synthetic benchmark stays the same (synth.seed). One run cannot tell a gap from noise.
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     max_parallel: int = 0  # training runs at once; 0: as many as the CPUs hold (debias.sweep.concurrent_runs)
-    run_cpus: float = 0.25  # each run's driver task: it only waits on its Train run
+    run_cpus: float = 0.25  # each run's task, beside the worker's CPUs it holds in local mode (it trains there)
     min_ood_gain: float = 0.10  # the claim, on the means over seeds: SDN's ood_acc beats the baseline's by this
     max_val_drop: float = 0.05  # ... while its val_acc is at most this much lower
 
@@ -135,7 +136,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     while pending or running:
         while pending and len(running) < parallel:
             key = pending.pop(0)
-            running[train.options(num_cpus=cfg.run_cpus).remote(to_dict(configs[key]))] = key
+            running[train.options(num_cpus=run_task_cpus(cfg.pretrain, cfg.run_cpus)).remote(to_dict(configs[key]))] = key
         done, _ = ray.wait(list(running), num_returns=1)
         key = running.pop(done[0])
         result = ray.get(done[0])

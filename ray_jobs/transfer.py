@@ -24,7 +24,7 @@ from debias.config import from_dict, to_dict
 from debias.pretrain import run_pretrain
 from debias.report import plot_bars, plot_curves, table
 from debias.shards import read_classes
-from debias.sweep import concurrent_runs
+from debias.sweep import concurrent_runs, run_task_cpus
 from debias.train import PretrainConfig
 from debias.transfer import SCRATCH, TransferConfig, run_specs, transfer_table
 from ray_jobs.common import job_parser, load_job_config
@@ -85,7 +85,7 @@ def run_transfer(cfg: TransferConfig) -> dict:
         while pending or running:
             while pending and len(running) < parallel:
                 spec = pending.pop(0)
-                running[finetune.options(num_cpus=cfg.run_cpus).remote(to_dict(spec.config))] = spec
+                running[finetune.options(num_cpus=run_task_cpus(cfg.finetune, cfg.run_cpus)).remote(to_dict(spec.config))] = spec
             done, _ = ray.wait(list(running), num_returns=1)
             spec = running.pop(done[0])
             result = ray.get(done[0])
