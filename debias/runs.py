@@ -280,14 +280,14 @@ class RunWriter:
         by `metric` (an epoch without it ranks last) and the latest. Call after `epoch`."""
         storage.upload(local_dir, storage.join(self.run, name))
         found = {storage.name(c): c for c in checkpoints(self.run)}
-        scores = {m["checkpoint"]: m.get(metric, math.nan) for m in map(json.loads, self.lines)}
+        scores = {m.get("checkpoint"): m.get(metric, math.nan) for m in map(json.loads, self.lines)}
         sign = 1.0 if higher_is_better(metric) else -1.0
 
         def rank(n: str) -> float:  # NaN (not evaluated) and unknown rank last
             score = scores.get(n, math.nan)
             return -math.inf if math.isnan(score) else sign * score
 
-        kept = set(sorted(found, key=rank, reverse=True)[:keep]) | {max(found)}
+        kept = set(sorted(found, key=lambda n: (rank(n), n), reverse=True)[:keep]) | {max(found)}  # ties: the later, as Ray
         for n in set(found) - kept:
             storage.delete(found[n])
 

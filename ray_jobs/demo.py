@@ -52,13 +52,13 @@ class DemoConfig:
     out: str = "out/demo"
     synth: SynthConfig = field(default_factory=SynthConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
-    # 10 epochs (SDN's ood accuracy still rises at the last: curves.png), evaluated every 2nd. Ray Train's
+    # 8 epochs, evaluated every 2nd (the cosine schedule anneals over them; curves.png). Ray Train's
     # local mode (num_workers 0): each run trains in the task that fits it. A worker group's start-up (a
     # dozen fresh actor processes, each importing torch) took longer than a model's training here. One
     # torch thread a run, three runs at once (debias.sweep.concurrent_runs): tiny convolutions use two
     # cores better as runs than as threads. Where the time goes: docs/benchmarks.md.
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
-        eval_every_epochs=2, optim=OptimConfig(epochs=10), scaling=ScalingConfig(num_workers=0, cpus_per_worker=0.5)))
+        eval_every_epochs=2, optim=OptimConfig(epochs=8), scaling=ScalingConfig(num_workers=0, cpus_per_worker=0.5)))
     bias: BiasConfig = field(default_factory=BiasConfig)
     # Every variant is trained once per seed (pretrain.seed: initial weights, data order, the eval
     # clips); the synthetic benchmark stays the same (synth.seed). One run cannot tell a gap from noise.
