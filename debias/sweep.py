@@ -139,7 +139,8 @@ def concurrent_runs(pretrain: PretrainConfig, driver_cpus: float, cluster: dict[
     On GPUs: one run per `num_workers` GPUs. On CPUs: each run holds its driver, its workers and at
     least one clip-decoding task of its Ray Data pipeline; counting that task is what keeps a small
     machine from filling every CPU with drivers and workers whose data can then never be read. A run in
-    local mode (num_workers 0) trains in its driver: it counts as one worker there (`driver_cpus`).
+    local mode (num_workers 0) trains in its driver task, which then holds one worker's CPUs besides
+    (`run_task_cpus`): it counts as one worker.
     """
     sc = pretrain.scaling
     workers = max(1, sc.num_workers)

@@ -21,6 +21,8 @@ PIPELINE_TINY = [
     "sweep.pretrain.clip.clip_len=8", "sweep.pretrain.optim.epochs=2", "sweep.pretrain.optim.batch_size=8",
     "sweep.pretrain.model.width=4", "transfer.finetune.clip.clip_len=8", "transfer.finetune.optim.epochs=2",
     "transfer.finetune.optim.batch_size=8", "transfer.bias.clip_len=8", "transfer.bias.probe_steps=50",
+    # the fine-tuning runs in Ray Train's local mode (the demo's): no worker group to start for a tiny model
+    "transfer.finetune.scaling.num_workers=0", "transfer.finetune.scaling.max_failures=0",
     "scratch=false"]
 
 

@@ -228,6 +228,39 @@ def test_label_steps_in_the_decoder_read_the_frames_before_jpeg(synth):
     assert recall > stored_recall - 0.05 and precision > stored_precision - 0.05, scores
 
 
+def test_decoder_keeps_frames_before_jpeg_only_for_the_steps_that_read_them(synth, monkeypatch):
+    """`pixels` is made only when a step reads frames (motion masks, clusters): a job whose steps read
+    none (annotations, none) pays no copy. Steps see the same RGB frames as the stored JPEGs hold."""
+    import debias.curate as curate
+    from debias.masks import NoMasks
+    from debias.scenes import NoScenes
+
+    seen = []
+    real = curate.make_decode_fn
+    monkeypatch.setattr(curate, "make_decode_fn", lambda cfg, keep_pixels=False: seen.append(keep_pixels) or real(cfg, keep_pixels))
+    decode = DecodeConfig(num_frames=8, short_side_px=32, crop_px=32)
+    Decoder(decode, ((NoMasks, ()), (NoScenes, ())))
+    Decoder(decode, ((MotionMasks, (20.0, 3.0)), (NoScenes, ())))
+    assert seen == [False, True]
+    inputs, _ = read_source(InputConfig(source="kinetics", manifest=str(synth / "manifest.csv")))
+    row = real(decode, keep_pixels=True)(inputs[0])[0]
+    jpeg = np.stack([decode_jpeg(f) for f in row["frames"]]).astype(int)
+    assert np.abs(row["pixels"].astype(int) - jpeg).mean() < 3  # RGB as the JPEGs (q90), not BGR
+
+
+@pytest.mark.parametrize("height", [64, 63])
+def test_half_size_frames_from_pixels_equal_frame_by_frame(height):
+    """decode_rows at half size from `pixels`: one resize over the clip's stacked frames where the height is
+    even, frame by frame where odd; both equal resizing each frame to ceil(H/2) x ceil(W/2)."""
+    import cv2
+
+    clip = np.random.default_rng(0).integers(0, 256, (5, height, 41, 3), dtype=np.uint8)
+    batch = pd.DataFrame([{"pixels": clip, "frames": [], "error": "", "error_code": "", "error_stage": ""}])
+    (half,), _ = decode_rows(batch, "masks", half_size=True)
+    expected = np.stack([cv2.resize(f, (21, (height + 1) // 2), interpolation=cv2.INTER_AREA) for f in clip])
+    assert half.shape == expected.shape and np.array_equal(half, expected)
+
+
 def test_motion_masks_ignore_a_static_scene():
     rng = np.random.default_rng(0)
     scene = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
