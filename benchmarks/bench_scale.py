@@ -241,7 +241,8 @@ def main() -> None:
     small_jobs = {"small": WEIGHT_FREE, "small_decode_only": [*NO_LABELS, *same_decoders],
                   "small_uniform": [*WEIGHT_FREE, *same_decoders, "decode.sampling=uniform"],
                   "small_uniform_decode_only": [*NO_LABELS, *same_decoders, "decode.sampling=uniform"]}
-    # The label-cost ratios compare jobs of a minute or two, whose rate varies from run to run here: every small job runs `--repeats` times, in turn, and each ratio takes each job's fastest run.
+    # The label-cost ratios compare jobs of a minute or two, whose rate varies from run to run here:
+    # every small job runs `--repeats` times, in turn, and each ratio takes each job's fastest run.
     repeats: dict[str, list[dict]] = {name: [] for name in small_jobs}
     for rep in range(1, args.repeats + 1):
         for name, extra in small_jobs.items():

@@ -170,14 +170,15 @@ def decode_jpegs_on(device: "torch.device", jpegs: "list[bytes] | list[torch.Ten
         raise VideoError("corrupt_jpeg", f"corrupt JPEG frame ({e})") from e
 
 
-def pack_mask(mask: np.ndarray) -> bytes:
-    """(H, W) bool -> bit-packed bytes (H*W/8); shape comes from the row's height/width."""
-    return np.packbits(mask.astype(bool).ravel()).tobytes()
-
-
 def pack_masks(masks: np.ndarray) -> list[bytes]:
-    """(T, H, W) bool -> `pack_mask` of each frame, in one call for the clip."""
-    return [p.tobytes() for p in np.packbits(masks.astype(bool).reshape(len(masks), -1), axis=1)]
+    """(T, H, W) bool -> per frame bit-packed bytes (H*W/8, padded to a byte); the shape comes from the
+    row's height/width. One call for the clip."""
+    return [p.tobytes() for p in np.packbits(np.asarray(masks, dtype=bool).reshape(len(masks), -1), axis=1)]
+
+
+def pack_mask(mask: np.ndarray) -> bytes:
+    """(H, W) bool -> `pack_masks` of one frame."""
+    return pack_masks(np.asarray(mask)[None])[0]
 
 
 def unpack_mask(data: bytes, height: int, width: int) -> np.ndarray:
