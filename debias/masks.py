@@ -26,7 +26,7 @@ import torch
 from debias.curate import DecodeConfig, PreprocessConfig, apply_per_row
 from debias.label_models import BoxSegmenter, PersonDetector, label_device, load_detector, load_sam
 from debias.labels import LabelsConfig
-from debias.shards import decode_jpeg, decode_jpegs_on, pack_masks
+from debias.shards import ERROR_COLUMNS, decode_jpeg, decode_jpegs_on, pack_masks
 from debias.sources import read_annotation
 from debias.video import VideoError, resize_crop, sample_uniform, temporal_median, thread_stream
 
@@ -41,7 +41,7 @@ def mask_columns(masks: np.ndarray | list[np.ndarray], source: str) -> dict:
     if not len(masks):
         return {"human_masks": [], "mask_coverage": [], "person_frac": 0.0, "mask_source": source}
     # the whole clip at once: per-frame calls were a tenth of a motion mask's cost under sampling=paper
-    coverage = masks.reshape(len(masks), -1).mean(axis=1)
+    coverage = np.count_nonzero(masks.reshape(len(masks), -1), axis=1) / masks[0].size  # mean() sums in float64
     return {"human_masks": pack_masks(masks), "mask_coverage": coverage.tolist(),
             "person_frac": float((coverage > 0).mean()), "mask_source": source}
 
@@ -49,7 +49,7 @@ def mask_columns(masks: np.ndarray | list[np.ndarray], source: str) -> dict:
 def _decode_each(batch: pd.DataFrame, stage: str, decode: Callable[[list[bytes]], Clip]) -> tuple[list[Clip | None], pd.DataFrame]:
     """`decode` every good row's JPEG frames; a row whose decode raises becomes an error row. Returns
     the clips (None for rows in error) and the updated error columns."""
-    errors = batch[["error", "error_code", "error_stage"]].copy()
+    errors = batch[ERROR_COLUMNS].copy()
     clips: list[Clip | None] = []
     for i, row in enumerate(batch.itertuples(index=False)):
         if row.error:
@@ -81,10 +81,11 @@ def decode_rows(batch: pd.DataFrame, stage: str, max_frames: int = 0,
             # even: the clip as one tall image, one call (2x2 areas never straddle two frames)
             return cv2.resize(clip.reshape(t * h, w, 3), ((w + 1) // 2, t * h // 2),
                               interpolation=cv2.INTER_AREA).reshape(t, h // 2, (w + 1) // 2, 3)
-        clips = [None if row.error else (half(row.pixels[picked(len(row.pixels))]) if half_size
-                                         else row.pixels[picked(len(row.pixels))])
-                 for row in batch.itertuples(index=False)]
-        return clips, batch[["error", "error_code", "error_stage"]].copy()
+        # the two columns themselves, not itertuples: per call, that and a copy of the error columns cost
+        # more than a scene label's own work (pandas 3, one-row batches inside a `Decoder`)
+        clips = [None if error else (half(pixels[picked(len(pixels))]) if half_size else pixels[picked(len(pixels))])
+                 for pixels, error in zip(batch["pixels"], batch["error"])]
+        return clips, batch[ERROR_COLUMNS]
 
     def decode(jpegs: list[bytes]) -> np.ndarray:
         idx = picked(len(jpegs))
@@ -128,10 +129,12 @@ def run_by_size(clips: list[torch.Tensor | None], model: Callable[[torch.Tensor]
 
 
 def with_columns(batch: pd.DataFrame, results: list[dict | None], errors: pd.DataFrame, empty: dict) -> pd.DataFrame:
-    out = batch.copy()
-    for key, default in empty.items():
-        out[key] = [r[key] if r is not None else default for r in results]
-    out[["error", "error_code", "error_stage"]] = errors.values
+    """`batch` with a step's columns (`empty`'s keys: each row's result, or the default for None) and its
+    error columns. A step only ever turns good rows into error rows, so the error columns are written
+    only when `errors` says so (each column set costs ~0.1 ms in pandas 3, per call)."""
+    out = batch.assign(**{key: [r[key] if r is not None else default for r in results] for key, default in empty.items()})
+    if (errors["error"].to_numpy() != batch["error"].to_numpy()).any():
+        out[ERROR_COLUMNS] = errors.to_numpy()
     return out
 
 
@@ -162,6 +165,7 @@ class SamMasks:
 
 # --- weight-free: motion foreground --------------------------------------------------------------
 
+MOTION_MODEL_FRAMES = 32  # frames spread over the clip that the motion and the colour model are read from
 SHIFT_MIN_PX = 64  # frames at least this size estimate their shift at half size: half the cost at 112 px
 
 
@@ -177,10 +181,8 @@ def _grey(frames: np.ndarray, scale: int) -> np.ndarray:
 
 
 def _stabilise(clip: np.ndarray) -> np.ndarray:
-    """Undo camera shake: shift each frame onto the clip's temporal median (phase correlation); a frame
-    that moved less than a tenth of a pixel is kept as it is. (Correlating at a quarter of the size, or
-    keeping frames that moved less than half a pixel, halved its cost and the masks' IoU with it:
-    0.44 -> 0.31 and 0.28 on benchmarks/label_quality.py at 112 px.)"""
+    """Undo camera shake: shift each frame onto the clip's temporal median (phase correlation, to a
+    fraction of a pixel); a frame that moved less than a tenth of a pixel is kept as it is."""
     scale = 2 if min(clip.shape[1:3]) >= SHIFT_MIN_PX else 1
     reference = _grey(temporal_median(clip)[None], scale)[0]
     out = clip.copy()
@@ -192,7 +194,40 @@ def _stabilise(clip: np.ndarray) -> np.ndarray:
     return out
 
 
-MOTION_HALF_MIN_PX = 64  # stored frames at least this size are masked at half size (`MotionMasks`)
+def _spread(masks: np.ndarray, axis: int, combine: np.ufunc) -> np.ndarray:
+    """Each pixel combined with its two neighbours along `axis` (those that exist: outside the frame
+    counts for nothing)."""
+    out = masks.copy()
+    ahead, behind = [slice(None)] * masks.ndim, [slice(None)] * masks.ndim
+    ahead[axis], behind[axis] = slice(1, None), slice(None, -1)
+    combine(out[tuple(ahead)], masks[tuple(behind)], out=out[tuple(ahead)])
+    combine(out[tuple(behind)], masks[tuple(ahead)], out=out[tuple(behind)])
+    return out
+
+
+def open_3x3(masks: np.ndarray) -> np.ndarray:
+    """(T, H, W) bool -> the morphological opening of each frame by a 3x3 square, as
+    `cv2.morphologyEx(MORPH_OPEN)` gives it, over the whole clip at once (cv2 takes a frame a call)."""
+    eroded = _spread(_spread(masks, 1, np.logical_and), 2, np.logical_and)
+    return _spread(_spread(eroded, 1, np.logical_or), 2, np.logical_or)
+
+
+def _moving(steady: np.ndarray, background: np.ndarray, threshold: float, tolerance_px: int) -> np.ndarray:
+    """(T, H, W, 3) frames and their (H, W, 3) background -> (T, H, W) bool: pixels farther than
+    `threshold` (max over RGB) from every background value within `tolerance_px` of them (0: from the
+    background pixel itself), cleaned by a 3x3 opening. A tolerance forgives the shake left after
+    alignment and the edges of a background it blurred."""
+    t, h, w, _ = steady.shape
+    square = np.ones((2 * tolerance_px + 1,) * 2, np.uint8)
+    brightest, darkest = (np.broadcast_to(cv2.dilate(background, square), steady.shape).reshape(t * h, w, 3),
+                          np.broadcast_to(cv2.erode(background, square), steady.shape).reshape(t * h, w, 3))
+    frames = steady.reshape(t * h, w, 3)
+    # saturating uint8 differences on the clip as one image: no int16 copy
+    diff = cv2.max(cv2.subtract(frames, np.ascontiguousarray(brightest)),
+                   cv2.subtract(np.ascontiguousarray(darkest), frames)).reshape(steady.shape)
+    return open_3x3(np.maximum(np.maximum(diff[..., 0], diff[..., 1]), diff[..., 2]) > threshold)
+
+
 COLOUR_BITS = 3  # bits kept per channel in the colour model: 8 bins each, 512 colours
 
 
@@ -203,31 +238,39 @@ def _colour_index(frames: np.ndarray) -> np.ndarray:
     return ((q[..., 0].astype(np.uint16) << COLOUR_BITS | q[..., 1]) << COLOUR_BITS) | q[..., 2]
 
 
-def motion_masks(clip: np.ndarray, threshold: float, colour_ratio: float) -> np.ndarray:
+def motion_masks(clip: np.ndarray, threshold: float, colour_ratio: float, tolerance_px: int = 0) -> np.ndarray:
     """(T, H, W, 3) uint8 -> (T, H, W) bool person masks without a model.
 
-    1. Moving pixels: after undoing camera shake, pixels farther than `threshold` (max over RGB) from
-       the clip's per-pixel temporal median, cleaned by a 3x3 opening.
-    2. Colour model: a person's parts that stay still vanish into that median, so every pixel whose
-       colour is `colour_ratio` times likelier among the moving pixels than among the never-moving
-       ones (8 bins per channel) is kept as person too.
-    A static person or a moving background defeats it (measured in the README)."""
-    steady = _stabilise(clip)
-    background = temporal_median(steady)
-    # |frame - background| on the bytes themselves: no int16 copy of the whole clip
-    diff = cv2.absdiff(steady.reshape(-1, 3), np.broadcast_to(background, steady.shape).reshape(-1, 3)).reshape(steady.shape)
-    moving = (np.maximum(np.maximum(diff[..., 0], diff[..., 1]), diff[..., 2]) > threshold).astype(np.uint8)
-    kernel = np.ones((3, 3), np.uint8)
-    moving = np.stack([cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel) for m in moving]).astype(bool)
+    1. Moving pixels, on `MOTION_MODEL_FRAMES` frames spread over the clip (all of a short one): after
+       undoing camera shake, pixels farther than `threshold` from the clip's per-pixel temporal median
+       background (`_moving`, with `tolerance_px`).
+    2. Colour model: the masks are every pixel of every frame whose colour is `colour_ratio` times
+       likelier among the moving pixels than among the never-moving ones (8 bins per channel), so a
+       person's parts that stay still, and so vanish into the median, are found too. Only this step
+       reads every frame: under sampling=paper a clip holds hundreds, and 32 spread over it tell which
+       colours move (step 1 on all of them made the whole step 2-3x as costly, profiled on the real
+       clips at 112 px).
+    A static person or a moving background defeats it (measured in docs/benchmarks.md)."""
+    model = clip[sample_uniform(len(clip), MOTION_MODEL_FRAMES)] if len(clip) > MOTION_MODEL_FRAMES else clip
+    steady = _stabilise(model)
+    moving = _moving(steady, temporal_median(steady), threshold, tolerance_px)
     if not moving.any():
-        return moving
+        return np.zeros(clip.shape[:3], bool)
     colours = 1 << (3 * COLOUR_BITS)
     steady_idx = _colour_index(steady)
-    never_moving = ~cv2.dilate(moving.any(axis=0).astype(np.uint8), kernel).astype(bool)
+    never_moving = ~cv2.dilate(moving.any(axis=0).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     person = np.bincount(steady_idx[moving], minlength=colours) + 0.5
     scene = np.bincount(steady_idx[:, never_moving].ravel(), minlength=colours) + 0.5
     likelier = person / person.sum() > colour_ratio * scene / scene.sum()
     return likelier[_colour_index(clip)]
+
+
+MOTION_HALF_MIN_PX = 64  # stored frames at least this size are masked at half size (`MotionMasks`)
+# Masked frames at least this size read motion with a pixel of tolerance. The masks' IoU without -> with
+# it on benchmarks/label_quality.py (--per-class 20) by stored size (masked at half): 112 px 0.47 -> 0.65,
+# 96 px 0.45 -> 0.56, 84 px 0.37 -> 0.37, 70 px 0.43 -> 0.38, 32 px 0.37 -> 0.26: on small frames
+# the person is a few pixels wide and a tolerance loses it.
+MOTION_TOLERANCE_MIN_PX = 48
 
 
 class MotionMasks:
@@ -253,9 +296,12 @@ class MotionMasks:
             if c is None:
                 results.append(None)
                 continue
-            masks = motion_masks(c, self.threshold, self.colour_ratio)
-            if half:
-                masks = masks.repeat(2, axis=1).repeat(2, axis=2)[:, :height, :width]
+            tolerance_px = 1 if min(c.shape[1:3]) >= MOTION_TOLERANCE_MIN_PX else 0
+            masks = motion_masks(c, self.threshold, self.colour_ratio, tolerance_px)
+            if half:  # back to full size, the clip as one tall image (one call: np.repeat cost 12 us a frame)
+                t, h, w = masks.shape
+                masks = cv2.resize(masks.view(np.uint8).reshape(t * h, w), (2 * w, 2 * t * h),
+                                   interpolation=cv2.INTER_NEAREST).reshape(t, 2 * h, 2 * w)[:, :height, :width].view(bool)
             results.append(mask_columns(masks, self.source))
         return with_columns(batch, results, errors, MASK_COLUMNS)
 

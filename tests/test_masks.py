@@ -14,7 +14,8 @@ import torch
 from debias.curate import DecodeConfig, Decoder, make_decode_fn
 from debias.labels import LabelsConfig
 from debias.label_models import BoxSegmenter, PersonDetector, load_detector, load_sam, tiny_sam
-from debias.masks import MotionMasks, SamMasks, decode_rows, decode_rows_on, motion_masks
+from debias.masks import (MOTION_MODEL_FRAMES, MotionMasks, SamMasks, decode_rows, decode_rows_on, motion_masks,
+                          open_3x3)
 from debias.sources import InputConfig, read_annotation, read_source
 from debias.synth import SynthConfig, generate
 from debias.shards import decode_jpeg, encode_jpeg, unpack_mask
@@ -267,6 +268,43 @@ def test_motion_masks_ignore_a_static_scene():
     rng = np.random.default_rng(0)
     scene = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     assert not motion_masks(np.repeat(scene[None], 8, axis=0), 20.0, 3.0).any()
+
+
+def test_motion_masks_of_a_long_clip_mask_every_frame_from_a_model_of_32():
+    """Under sampling=paper a clip holds hundreds of frames: what moves, and so the person's colours, is
+    read from MOTION_MODEL_FRAMES frames spread over it, and every frame gets its mask, those between
+    the 32 as well as theirs. Both with and without the tolerance the half-size masks use."""
+    rng = np.random.default_rng(0)
+    frames, size = 150, 48
+    scene = rng.integers(0, 100, (size // 4, size // 4, 3), dtype=np.uint8).repeat(4, axis=0).repeat(4, axis=1)  # dark tiles
+    clip = np.repeat(scene[None], frames, axis=0)
+    truth = np.zeros((frames, size, size), bool)
+    for i in range(frames):  # a red figure walking across
+        x = 4 + i * 36 // frames
+        clip[i, 16:32, x:x + 8] = (220, 40, 40)
+        truth[i, 16:32, x:x + 8] = True
+    model = sample_uniform(frames, MOTION_MODEL_FRAMES)
+    between = np.setdiff1d(np.arange(frames), model)
+    for tolerance_px in (0, 1):
+        pred = motion_masks(clip, 20.0, 3.0, tolerance_px)
+        assert pred.shape == truth.shape
+        scores = {}
+        for name, idx in (("model", model), ("between", between)):
+            found = (pred[idx] & truth[idx]).sum()
+            scores[name] = (found / truth[idx].sum(), found / pred[idx].sum())  # recall, precision
+        (recall, precision), (model_recall, model_precision) = scores["between"], scores["model"]
+        assert recall > 0.9 and precision > 0.7, (tolerance_px, scores)
+        assert recall > model_recall - 0.02 and precision > model_precision - 0.02, (tolerance_px, scores)
+
+
+@pytest.mark.parametrize("shape", [(4, 7, 9), (2, 56, 56), (3, 1, 5), (1, 2, 2)])
+def test_open_3x3_is_cv2_opening_of_each_frame(shape):
+    import cv2
+
+    masks = np.random.default_rng(sum(shape)).random(shape) > 0.4
+    square = np.ones((3, 3), np.uint8)
+    expected = np.stack([cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, square) for m in masks]).astype(bool)
+    assert np.array_equal(open_3x3(masks), expected)
 
 
 def test_real_clips_through_the_motion_stage(ray_local, real_clips):

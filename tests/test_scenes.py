@@ -189,6 +189,15 @@ def test_real_clips_get_cluster_labels(ray_local, real_clips):
     assert ok.scene_id.nunique() >= 2  # different videos, different backgrounds
 
 
+def test_background_colour_histogram_counts_as_numpy_histogramdd():
+    from debias.scenes import background_features
+    from debias.video import temporal_median
+
+    clip = np.random.default_rng(0).integers(0, 256, (9, 30, 40, 3), dtype=np.uint8)
+    counts = np.histogramdd(temporal_median(clip).reshape(-1, 3) // 64, bins=(4, 4, 4), range=((0, 4),) * 3)[0].ravel()
+    assert np.allclose(background_features(clip)[:64], np.sqrt(counts / counts.sum()))
+
+
 def test_cluster_count_serves_a_small_dataset():
     assert [cluster_count(8, n) for n in (2, 3, 4, 5, 9, 15, 16, 256)] == [2, 2, 2, 2, 4, 7, 8, 8]
     with pytest.raises(ValueError, match="only 1 video.*labels.scene_provider=none"):
