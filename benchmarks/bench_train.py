@@ -116,8 +116,9 @@ def time_loader(cfg: PretrainConfig, s: dict, device: torch.device) -> dict:
     """The real path: the trainer's Ray Data pipeline (windows, multi-scale crop, flip, masked twin)
     and its iterator settings (clips land on `device` in Ray's prefetch threads), timed with the step."""
     from debias.pretrain import clip_dataset, split_rows
+    from debias.shards import shard_files
 
-    ds = clip_dataset(cfg, split_rows(cfg)[cfg.train_split], train=True)
+    ds = clip_dataset(cfg, split_rows(cfg, shard_files(cfg.shards))[cfg.train_split], train=True)
     iter_args = {"batch_size": s["batch"], "prefetch_batches": cfg.loader.prefetch_batches, "device": device,
                  "collate_fn": ClipCollate(cfg.clip, device) if decode_on_device(cfg) else None}
     # The first batches wait for the pipeline to spin up (tasks, first blocks): a cost per epoch,

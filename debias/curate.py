@@ -100,6 +100,9 @@ class PreprocessConfig:
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
+    # Rows written in input order. Ray Data's decoders finish in any order, so two curations of the same
+    # inputs otherwise write differently ordered shards, and the models trained on them differ.
+    preserve_order: bool = False
 
     def __post_init__(self) -> None:
         source = self.input.resolved_source()
@@ -197,10 +200,10 @@ def apply_per_row(batch: pd.DataFrame, fn: Callable[[pd.Series], dict], stage: s
 def row_affecting_config(cfg: PreprocessConfig, mask_provider: str, scene_provider: str) -> dict:
     """The part of the config that decides the rows, for `shards.row_digest`, with the providers `auto`
     resolved to. Left out: `out`, `resources` (parallelism and file sizes), `decode.threads` (same
-    frames) and `download` (its outcome reaches the rows through the files on disk, and the download
+    frames), `preserve_order` (the same rows in another order) and `download` (its outcome reaches the rows through the files on disk, and the download
     pass resumes by itself through OUT/downloads.parquet)."""
     config = to_dict(cfg)
-    for key in ("out", "resources", "download"):
+    for key in ("out", "resources", "download", "preserve_order"):
         config.pop(key)
     config["decode"].pop("threads")
     return {**config, "providers": [mask_provider, scene_provider]}

@@ -28,6 +28,7 @@ from debias.losses import (
     mask_head_loss,
     scene_loss,
 )
+from debias.metrics import higher_is_better
 from debias.models import SDN, ModelConfig
 from debias.tracking import TrackingConfig
 
@@ -69,7 +70,7 @@ class OptimConfig:
     schedule: Literal["cosine", "step", "plateau", "constant"] = "cosine"
     lr_milestones_epochs: list[int] = field(default_factory=list)
     lr_gamma: float = 0.1
-    plateau_metric: str = "train_loss"  # any per-epoch metric (e.g. val_loss); maximised if it ends in "acc", else minimised
+    plateau_metric: str = "train_loss"  # any per-epoch metric (e.g. val_loss), in its direction (debias.metrics)
     plateau_patience_epochs: int = 10
     # Warm-up of the new heads (official scene-only stage: 5 epochs at 1e-2): the backbone is held
     # still (no update, no momentum) while the heads train at head_warmup_lr.
@@ -368,7 +369,7 @@ class LRSchedule:
         if c.plateau_metric not in metrics:
             raise KeyError(f"optim.plateau_metric: no metric {c.plateau_metric!r}; this run reports {sorted(metrics)}")
         value = metrics[c.plateau_metric]
-        sign = 1.0 if c.plateau_metric.endswith("acc") else -1.0
+        sign = 1.0 if higher_is_better(c.plateau_metric) else -1.0
         if self.best is None or sign * value > sign * self.best:
             self.best, self.bad_epochs = value, 0
         else:

@@ -14,8 +14,8 @@ from debias.bias import (MDL_PORTIONS, BiasConfig, block_ends, counterfactual, d
 from debias.config import ConfigError, load_config
 from debias.curate import PreprocessConfig
 from debias.synth import SynthConfig
-from ray_jobs.preprocess import run_preprocess
-from ray_jobs.synth import run_synth
+from debias.preprocess import run_preprocess
+from debias.synth import run_synth
 
 CFG = BiasConfig(clip_len=8, crop_px=32, probe_steps=200)
 

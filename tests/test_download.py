@@ -207,7 +207,7 @@ def test_classify_yt_dlp_messages(message, reason):
 def test_preprocess_job_downloads_decodes_and_a_rerun_asks_again_only_for_retryable_ids(server, tmp_path, ray_local):
     from debias.config import load_config
     from debias.curate import PreprocessConfig
-    from ray_jobs.preprocess import run_preprocess
+    from debias.preprocess import run_preprocess
 
     base, _clips, hits = server
     (tmp_path / "k400.csv").write_text("label,youtube_id,time_start,time_end,split,is_cc\n"

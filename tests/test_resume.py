@@ -17,7 +17,7 @@ from debias.config import load_config
 from debias.curate import PreprocessConfig, row_affecting_config
 from debias.sources import read_source
 from debias.synth import SynthConfig, generate
-from ray_jobs.preprocess import run_preprocess
+from debias.preprocess import run_preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 # Two clips a video, so that a video is two rows which a kill may split between a written file and a lost

@@ -225,7 +225,7 @@ def test_default_clusters_on_a_folder_of_four_real_videos(real_clips, tmp_path, 
 
 def test_preprocess_job_on_a_fresh_machine_uses_the_weight_free_providers(ray_local, synth, tmp_path, capsys):
     """`auto` with no weights installed: the job runs, says so, and every row records its providers."""
-    from ray_jobs.preprocess import run_preprocess
+    from debias.preprocess import run_preprocess
 
     cfg = PreprocessConfig(out=str(tmp_path / "out"), decode=DECODE,
                            input=InputConfig(source="kinetics", manifest=str(synth / "manifest.csv")),

@@ -16,7 +16,7 @@ from debias.curate import PreprocessConfig
 from debias.labels import LabelsConfig
 from debias.weights import WeightsError, catalog, resolve_providers
 from ray_jobs.weights import main as weights_main
-from ray_jobs.weights import run_weights
+from debias.weights import run_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
