@@ -1,6 +1,6 @@
 """Joining or starting Ray, and the logging every job and worker shares.
 
-The drivers (`ray_jobs/`) and the library's own job functions (`debias.pretrain.run_pretrain`, ...) call
+The drivers (`ray_jobs/`) and the library's own job functions (`debias.training.pretrain.run_pretrain`, ...) call
 `init_ray()`: under `ray job submit` (RAY_ADDRESS set) it joins that cluster, otherwise it starts a
 private local instance for the job.
 """

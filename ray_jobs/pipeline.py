@@ -13,7 +13,7 @@ Tuner.restore, training runs from their checkpoints), and one whose hash changed
 
 from __future__ import annotations
 
-from debias.pipeline import PipelineConfig, run_pipeline
+from debias.experiments.pipeline import PipelineConfig, run_pipeline
 from ray_jobs.common import job_parser, load_job_config
 
 

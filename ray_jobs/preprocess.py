@@ -7,15 +7,15 @@
 Sources (input.source): folder, kinetics, minikinetics, ucf101, hmdb51, diving48; sampling policies
 (decode.sampling): uniform, paper, seed, clips. OUT is a local path or a URI (s3://, gs://). Every input
 video ends in the shards or in the error table with a reason; the run becomes visible at its end, whole,
-through OUT/_committed.json (`debias.shards` reads it). A run killed at any point resumes when started
+through OUT/_committed.json (`debias.curation.shards` reads it). A run killed at any point resumes when started
 again with the same config and inputs: the videos it wrote are not curated again. Downloads skip files
 on disk and known-dead videos (OUT/downloads.parquet).
 """
 
 from __future__ import annotations
 
-from debias.curate import PreprocessConfig
-from debias.preprocess import run_preprocess
+from debias.curation.curate import PreprocessConfig
+from debias.curation.preprocess import run_preprocess
 from ray_jobs.common import job_parser, load_job_config
 
 

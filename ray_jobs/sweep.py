@@ -10,7 +10,7 @@ sweep.png (each trial's final metric over the two weights) and curves.png (each 
 
 from __future__ import annotations
 
-from debias.sweep import SweepConfig, run_sweep
+from debias.experiments.sweep import SweepConfig, run_sweep
 from ray_jobs.common import job_parser, load_job_config
 
 

@@ -8,7 +8,7 @@ can also be run (and submitted) by itself.
 
 from __future__ import annotations
 
-from debias.synth import SynthConfig, run_synth
+from debias.curation.synth import SynthConfig, run_synth
 from ray_jobs.common import job_parser, load_job_config
 
 

@@ -5,13 +5,13 @@ each pretrained model's scene bias.
 
 For every pretrained model (`pretrained: {name: checkpoint dir}`), target and split: a new head, all
 layers fine-tuned, video-level top-1 on the split's test videos. For every pretrained model: the scene
-probe, the representation bias and the counterfactual test on the pretraining data (debias/bias.py).
+probe, the representation bias and the counterfactual test on the pretraining data (debias/evaluation/bias.py).
 Writes OUT/summary.json, OUT/report.md, OUT/transfer.png (the table as bars) and OUT/curves.png.
 """
 
 from __future__ import annotations
 
-from debias.transfer import TransferConfig, run_transfer
+from debias.experiments.transfer import TransferConfig, run_transfer
 from ray_jobs.common import job_parser, load_job_config
 
 

@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 
 from debias.config import ConfigError, load_config, parse_overrides
-from debias.curate import PreprocessConfig
-from debias.synth import SynthConfig
-from debias.train import PretrainConfig
-from debias.demo import DemoConfig
-from debias.pipeline import PipelineConfig
-from debias.sweep import SweepConfig
-from debias.transfer import TransferConfig
+from debias.curation.curate import PreprocessConfig
+from debias.curation.synth import SynthConfig
+from debias.training.train import PretrainConfig
+from debias.experiments.demo import DemoConfig
+from debias.experiments.pipeline import PipelineConfig
+from debias.experiments.sweep import SweepConfig
+from debias.experiments.transfer import TransferConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

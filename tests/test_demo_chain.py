@@ -5,9 +5,9 @@ import json
 
 from debias import storage
 from debias.config import load_config
-from debias.pretrain import run_pretrain
-from debias.runs import checkpoint_path, read_metrics, read_run
-from debias.demo import VARIANTS, DemoConfig, run_configs, run_demo
+from debias.training.pretrain import run_pretrain
+from debias.training.runs import checkpoint_path, read_metrics, read_run
+from debias.experiments.demo import VARIANTS, DemoConfig, run_configs, run_demo
 
 TINY = ["synth.train_per_class=4", "synth.val_per_class=2", "synth.ood_per_class=2",
         "synth.target_train_per_class=1", "synth.target_test_per_class=1", "synth.frame_size_px=32",

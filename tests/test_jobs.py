@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from debias.config import load_config
-from debias.shards import read_summary
-from debias.synth import SynthConfig
+from debias.curation.shards import read_summary
+from debias.curation.synth import SynthConfig
 from debias.cluster import free_port
-from debias.synth import run_synth
+from debias.curation.synth import run_synth
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")

@@ -11,11 +11,11 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_actors, list_tasks
 
 from debias.config import load_config
-from debias.curate import PreprocessConfig
-from debias.synth import SynthConfig, generate
-from debias.train import PretrainConfig
-from debias.preprocess import run_preprocess
-from debias.pretrain import run_pretrain
+from debias.curation.curate import PreprocessConfig
+from debias.curation.synth import SynthConfig, generate
+from debias.training.train import PretrainConfig
+from debias.curation.preprocess import run_preprocess
+from debias.training.pretrain import run_pretrain
 from conftest import epoch_lines
 
 

@@ -11,15 +11,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from debias.curate import DecodeConfig, InputConfig, PreprocessConfig, make_decode_fn
-from debias.download import find_ffmpeg
-from debias.labels import LabelsConfig
-from debias.shards import (SHARD_SCHEMA, committed_run, decode_jpeg, num_scenes, read_classes, read_errors,
+from debias.curation.curate import DecodeConfig, InputConfig, PreprocessConfig, make_decode_fn
+from debias.curation.download import find_ffmpeg
+from debias.labels.config import LabelsConfig
+from debias.curation.shards import (SHARD_SCHEMA, committed_run, decode_jpeg, num_scenes, read_classes, read_errors,
                            read_parquet, read_scene_names, read_summary, shard_files, shard_schema_markdown,
                            summary_digest, unpack_mask)
-from debias.synth import SynthConfig, generate
-from debias.video import decode_clips, decode_window, pick_uniform, write_mp4
-from debias.preprocess import run_preprocess
+from debias.curation.synth import SynthConfig, generate
+from debias.curation.video import decode_clips, decode_window, pick_uniform, write_mp4
+from debias.curation.preprocess import run_preprocess
 from ray_jobs.preprocess import main
 
 ROOT = Path(__file__).resolve().parents[1]

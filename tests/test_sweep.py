@@ -10,14 +10,14 @@ import pytest
 from ray import tune
 
 from debias.config import ConfigError, load_config
-from debias.curate import PreprocessConfig
-from debias.sweep import SweepConfig, best_trial, concurrent_runs, num_trials, param_space, weight_rows
-from debias.synth import SynthConfig
-from debias.runs import read_metrics
+from debias.curation.curate import PreprocessConfig
+from debias.experiments.sweep import SweepConfig, best_trial, concurrent_runs, num_trials, param_space, weight_rows
+from debias.curation.synth import SynthConfig
+from debias.training.runs import read_metrics
 from debias.cluster import init_ray
-from debias.preprocess import run_preprocess
-from debias.sweep import run_sweep, trial_driver
-from debias.synth import run_synth
+from debias.curation.preprocess import run_preprocess
+from debias.experiments.sweep import run_sweep, trial_driver
+from debias.curation.synth import run_synth
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAINING = ["pretrain.clip.clip_len=8", "pretrain.optim.epochs=2", "pretrain.optim.batch_size=8",
@@ -65,8 +65,8 @@ def test_best_trial_follows_the_metrics_direction():
 def test_one_direction_for_schedule_checkpoints_and_sweeps():
     """The plateau schedule, the checkpoint ranking and Tune's mode read one rule: with the masked-clip
     entropy (maximised by the mask loss) the schedule used to minimise what the ranking maximised."""
-    from debias.metrics import mode
-    from debias.train import LRSchedule, OptimConfig
+    from debias.training.metrics import mode
+    from debias.training.train import LRSchedule, OptimConfig
 
     assert mode("val_masked_entropy") == "max" and mode("ood_acc") == "max" and mode("train_loss") == "min"
     schedule = LRSchedule(OptimConfig(schedule="plateau", plateau_metric="val_masked_entropy",
@@ -132,10 +132,10 @@ def shards(tmp_path_factory, ray_local):
 
 
 def test_asha_without_the_state_api_fails_before_any_trial(tmp_path, shards, monkeypatch):
-    import debias.sweep
+    import debias.experiments.sweep
 
-    assert debias.sweep.state_api_error() is None  # this module's Ray has it
-    monkeypatch.setattr(debias.sweep, "state_api_error", lambda: "Failed to connect to API server")
+    assert debias.experiments.sweep.state_api_error() is None  # this module's Ray has it
+    monkeypatch.setattr(debias.experiments.sweep, "state_api_error", lambda: "Failed to connect to API server")
     cfg = load_config(SweepConfig, None, TINY_TRAINING + [f"storage={tmp_path}", f"pretrain.shards={shards}"])
     with pytest.raises(SystemExit, match=r"asha\.enabled=true needs Ray's State API.*Failed to connect"):
         run_sweep(cfg)

@@ -16,12 +16,13 @@ import pytest
 import torch
 
 from conftest import epoch_lines
-from debias import runs, storage
-from debias.clips import CLIP_COLUMNS, ClipConfig, make_clip_fn, write_pattern_shards
+from debias import storage
+from debias.training import runs
+from debias.training.clips import CLIP_COLUMNS, ClipConfig, make_clip_fn, write_pattern_shards
 from debias.config import ConfigError, load_config
-from debias.models import SDN, ModelConfig
-from debias.shards import read_parquet, shard_files
-from debias.train import (
+from debias.training.models import SDN, ModelConfig
+from debias.curation.shards import read_parquet, shard_files
+from debias.training.train import (
     LossConfig,
     LRSchedule,
     OptimConfig,
@@ -253,7 +254,7 @@ def _cfg(shards: Path, out: Path, name: str, *extra: str) -> PretrainConfig:
 
 
 def _run_in_thread(cfg: PretrainConfig) -> tuple[threading.Thread, dict]:
-    from debias.pretrain import run_pretrain
+    from debias.training.pretrain import run_pretrain
 
     result: dict = {}
 
@@ -275,7 +276,7 @@ def _final_state(result: dict) -> dict:
 @pytest.mark.parametrize("cache_rows", [True, False])
 def test_each_split_reads_its_own_rows_cached_or_not(shards, tmp_path, ray_local, cache_rows):
     """cache_rows: one scan for every split, then a filter per split; without: a filtered scan per split."""
-    from debias.pretrain import split_rows
+    from debias.training.pretrain import split_rows
 
     cfg = _cfg(shards, tmp_path, "rows", "train_split=val", "eval_splits=[train,val]", f"loader.cache_rows={cache_rows}")
     files = shard_files(str(shards))
@@ -288,7 +289,7 @@ def test_each_split_reads_its_own_rows_cached_or_not(shards, tmp_path, ray_local
 
 
 def test_stopped_run_resumes_at_the_right_epoch_with_the_same_optimizer_state(shards, tmp_path, ray_local):
-    from debias.pretrain import run_pretrain
+    from debias.training.pretrain import run_pretrain
 
     reference = run_pretrain(_cfg(shards, tmp_path, "whole", "eval_splits=[]"))
     thread, stopped = _run_in_thread(_cfg(shards, tmp_path, "stopped", "eval_splits=[]"))
@@ -319,7 +320,7 @@ def test_local_mode_trains_the_same_model_and_keeps_the_checkpoints_ray_keeps(sh
     """scaling.num_workers=0 (Ray Train's local mode, the demo's): the loop runs in this process, the same
     numbers as one worker; Ray keeps no checkpoint there, so the run folder keeps what Ray's
     CheckpointConfig keeps with workers (the best by val_acc and the latest), and a rerun resumes from it."""
-    from debias.pretrain import run_pretrain
+    from debias.training.pretrain import run_pretrain
 
     extra = ("optim.epochs=3", "checkpoint_keep=1", "scaling.cpus_per_worker=1")
     group = run_pretrain(_cfg(shards, tmp_path, "group", *extra))

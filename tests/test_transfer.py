@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from debias.config import ConfigError, load_config
-from debias.transfer import FoldConfig, TargetConfig, TransferConfig, run_specs, transfer_table
-from debias.pipeline import PipelineConfig, run_pipeline
+from debias.experiments.transfer import FoldConfig, TargetConfig, TransferConfig, run_specs, transfer_table
+from debias.experiments.pipeline import PipelineConfig, run_pipeline
 
 from conftest import PIPELINE_TINY
 

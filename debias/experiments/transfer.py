@@ -17,15 +17,17 @@ from statistics import mean
 import ray
 from tqdm import tqdm
 
-from debias import runs, storage
-from debias.bias import BiasConfig, dataset_bias, load_bias_data, measure_bias
+from debias import storage
+
+from debias.training import runs
+from debias.evaluation.bias import BiasConfig, dataset_bias, load_bias_data, measure_bias
 from debias.cluster import bounded, init_ray
 from debias.config import check, from_dict, to_dict
-from debias.pretrain import run_pretrain
+from debias.training.pretrain import run_pretrain
 from debias.report import plot_bars, plot_curves, table
-from debias.shards import read_classes
-from debias.sweep import concurrent_runs, run_task_cpus
-from debias.train import PretrainConfig
+from debias.curation.shards import read_classes
+from debias.experiments.sweep import concurrent_runs, run_task_cpus
+from debias.training.train import PretrainConfig
 
 SCRATCH = "scratch"  # the pretraining name that means "no pretraining" (random initialisation)
 

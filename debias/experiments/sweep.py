@@ -21,15 +21,17 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from debias import runs, storage
+from debias import storage
+
+from debias.training import runs
 from debias.cluster import init_ray
 from debias.config import check, from_dict, to_dict
-from debias.metrics import higher_is_better
-from debias.metrics import mode as metric_mode
-from debias.pretrain import run_pretrain
+from debias.training.metrics import higher_is_better
+from debias.training.metrics import mode as metric_mode
+from debias.training.pretrain import run_pretrain
 from debias.report import plot_curves, plot_sweep, table
-from debias.tracking import TrackingConfig, tune_callbacks
-from debias.train import PretrainConfig
+from debias.training.tracking import TrackingConfig, tune_callbacks
+from debias.training.train import PretrainConfig
 
 SWEPT = ("lambda_scene", "lambda_mask")  # the PretrainConfig.loss keys a sweep searches over
 
@@ -77,7 +79,7 @@ class SweepConfig:
     # Each weight pair trains once per seed, and the best pair is chosen on its mean over them: with one
     # seed a difference between two pairs may be noise (the spread is in the summary's by_weights).
     seeds: list[int] = field(default_factory=lambda: [0])
-    # a per-epoch metric of the trainer (SPLIT_acc, SPLIT_masked_entropy, ...), in its direction (debias.metrics)
+    # a per-epoch metric of the trainer (SPLIT_acc, SPLIT_masked_entropy, ...), in its direction (debias.training.metrics)
     metric: str = "ood_acc"
     asha: AshaConfig = field(default_factory=AshaConfig)
     max_concurrent_trials: int = 0  # 0: as many as the cluster holds (GPUs, or CPUs on a CPU cluster)

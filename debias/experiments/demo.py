@@ -4,7 +4,7 @@
 
 synth -> preprocess (Ray Data) -> pretrain (Ray Train): baseline, scene loss only, mask loss only and
 both (SDN), each once per seed in `seeds`, several runs at once as Ray tasks -> per model: `val` (scenes
-as in training) and `ood` (scenes shuffled) accuracy and the scene-bias measures (debias/bias.py) ->
+as in training) and `ood` (scenes shuffled) accuracy and the scene-bias measures (debias/evaluation/bias.py) ->
 DIR/summary.json, DIR/report.md, DIR/bias.png (the measures per variant, mean and every seed) and
 DIR/curves.png (the training curves, mean over seeds).
 """
@@ -20,19 +20,19 @@ import ray
 import torch
 
 from debias import storage
-from debias.bias import BiasConfig, BiasData, dataset_bias, load_bias_data, measure_bias
+from debias.evaluation.bias import BiasConfig, BiasData, dataset_bias, load_bias_data, measure_bias
 from debias.cluster import bounded, init_ray
 from debias.config import check, from_dict, to_dict
-from debias.curate import DecodeConfig, InputConfig, PreprocessConfig
-from debias.labels import LabelsConfig
-from debias.preprocess import run_preprocess
-from debias.pretrain import run_pretrain
+from debias.curation.curate import DecodeConfig, InputConfig, PreprocessConfig
+from debias.labels.config import LabelsConfig
+from debias.curation.preprocess import run_preprocess
+from debias.training.pretrain import run_pretrain
 from debias.report import plot_curves, plot_seeds, provenance, table
-from debias.runs import load_model
-from debias.shards import num_scenes, read_classes
-from debias.sweep import concurrent_runs, run_task_cpus
-from debias.synth import SynthConfig, run_synth
-from debias.train import OptimConfig, PretrainConfig, ScalingConfig
+from debias.training.runs import load_model
+from debias.curation.shards import num_scenes, read_classes
+from debias.experiments.sweep import concurrent_runs, run_task_cpus
+from debias.curation.synth import SynthConfig, run_synth
+from debias.training.train import OptimConfig, PretrainConfig, ScalingConfig
 
 VARIANTS = ("baseline", "scene_only", "mask_only", "sdn")
 # Per model: the trainer's figures and the bias measures the report aggregates over seeds, with the
@@ -53,7 +53,7 @@ class DemoConfig:
     # 8 epochs, evaluated every 2nd (the cosine schedule anneals over them; curves.png). Ray Train's
     # local mode (num_workers 0): each run trains in the task that fits it. A worker group's start-up (a
     # dozen fresh actor processes, each importing torch) took longer than a model's training here. One
-    # torch thread a run, three runs at once (debias.sweep.concurrent_runs): tiny convolutions use two
+    # torch thread a run, three runs at once (debias.experiments.sweep.concurrent_runs): tiny convolutions use two
     # cores better as runs than as threads. Where the time goes: docs/benchmarks.md.
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
         eval_every_epochs=2, optim=OptimConfig(epochs=8), scaling=ScalingConfig(num_workers=0, cpus_per_worker=0.5)))
@@ -61,7 +61,7 @@ class DemoConfig:
     # Every variant is trained once per seed (pretrain.seed: initial weights, data order, the eval
     # clips); the synthetic benchmark stays the same (synth.seed). One run cannot tell a gap from noise.
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    max_parallel: int = 0  # training runs at once; 0: as many as the CPUs hold (debias.sweep.concurrent_runs)
+    max_parallel: int = 0  # training runs at once; 0: as many as the CPUs hold (debias.experiments.sweep.concurrent_runs)
     run_cpus: float = 0.25  # each run's task, beside the worker's CPUs it holds in local mode (it trains there)
     min_ood_gain: float = 0.10  # the claim, on the means over seeds: SDN's ood_acc beats the baseline's by this
     max_val_drop: float = 0.05  # ... while its val_acc is at most this much lower

@@ -7,7 +7,7 @@
 Sources (input.source): folder, kinetics, minikinetics, ucf101, hmdb51, diving48; sampling policies
 (decode.sampling): uniform, paper, seed, clips. OUT is a local path or a URI (s3://, gs://). Every input
 video ends in the shards or in the error table with a reason; the run becomes visible at its end, whole,
-through OUT/_committed.json (`debias.shards` reads it). A run killed at any point resumes when started
+through OUT/_committed.json (`debias.curation.shards` reads it). A run killed at any point resumes when started
 again with the same config and inputs: the videos it wrote are not curated again. Downloads skip files
 on disk and known-dead videos (OUT/downloads.parquet).
 """
@@ -23,16 +23,18 @@ import time
 import ray
 from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-from debias import shards, storage
+from debias import storage
+
+from debias.curation import shards
 from debias.cluster import init_ray
 from debias.config import to_dict
-from debias.curate import (Decoder, PreprocessConfig, make_finalize_fn, publish_run, row_affecting_config,
+from debias.curation.curate import (Decoder, PreprocessConfig, make_finalize_fn, publish_run, row_affecting_config,
                            rows_per_video)
-from debias.download import DownloadConfig, make_download_fn, merge_download_status, skip_known_dead
-from debias.masks import mask_step
-from debias.scenes import SceneStep, scene_step
-from debias.sources import Row, read_source
-from debias.weights import resolve_providers
+from debias.curation.download import DownloadConfig, make_download_fn, merge_download_status, skip_known_dead
+from debias.labels.masks import mask_step
+from debias.labels.scenes import SceneStep, scene_step
+from debias.curation.sources import Row, read_source
+from debias.labels.weights import resolve_providers
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from debias import runs, storage
+from debias import storage
+
+from debias.training import runs
 from debias.config import check, to_dict
-from debias.curate import PreprocessConfig
-from debias.preprocess import run_preprocess
-from debias.pretrain import run_pretrain
+from debias.curation.curate import PreprocessConfig
+from debias.curation.preprocess import run_preprocess
+from debias.training.pretrain import run_pretrain
 from debias.report import plot_bars, plot_curves, table
-from debias.sweep import SWEPT, SweepConfig, run_sweep
-from debias.synth import SynthConfig, run_synth
-from debias.transfer import BIAS_COLUMNS, SCRATCH, FoldConfig, TargetConfig, TransferConfig, run_transfer
+from debias.experiments.sweep import SWEPT, SweepConfig, run_sweep
+from debias.curation.synth import SynthConfig, run_synth
+from debias.experiments.transfer import BIAS_COLUMNS, SCRATCH, FoldConfig, TargetConfig, TransferConfig, run_transfer
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ OUT/backbone.pth and OUT/backbone.safetensors hold the backbone's state dict und
 names: `torchvision.models.video.r3d_18()` (or mc3_18, r2plus1d_18) `.load_state_dict(sd, strict=False)`
 leaves only `fc.weight` / `fc.bias` missing. OUT/fc.safetensors holds the action head as that `fc`, so
 `r3d_18(num_classes=len(classes))` loads both strictly and gives the run's action logits. r3d_narrow has
-no torchvision twin: its state dict is exported all the same (keys of `debias.models.narrow_r3d`), and the
+no torchvision twin: its state dict is exported all the same (keys of `debias.training.models.narrow_r3d`), and the
 card says so. OUT/model_card.json and OUT/model_card.md describe the export: classes, preprocessing,
 training config and loss weights, metrics at the exported checkpoint, the shards' summary digest, and
 per class the accuracy on each eval split with its drop from in-distribution to out-of-context (which
@@ -23,8 +23,8 @@ import torch
 from debias import storage
 from debias.config import check, to_dict
 from debias.report import table
-from debias.confusion import class_drops, plot_confusion
-from debias.runs import RunInfo, load_model, read_confusion, read_metrics
+from debias.evaluation.confusion import class_drops, plot_confusion
+from debias.training.runs import RunInfo, load_model, read_confusion, read_metrics
 
 TORCHVISION_TWINS = {"r3d_18", "mc3_18", "r2plus1d_18"}  # backbones that are torchvision's own constructors
 
@@ -65,7 +65,7 @@ def model_card(info: RunInfo, files: dict[str, str], feature_dim: int,
         "torchvision_constructor": f"torchvision.models.video.{backbone}" if twin else None,
         "loading": (f"{backbone}(num_classes={info.num_actions}); load_state_dict(backbone) with strict=False "
                     "leaves only fc.* missing; fc.safetensors holds the action head as fc" if twin else
-                    f"r3d_narrow has no torchvision twin: debias.models.narrow_r3d(width={cfg.model.width}, "
+                    f"r3d_narrow has no torchvision twin: debias.training.models.narrow_r3d(width={cfg.model.width}, "
                     f"blocks={cfg.model.blocks}).load_state_dict(backbone); fc.safetensors: nn.Linear({feature_dim}, "
                     f"{info.num_actions}) as fc"),
         "feature_dim": feature_dim,

@@ -2,8 +2,8 @@
 
 `run_pretrain` is what `debias pretrain`, every sweep trial (Tune wraps it unchanged), every transfer
 fine-tuning run and the demo call; `train_loop_per_worker`, the loop it hands to Ray Train, calls the
-plain epoch functions of `debias.train`. The run folder (config.json first, then checkpoints and
-metrics) is laid out by `debias.runs`; the shards are read through `debias.shards`. Both may live on
+plain epoch functions of `debias.training.train`. The run folder (config.json first, then checkpoints and
+metrics) is laid out by `debias.training.runs`; the shards are read through `debias.curation.shards`. Both may live on
 any storage (`out=s3://...`): Ray Train gets the same URI as its storage path.
 """
 
@@ -26,15 +26,17 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
 from ray.train import ScalingConfig as RayScaling
 from ray.train.torch import TorchTrainer
 
-from debias import runs, storage
-from debias.clips import CLIP_COLUMNS, ClipCollate, make_clip_fn, make_clip_plan_fn
+from debias import storage
+
+from debias.training import runs
+from debias.training.clips import CLIP_COLUMNS, ClipCollate, make_clip_fn, make_clip_plan_fn
 from debias.cluster import configure_logging, init_ray
 from debias.config import from_dict, to_dict
-from debias.metrics import mode as metric_mode
-from debias.runs import STATE_FILE, RunWriter, build_model, checkpoint_name
-from debias.shards import num_scenes, read_classes, read_scene_names, read_summary, shard_files, summary_digest
-from debias.tracking import Tracker
-from debias.train import (Batch, LRSchedule, PretrainConfig, decode_on_device, evaluate, make_optimizer,
+from debias.training.metrics import mode as metric_mode
+from debias.training.runs import STATE_FILE, RunWriter, build_model, checkpoint_name
+from debias.curation.shards import num_scenes, read_classes, read_scene_names, read_summary, shard_files, summary_digest
+from debias.training.tracking import Tracker
+from debias.training.train import (Batch, LRSchedule, PretrainConfig, decode_on_device, evaluate, make_optimizer,
                           train_one_epoch)
 
 log = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     Resumes from the run's latest checkpoint when there is one (model, optimizer with its momentum,
     LR schedule state, epoch); reports (and checkpoints) each epoch; rank 0 writes the epoch's metrics,
-    confusion matrices and TensorBoard events through `debias.runs.RunWriter`.
+    confusion matrices and TensorBoard events through `debias.training.runs.RunWriter`.
     """
     import ray.train
     import ray.train.torch

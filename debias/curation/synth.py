@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from debias import storage
 from debias.config import check, to_dict
-from debias.video import write_mp4
+from debias.curation.video import write_mp4
 
 SPLIT_IDS = {"train": 0, "val": 1, "ood": 2, "test": 3}
 MANIFEST_COLUMNS = ["label", "youtube_id", "time_start", "time_end", "split"]

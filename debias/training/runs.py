@@ -33,12 +33,12 @@ import torch
 
 from debias import storage
 from debias.config import ConfigError, from_dict, to_dict
-from debias.confusion import class_drops, plot_confusion
-from debias.metrics import higher_is_better
-from debias.models import KINETICS_MEAN, KINETICS_STD, SDN, ModelConfig, load_backbone
+from debias.evaluation.confusion import class_drops, plot_confusion
+from debias.training.metrics import higher_is_better
+from debias.training.models import KINETICS_MEAN, KINETICS_STD, SDN, ModelConfig, load_backbone
 
 if TYPE_CHECKING:
-    from debias.train import PretrainConfig
+    from debias.training.train import PretrainConfig
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -115,7 +115,7 @@ class RunInfo:
 
 def read_run(run: str) -> RunInfo:
     """The run's description from its config.json; names the file when it is missing."""
-    from debias.train import PretrainConfig
+    from debias.training.train import PretrainConfig
 
     run = storage.absolute(run)
     path = storage.join(run, CONFIG_FILE)

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Callable
 
 from tqdm import tqdm
 
-from debias.label_models import load_categories, load_detector, load_places365, load_sam
-from debias.labels import LabelsConfig
+from debias.labels.models import load_categories, load_detector, load_places365, load_sam
+from debias.labels.config import LabelsConfig
 
 if TYPE_CHECKING:
-    from debias.curate import PreprocessConfig
+    from debias.curation.curate import PreprocessConfig
 
 CHUNK_BYTES = 1 << 20
 SAM_FILES = {"vit_b": ("sam_vit_b_01ec64.pth", 375_042_383), "vit_l": ("sam_vit_l_0b3195.pth", 1_249_524_607),
