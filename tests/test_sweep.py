@@ -106,7 +106,7 @@ def ray_local():
 
     import ray
 
-    other = subprocess.Popen([sys.executable, "-c", "import ray, time; ray.init(num_cpus=1, include_dashboard=False); "
+    other = subprocess.Popen([sys.executable, "-c", "import ray, time; ray.init(address=\"local\", num_cpus=1, include_dashboard=False); "
                               "print('up', flush=True); time.sleep(3600)"], stdout=subprocess.PIPE, text=True)
     assert other.stdout.readline().strip() == "up"
     before = os.environ.get("RAY_API_SERVER_ADDRESS")

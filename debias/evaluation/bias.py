@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from debias.training.clips import fill_people
+from debias.curation.labels.fill import fill_people
 from debias.config import check
 from debias.curation.shards import decode_jpeg, read_parquet, shard_files, unpack_mask
 

@@ -24,7 +24,7 @@ from debias.evaluation.bias import BiasConfig, BiasData, dataset_bias, load_bias
 from debias.cluster import bounded, init_ray
 from debias.config import check, from_dict, to_dict
 from debias.curation.curate import DecodeConfig, InputConfig, PreprocessConfig
-from debias.labels.config import LabelsConfig
+from debias.curation.labels.config import LabelsConfig
 from debias.curation.preprocess import run_preprocess
 from debias.training.pretrain import run_pretrain
 from debias.report import plot_curves, plot_seeds, provenance, table
