@@ -10,7 +10,7 @@ import pytest
 
 from debias.config import ConfigError, load_config
 from debias.experiments.transfer import FoldConfig, TargetConfig, TransferConfig, run_specs, transfer_table
-from debias.experiments.pipeline import PipelineConfig, run_pipeline
+from debias.experiments.pipeline import PipelineConfig, read_pipeline, run_pipeline
 
 from conftest import PIPELINE_TINY
 
@@ -74,6 +74,7 @@ def test_pipeline_on_the_synthetic_benchmark_then_a_rerun_skips_every_stage(tmp_
     assert "sweep_best" in (tmp_path / "report.md").read_text()
 
     again = run_pipeline(cfg)
-    assert set(again["skipped"]) == {"synth", "data_source", "data_target_split1", "pretrain_baseline", "sweep",
+    assert set(again.skipped) == {"synth", "data_source", "data_target_split1", "pretrain_baseline", "sweep",
                                      "transfer"}
-    assert again["transfer"] == summary["transfer"] and again["sweep"] == summary["sweep"]
+    assert again.transfer == summary.transfer and again.sweep == summary.sweep
+    assert read_pipeline(str(tmp_path)) == again  # the record on disk is the one returned

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from debias import storage
 
 from debias.training import runs
-from debias.evaluation.bias import BiasConfig, dataset_bias, load_bias_data, measure_bias
+from debias.evaluation.bias import MEASURES, BiasConfig, dataset_bias, load_bias_data, measure_bias
 from debias.cluster import bounded, init_ray
 from debias.config import check, from_dict, to_dict
 from debias.training.pretrain import run_pretrain
@@ -114,8 +114,30 @@ def transfer_table(rows: list[dict], targets: list[str]) -> list[dict]:
 
 log = logging.getLogger(__name__)
 
-BIAS_COLUMNS = ["pretrain", "scene_probe_acc", "scene_mdl_bits", "scene_mdl_compression", "masked_action_acc",
-                "masked_action_prob", "representation_bias", "counterfactual_drop", "counterfactual_follows_background"]
+BIAS_COLUMNS = ["pretrain", *MEASURES]  # the scene-bias table: one row per pretrained model
+
+
+@dataclass
+class TransferResult:
+    """A finished transfer, as OUT/summary.json holds it (`write_record` / `read_record`)."""
+
+    transfer: list[dict]  # one row per (pretrain, target, split): top1, epochs, splits
+    table: list[dict]  # one row per pretrained model: its top-1 per target, mean over the splits
+    bias: dict[str, dict]  # pretrained model -> its scene-bias measures (debias.evaluation.bias)
+    dataset_bias: dict  # the pretraining data's own scene bias
+    wall_s: float
+    config: dict
+
+
+def write_transfer(out: str, result: TransferResult) -> str:
+    path = storage.join(out, "summary.json")
+    storage.write_record(path, result)
+    return path
+
+
+def read_transfer(path: str) -> TransferResult:
+    """The transfer at OUT (its folder, or its summary.json)."""
+    return storage.read_record(TransferResult, path if path.endswith(".json") else storage.join(path, "summary.json"))
 
 
 @ray.remote
@@ -138,7 +160,7 @@ def bias_of(checkpoint: str, shards: str, bias: dict) -> dict:
     return measure_bias(model, shards, info.num_actions, info.num_scenes, from_dict(BiasConfig, bias))
 
 
-def run_transfer(cfg: TransferConfig) -> dict:
+def run_transfer(cfg: TransferConfig) -> TransferResult:
     """All fine-tuning runs and bias measurements; returns the summary also written to OUT/summary.json."""
     t0 = time.perf_counter()
     out = storage.absolute(cfg.out)
@@ -185,13 +207,13 @@ def run_transfer(cfg: TransferConfig) -> dict:
 
 
 def write_report(cfg: TransferConfig, out: str, rows: list[dict], histories: dict, bias: dict, data_bias: dict,
-                 wall_s: float) -> dict:
+                 wall_s: float) -> TransferResult:
     targets = list(cfg.targets)
     summary_table = transfer_table(rows, targets)
     bias_rows = [{"pretrain": name, **{k: v for k, v in b.items() if k != "videos"}} for name, b in bias.items()]
-    summary = {"transfer": rows, "table": summary_table, "bias": bias, "dataset_bias": data_bias, "wall_s": round(wall_s, 1),
-               "config": to_dict(cfg)}
-    storage.write_json(storage.join(out, "summary.json"), summary)
+    summary = TransferResult(transfer=rows, table=summary_table, bias=bias, dataset_bias=data_bias,
+                             wall_s=round(wall_s, 1), config=to_dict(cfg))
+    write_transfer(out, summary)
     plot_bars(summary_table, "pretrain", targets, storage.join(out, "transfer.png"), ylabel="top-1 (mean over splits)")
     test_metrics = sorted({f"{r['test_split']}_acc" for r in rows})
     plot_curves(histories, ["train_acc", *test_metrics], storage.join(out, "curves.png"))
