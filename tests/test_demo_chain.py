@@ -3,6 +3,8 @@
 
 import json
 
+from conftest import docs_render
+
 from debias import storage
 from debias.config import load_config
 from debias.training.pretrain import run_pretrain
@@ -57,6 +59,8 @@ def test_demo_runs_every_variant_and_seed_and_reports_means_and_bias(tmp_path, r
     assert len(drops) == 6 and all(set(r) == {"class", "baseline_drop_ood", "sdn_drop_ood"} for r in drops)
     assert all(-1.0 <= r["sdn_drop_ood"] <= 1.0 for r in drops)
     assert [r["baseline_drop_ood"] for r in drops] == sorted((r["baseline_drop_ood"] for r in drops), reverse=True)
+    # every README / docs block the demo records renders from what the demo writes now
+    assert all(block for block in docs_render().render_recorded_by("debias demo", on_disk))
     report = (out / "report.md").read_text()
     assert "sdn" in report and "±" in report and "scene_mdl_bits" in report and "Which actions lean on the scene" in report
     assert (out / "curves.png").stat().st_size > 1000 and (out / "bias.png").stat().st_size > 1000
