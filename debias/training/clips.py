@@ -23,7 +23,7 @@ import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from debias.config import check
-from debias.curation.labels.fill import Fill, fill_people
+from debias.curation.labels.fill import Fill, fill_people, fill_people_torch
 from debias.curation.shards import decode_jpeg, unpack_mask
 
 
