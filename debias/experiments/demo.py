@@ -46,10 +46,10 @@ class DemoConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     # 8 epochs, evaluated every 2nd (the cosine schedule anneals over them; curves.png). Ray Train's
-    # local mode (num_workers 0): each run trains in the task that fits it. A worker group's start-up (a
-    # dozen fresh actor processes, each importing torch) took longer than a model's training here. One
-    # torch thread a run, three runs at once (debias.experiments.sweep.concurrent_runs): tiny convolutions use two
-    # cores better as runs than as threads. Where the time goes: docs/benchmarks.md.
+    # local mode (num_workers 0): each run trains in the task that fits it, since a worker group's
+    # start-up (a dozen fresh actor processes, each importing torch) costs more than a tiny model's
+    # training. Runs at once rather than threads a run (debias.experiments.sweep.concurrent_runs): tiny
+    # convolutions use the cores better so. Where the time goes: docs/benchmarks.md.
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
         eval_every_epochs=2, optim=OptimConfig(epochs=8), scaling=ScalingConfig(num_workers=0, cpus_per_worker=0.5)))
     bias: BiasConfig = field(default_factory=BiasConfig)

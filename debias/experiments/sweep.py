@@ -316,7 +316,7 @@ def run_sweep(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -
     # A trial that ASHA stops (also at its last epoch) is killed mid-fit; Ray Train then removes its
     # workers' placement group from a watcher that asks the State API whether the run's controller
     # is alive. Without that API the group, and its CPUs/GPUs, stay reserved until the sweep ends,
-    # and a later trial waits forever for them (measured: 3 trials on 4 CPUs left 3 groups behind).
+    # and a later trial waits forever for them (docs/ray-notes.md).
     if cfg.asha.enabled and (reason := state_api_error()):
         raise SystemExit(f"sweep: asha.enabled=true needs Ray's State API, which the dashboard serves ({reason}): "
                          "Ray Train frees the workers of a trial that ASHA stops through it. Start Ray with its "

@@ -40,8 +40,8 @@ class ClipConfig:
     crop_px: int = 32  # random crop when training, centre crop when evaluating
     flip: bool = False  # horizontal flip; off when left/right is part of the label (walk_left vs walk_right)
     mask_fill: Fill = "mean"  # how people are removed: per-frame mean colour (paper), zero, noise, blur
-    # true: fill the union of the clip's masks in every frame, so no moving silhouette is left. The
-    # paper fills per frame (false); measured on the demo, per frame is better (README, findings).
+    # true: fill the union of the clip's masks in every frame, so no moving silhouette is left; false:
+    # each frame's own mask, as the paper does (the comparison: docs/findings.md).
     mask_tube: bool = False
     min_person_frac: float = 0.0  # clip used by the mask loss only if this share of frames shows a person (paper: 0.7)
     # Multi-scale crop when training: a square of side scale x the shorter frame side, at a random
