@@ -332,5 +332,9 @@ def write_pattern_shards(out: str | Path, splits: dict[str, int], num_classes: i
         shards.write_parquet(storage.join(attempt.folder("shards"), f"part-{start // rows_per_file:05d}.parquet"), table)
     shards.commit(attempt, resumed, shards.ERROR_SCHEMA.empty_table(), [f"class_{k}" for k in range(num_classes)],
                   [f"scene_{k}" for k in range(num_classes)],
-                  {"videos_in": len(rows), "videos_ok": len(rows), "ok_by_split": splits, "source": "pattern"})
+                  {"videos_in": len(rows), "videos_ok": len(rows), "ok_by_split": splits, "source": "pattern",
+                   # what a preprocess summary's config says of the frames (runs.preprocessing reads decode)
+                   "config": {"decode": {"sampling": "uniform", "num_frames": num_frames, "short_side_px": size_px,
+                                         "crop_px": size_px, "jpeg_quality": 90},
+                              "pattern": {"num_classes": num_classes, "bias": bias, "seed": seed}}})
     return out
