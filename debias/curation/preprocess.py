@@ -1,16 +1,7 @@
-"""Preprocess: dataset source -> [yt-dlp download] -> decode + sample + resize/crop + JPEG -> human masks
--> scene labels -> Parquet shards, an error table and a summary.
-
-    python -m ray_jobs.preprocess ROOT --out OUT            # any folder ROOT/<class>/<video>
-    python -m ray_jobs.preprocess --config configs/preprocess/kinetics400.yaml [key=value ...]
-
-Sources (input.source): folder, kinetics, minikinetics, ucf101, hmdb51, diving48; sampling policies
-(decode.sampling): uniform, paper, seed, clips. OUT is a local path or a URI (s3://, gs://). Every input
-video ends in the shards or in the error table with a reason; the run becomes visible at its end, whole,
-through OUT/_committed.json (`debias.curation.shards` reads it). A run killed at any point resumes when started
-again with the same config and inputs: the videos it wrote are not curated again. Downloads skip files
-on disk and known-dead videos (OUT/downloads.parquet).
-"""
+"""The `preprocess` job: a dataset's videos into committed Parquet shards, as one Ray Data chain
+(download, decode and sample with the label steps that need no model, SAM masks, Places365 labels,
+finalize, write), resumable from a killed attempt. `run_preprocess(cfg)` is the job; the driver is
+ray_jobs/preprocess.py, the shard layout debias/curation/shards.py."""
 
 from __future__ import annotations
 

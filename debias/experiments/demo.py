@@ -1,13 +1,7 @@
-"""Demo: the whole method, end to end, on a freshly generated synthetic scene-bias benchmark.
-
-    python -m ray_jobs.demo [--out DIR] [--config FILE] [key=value ...]
-
-synth -> preprocess (Ray Data) -> pretrain (Ray Train): baseline, scene loss only, mask loss only and
-both (SDN), each once per seed in `seeds`, several runs at once as Ray tasks -> per model: `val` (scenes
-as in training) and `ood` (scenes shuffled) accuracy and the scene-bias measures (debias/evaluation/bias.py) ->
-DIR/summary.json, DIR/report.md, DIR/bias.png (the measures per variant, mean and every seed) and
-DIR/curves.png (the training curves, mean over seeds).
-"""
+"""The `demo` job: a fresh synthetic benchmark, curated, the four ablation variants trained once per
+seed (several runs at once), each measured, the statistics over seeds (debias/experiments/ablation.py)
+and the report; `run_demo` and the summary it owns (`DemoResult`, `read_demo`). The driver is
+ray_jobs/demo.py."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""Loss-weight sweeps: the config, the Tune search space, trial sizing and picking the best trial.
-
-Everything here is plain Python (no cluster): `ray_jobs/sweep.py` turns it into a `tune.Tuner` whose
-trials each run one `run_pretrain` with the trial's `lambda_scene` and `lambda_mask`.
-"""
+"""Loss-weight sweeps with Ray Tune: the config, the search space, trial sizing, picking the best pair
+over seeds, the Tuner (each trial one `run_pretrain` with its weights, a new Tuner or the interrupted
+one restored) and the result it owns (`SweepResult`, `read_sweep`). The driver is ray_jobs/sweep.py."""
 
 from __future__ import annotations
 
