@@ -15,11 +15,11 @@ import torch
 from debias.curation.curate import DecodeConfig, Decoder, make_decode_fn
 from debias.curation.labels.config import LabelsConfig
 from debias.curation.labels.models import BoxSegmenter, PersonDetector, load_detector, load_sam, tiny_sam
-from debias.curation.labels.masks import (MOTION_MODEL_FRAMES, MotionMasks, SamMasks, decode_rows, decode_rows_on, motion_masks,
-                          open_3x3)
+from debias.curation.labels.masks import MOTION_MODEL_FRAMES, MotionMasks, SamMasks, motion_masks, open_3x3
+from debias.curation.labels.rows import decode_rows, decode_rows_on
 from debias.curation.sources import InputConfig, read_annotation, read_source
 from debias.curation.synth import SynthConfig, generate
-from debias.curation.shards import decode_jpeg, encode_jpeg, unpack_mask
+from debias.curation.codecs import decode_jpeg, encode_jpeg, unpack_mask
 from debias.curation.video import MEDIAN_FRAMES, resize_crop, sample_uniform, temporal_median
 from debias.curation.labels.weights import WeightsError, catalog, resolve_providers
 

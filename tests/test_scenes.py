@@ -23,7 +23,7 @@ from debias.curation.labels.scenes import ClusterScenes, Places365Scenes, cluste
 from debias.curation.sources import InputConfig, read_source
 from debias.curation.sources import read_annotation
 from debias.curation.synth import SynthConfig, generate
-from debias.curation.shards import decode_jpeg, encode_jpeg, pack_mask, unpack_mask
+from debias.curation.codecs import decode_jpeg, encode_jpeg, pack_mask, unpack_mask
 from debias.curation.labels.weights import WeightsError, catalog, resolve_providers
 
 DECODE = DecodeConfig(num_frames=4, short_side_px=32, crop_px=32)

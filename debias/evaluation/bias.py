@@ -46,7 +46,8 @@ from torch import nn
 
 from debias.curation.labels.fill import fill_people
 from debias.config import check
-from debias.curation.shards import decode_jpeg, read_parquet, shard_files, unpack_mask
+from debias.curation.shards import read_parquet, shard_files
+from debias.curation.codecs import decode_jpeg, unpack_mask
 
 # The online code's block ends as shares of the data (Voita & Titov, 2020, section 3.2).
 MDL_PORTIONS = [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0]

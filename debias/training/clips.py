@@ -24,7 +24,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from debias.config import check
 from debias.curation.labels.fill import Fill, fill_people, fill_people_torch
-from debias.curation.shards import decode_jpeg, unpack_mask
+from debias.curation.codecs import decode_jpeg, unpack_mask
 
 
 # The shard columns a training clip needs (everything else stays on disk).
@@ -234,7 +234,7 @@ class ClipCollate(NumpyBatchCollateFn):
         import torch
         from torchvision.ops import roi_align
 
-        from debias.curation.shards import decode_jpegs_on, unpack_masks_on
+        from debias.curation.codecs import decode_jpegs_on, unpack_masks_on
 
         cfg, dev = self.cfg, self.device
         n, t, px = len(batch["jpegs"]), cfg.clip_len, cfg.crop_px
@@ -291,7 +291,7 @@ def write_pattern_shards(out: str | Path, splits: dict[str, int], num_classes: i
     from debias import storage
 
     from debias.curation import shards
-    from debias.curation.shards import encode_jpeg, pack_mask
+    from debias.curation.codecs import encode_jpeg, pack_mask
 
     out = storage.absolute(str(out))
     rng = np.random.default_rng(seed)
