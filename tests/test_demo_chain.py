@@ -1,6 +1,7 @@
 """The whole chain on Ray, on a tiny benchmark: synth -> preprocess -> 4 variants x 2 seeds of pretrain
 (as many runs at a time as the CPUs hold) -> bias measures -> report. (Resuming a run: tests/test_train.py.)"""
 
+import pytest
 import json
 
 from conftest import docs_render
@@ -10,6 +11,8 @@ from debias.config import load_config
 from debias.training.pretrain import run_pretrain
 from debias.training.runs import checkpoint_path, read_metrics, read_run
 from debias.experiments.demo import VARIANTS, DemoConfig, read_demo, run_configs, run_demo
+
+pytestmark = pytest.mark.slow  # the whole demo, 8 training runs
 
 TINY = ["synth.train_per_class=4", "synth.val_per_class=2", "synth.ood_per_class=2",
         "synth.target_train_per_class=1", "synth.target_test_per_class=1", "synth.frame_size_px=32",
