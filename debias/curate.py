@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from debias import shards, storage
-from debias.config import check, to_dict
+from debias.config import PathStr, check, to_dict
 from debias.download import DownloadConfig
 from debias.labels import LabelsConfig
 from debias.shards import ERROR_COLUMNS, ERROR_SCHEMA, SCHEMA_VERSION, Attempt, Resumed, encode_jpeg_bgr
@@ -93,7 +93,7 @@ class ResourcesConfig:
 
 @dataclass
 class PreprocessConfig:
-    out: str = "out/shards"
+    out: PathStr = "out/shards"
     seed: int = 0  # shuffles the row order once, so shards are not sorted by class
     input: InputConfig = field(default_factory=InputConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from ray import tune
 
 from debias import runs
-from debias.config import check, from_dict
+from debias.config import PathStr, check, from_dict
 from debias.tracking import TrackingConfig
 from debias.train import PretrainConfig
 
@@ -58,7 +58,7 @@ class SweepConfig:
     """A Tune sweep over the SDN loss weights; every trial is `pretrain` with the trial's weights."""
 
     name: str = "sweep"  # the sweep lives in STORAGE/NAME; running it again resumes it (Tuner.restore)
-    storage: str = "out/sweeps"  # on a cluster: a path every node sees (NFS) or s3://...
+    storage: PathStr = "out/sweeps"  # on a cluster: a path every node sees (NFS) or s3://...
     lambda_scene: SpaceConfig = field(default_factory=lambda: SpaceConfig(values=[0.1, 0.2, 0.5]))
     lambda_mask: SpaceConfig = field(default_factory=lambda: SpaceConfig(values=[0.5, 1.0]))
     num_samples: int = 1  # grid: repeats of the whole grid; random kinds: trials drawn
@@ -71,6 +71,7 @@ class SweepConfig:
     max_concurrent_trials: int = 0  # 0: as many as the cluster holds (GPUs, or CPUs on a CPU cluster)
     trial_cpus: float = 0.25  # the trial's own driver: it only waits on its Train run, so a fraction
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # name/out are set per trial
+    job_set_paths = ("pretrain.out",)  # not a field: what debias.jobenv leaves to the sweep
 
     def __post_init__(self) -> None:
         check(self.num_samples >= 1, "num_samples", "must be >= 1")

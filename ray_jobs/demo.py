@@ -22,7 +22,7 @@ import torch
 from debias import storage
 from debias.bias import BiasConfig, BiasData, dataset_bias, load_bias_data, measure_bias
 from debias.cluster import init_ray
-from debias.config import check, from_dict, to_dict
+from debias.config import PathStr, check, from_dict, to_dict
 from debias.curate import DecodeConfig, InputConfig, PreprocessConfig
 from debias.labels import LabelsConfig
 from debias.pretrain import run_pretrain
@@ -49,7 +49,7 @@ class DemoConfig:
     """The demo's own settings. Paths inside `synth` and `pretrain` (out, shards, name) and
     `pretrain.seed` are set by the demo; everything else is used as given."""
 
-    out: str = "out/demo"
+    out: PathStr = "out/demo"
     synth: SynthConfig = field(default_factory=SynthConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     # 8 epochs, evaluated every 2nd (the cosine schedule anneals over them; curves.png). Ray Train's
@@ -67,6 +67,7 @@ class DemoConfig:
     run_cpus: float = 0.25  # each run's task, beside the worker's CPUs it holds in local mode (it trains there)
     min_ood_gain: float = 0.10  # the claim, on the means over seeds: SDN's ood_acc beats the baseline's by this
     max_val_drop: float = 0.05  # ... while its val_acc is at most this much lower
+    job_set_paths = ("synth.out", "pretrain.shards", "pretrain.out")  # not a field: set from out (debias.jobenv)
 
     def __post_init__(self) -> None:
         check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
