@@ -179,6 +179,8 @@ def _overlay(hint: Any, base: Any, extra: Any) -> Any:
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return to_dict(value)
+    if isinstance(value, dict):  # a mapping of sections (PipelineConfig.references)
+        return {k: _plain(v) for k, v in value.items()}
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
