@@ -49,8 +49,10 @@ BUCKET_FAULTS = (
     (re.compile(r"QuotaExceeded|QUOTA_EXCEEDED|quota exceeded|SlowDown|storage quota", re.I),
      "the object store's quota is exhausted", f"free space or raise the quota, {RESUME}"),
 )
-_PATH_IN_TEXT = re.compile(r"(?:[a-z][a-z0-9+.-]*://[^\s'\",:]+|(?<![\w.])/[^\s'\",:]+)")
-_BUCKET_IN_TEXT = re.compile(r"bucket '([^']+)'")
+# Where a message names the path it failed on: Python's OSError text ("[Errno 28] No space left on device:
+# '/x'", also inside a worker's traceback that Ray passes on as text), pyarrow's ("... file '/x'") and S3's
+_PATHS_IN_TEXT = (re.compile(r"\[Errno \d+\] [^'\n]*?: '([^']+)'"), re.compile(r"file '([^']+)'"),
+                  re.compile(r"bucket '([^']+)'"))
 
 
 @dataclass
@@ -86,14 +88,16 @@ def storage_fault(exc: BaseException) -> Fault | None:
             return Fault(*FAULTS[code], path=str(path))
         for pattern, fault, advice in BUCKET_FAULTS:
             if found is None and pattern.search(text):
-                bucket = _BUCKET_IN_TEXT.search(text)
-                found = Fault(fault, advice, bucket.group(1) if bucket else _path_in(text))
+                found = Fault(fault, advice, _path_in(text))
     return found
 
 
 def _path_in(text: str) -> str:
-    match = _PATH_IN_TEXT.search(text)
-    return match.group(0).rstrip(".") if match else ""
+    """The path a message says it failed on ("" when it names none: source files in a traceback do not count)."""
+    for pattern in _PATHS_IN_TEXT:
+        if match := pattern.search(text):
+            return match.group(1)
+    return ""
 
 
 def report(exc: BaseException, job: str, outputs: list[tuple[str, str]]) -> str | None:
@@ -133,8 +137,14 @@ def install(job: str, outputs: list[tuple[str, str]]) -> None:
         line = report(exc, job, outputs) if isinstance(exc, Exception) else None
         if line is None:
             previous(kind, exc, tb)
-        else:
-            print(line, file=sys.stderr, flush=True)
+            return
+        # Ray first: its shutdown ends the workers, whose last words (streamed to this log) would
+        # otherwise follow the line that should end it
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        print(line, file=sys.stderr, flush=True)
 
     sys.excepthook = hook
     # Ray Data sets up its loggers when imported (the jobs that use it have imported it by now): its
