@@ -112,6 +112,9 @@ def test_curation_onto_a_full_disk_ends_in_one_line_and_resumes_after_space_is_f
                         r"larger volume, then run the same command again: it resumes where it stopped \(traceback in "
                         rf"{tmp_path / 'logs'}/preprocess-\S+\.log\)", last), last
     assert "Traceback" not in full.stderr and "please open an issue" not in full.stderr
+    # Ray Data's progress in this log (no terminal): the totals, not a row per operator
+    progress = [line for line in full.stderr.splitlines() if "logging_progress.py" in line]
+    assert progress and all(re.search(r"Running Dataset|Total Progress|Active & requested|=====$", line) for line in progress)
     assert "No space left on device" in (tmp_path / "logs").glob("*.log").__next__().read_text()
 
     subprocess.run(["mount", "-o", "remount,size=8m", str(small_volume)], check=True)  # space freed

@@ -47,3 +47,20 @@ def test_a_submitted_job_with_a_relative_path_stops_before_any_work(tmp_path):
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert run.returncode == 1 and run.stderr.startswith("config error: relative path in a submitted Ray job: shards=out/shards.")
     assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def test_ray_data_progress_in_a_log_is_the_total_once_a_minute(monkeypatch):
+    """(A job's log is no terminal; the full-disk test in test_faults.py reads such a log.)"""
+    import ray.data
+    from ray.data._internal.progress.logging_progress import LoggingExecutionProgressManager
+
+    from debias.cluster import PROGRESS_LOG_ENV, quiet_progress
+
+    monkeypatch.delenv(PROGRESS_LOG_ENV, raising=False)
+    monkeypatch.setattr(LoggingExecutionProgressManager, "LOG_REPORT_INTERVAL_SEC", 10)
+    ctx = ray.data.DataContext.get_current()
+    monkeypatch.setattr(ctx, "enable_operator_progress_bars", True)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    quiet_progress()
+    assert LoggingExecutionProgressManager.LOG_REPORT_INTERVAL_SEC == 60 and os.environ[PROGRESS_LOG_ENV] == "60"
+    assert not ctx.enable_operator_progress_bars
