@@ -58,7 +58,8 @@ def make_tuner(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) 
         if storage.is_file(saved) and storage.read_json(saved) != to_dict(cfg):
             raise SystemExit(f"{path} holds a sweep with another config ({saved}); "
                              f"choose another name=... or storage=..., or delete that folder")
-        log.info("sweep: resuming %s", path)
+        log.info("sweep: resuming %s (trial runs there: %d; finished trials are kept, the others continue from "
+                 "their last checkpoint)", path, len(storage.list_dir(storage.join(path, "runs"))))
         return tune.Tuner.restore(path, trainable=wrapped, resume_errored=True)
     storage.write_json(saved, to_dict(cfg))
     scheduler = None
