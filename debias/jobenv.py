@@ -51,11 +51,12 @@ def relative_paths(cfg: Any) -> list[tuple[str, str]]:
             and not any(fnmatch.fnmatchcase(key, pattern) for pattern in derived)]
 
 
-def check_job_paths(cfg: Any) -> None:
-    """In a submitted job, raise ConfigError naming every relative path key; elsewhere do nothing."""
+def check_job_paths(cfg: Any, used: tuple[str, ...] = ("*",)) -> None:
+    """In a submitted job, raise ConfigError naming every relative path key the job uses (`used`: patterns
+    of dotted keys; a job that reads one section of a shared config names it); elsewhere do nothing."""
     if not in_submitted_job():
         return
-    bad = relative_paths(cfg)
+    bad = [(key, value) for key, value in relative_paths(cfg) if any(fnmatch.fnmatchcase(key, p) for p in used)]
     if bad:
         shown = ", ".join(f"{key}={value}" for key, value in bad)
         raise ConfigError(

@@ -49,9 +49,9 @@ def options_to_overrides(args: argparse.Namespace, keys: tuple[str, ...]) -> Non
     args.overrides = [f"{k}={json.dumps(getattr(args, k))}" for k in keys if getattr(args, k)] + args.overrides
 
 
-def load_job_config(cls: type[T], args: argparse.Namespace) -> T:
+def load_job_config(cls: type[T], args: argparse.Namespace, paths_used: tuple[str, ...] = ("*",)) -> T:
     """Load and validate the config; a bad key or value, or a relative path in a submitted job, exits with
-    its message before any work. Also sets up logging at --log-level, and a storage fault that ends the
+    its message before any work (`paths_used`: the path keys the job reads, patterns). Also sets up logging at --log-level, and a storage fault that ends the
     job as one line (`debias.faults`)."""
     configure_logging(getattr(args, "log_level", None))
     overrides = list(args.overrides)
@@ -65,7 +65,7 @@ def load_job_config(cls: type[T], args: argparse.Namespace) -> T:
         if args.print_config:
             print(dump_yaml(cfg), end="")
             sys.exit(0)
-        check_job_paths(cfg)
+        check_job_paths(cfg, paths_used)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
     job = getattr(args, "job", "debias")

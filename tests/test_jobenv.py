@@ -64,3 +64,13 @@ def test_ray_data_progress_in_a_log_is_the_total_once_a_minute(monkeypatch):
     quiet_progress()
     assert LoggingExecutionProgressManager.LOG_REPORT_INTERVAL_SEC == 60 and os.environ[PROGRESS_LOG_ENV] == "60"
     assert not ctx.enable_operator_progress_bars
+
+
+def test_a_job_that_reads_one_section_checks_only_its_paths(monkeypatch):
+    from debias.curate import PreprocessConfig
+
+    monkeypatch.setenv(SUBMITTED_JOB_ENV, "{}")
+    cfg = load_config(PreprocessConfig, None, ["labels.weights_dir=/w"])  # out and input stay relative
+    check_job_paths(cfg, ("labels.*",))  # `debias weights` reads labels.* only
+    with pytest.raises(ConfigError, match=r"labels\.weights_dir=weights"):
+        check_job_paths(load_config(PreprocessConfig, None, ["labels.weights_dir=weights"]), ("labels.*",))
