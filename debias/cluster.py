@@ -24,6 +24,10 @@ import ray
 
 LOG_LEVEL_ENV = "DEBIAS_LOG_LEVEL"  # how the level reaches Ray's worker processes
 LOCAL_RAY_ENV = "DEBIAS_LOCAL_RAY"  # marks every process of a job's private Ray instance (they inherit it)
+# Ray Data's seconds between progress reports when stdout is no terminal (its own default: 10), read when
+# ray.data is imported; a job's log gets the total progress this often, not its whole operator table.
+PROGRESS_LOG_ENV = "RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL"
+PROGRESS_LOG_INTERVAL_S = 60
 
 K = TypeVar("K")
 
@@ -51,9 +55,10 @@ def init_ray(local_num_cpus: int = 0) -> None:
     Tune) the trial itself each reserve a CPU, and with only the 2 physical cores of a small machine
     that reservation deadlocks (see docs/ray-notes.md). The cores are shared, not oversubscribed in work.
     """
+    quiet_progress()
     if ray.is_initialized():
         return
-    env = {LOG_LEVEL_ENV: os.environ.get(LOG_LEVEL_ENV, "INFO")}
+    env = {LOG_LEVEL_ENV: os.environ.get(LOG_LEVEL_ENV, "INFO"), PROGRESS_LOG_ENV: os.environ[PROGRESS_LOG_ENV]}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, runtime_env={"env_vars": env})
         return
@@ -81,6 +86,20 @@ def init_ray(local_num_cpus: int = 0) -> None:
     # job), which `ray.init()` would otherwise join.
     ray.init(address="local", num_cpus=local_num_cpus or max(4, os.cpu_count() or 1), include_dashboard=True,
              dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True)
+
+
+def quiet_progress() -> None:
+    """Ray Data's progress in a log that is no terminal (a submitted job's, a redirected run's): the total
+    progress in 3 lines every PROGRESS_LOG_INTERVAL_S, not its whole operator table every 10 s (most of a
+    long job's log was that table). On a terminal its live bars are left as they are."""
+    os.environ.setdefault(PROGRESS_LOG_ENV, str(PROGRESS_LOG_INTERVAL_S))  # processes started from here
+    if sys.stdout.isatty():
+        return
+    from ray.data._internal.progress.logging_progress import LoggingExecutionProgressManager
+
+    # The class read the variable when this process imported ray.data (before it was set here).
+    LoggingExecutionProgressManager.LOG_REPORT_INTERVAL_SEC = int(os.environ[PROGRESS_LOG_ENV])
+    ray.data.DataContext.get_current().enable_operator_progress_bars = False
 
 
 def reap(token: str, grace_s: float = 10.0) -> list[int]:

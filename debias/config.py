@@ -1,8 +1,13 @@
 """Typed configs: one dataclass per concern, loaded from YAML that rejects unknown keys.
 
 Every default lives in the dataclass field that declares it. A YAML file may set any subset of the
-fields; `key.sub=value` overrides from the command line are applied on top. Any unknown key, wrong
-type or out-of-range value raises `ConfigError` naming the dotted key, before any work starts.
+fields; `key.sub=value` overrides from the command line are applied on top: a section (a nested config) takes
+them key by key, while a mapping of names given whole (`pretrained={a: RUN}`) replaces the mapping it
+overrides (`pretrained.a=RUN` sets one entry and keeps the others). Any unknown key, wrong type or
+out-of-range value raises `ConfigError` naming the dotted key, before any work starts.
+
+Fields that hold a file or folder are typed `PathStr` (a `str` marked as a path): `paths(cfg)` lists them,
+which is how a submitted job finds the relative ones (`debias.jobenv`).
 """
 
 from __future__ import annotations
@@ -10,12 +15,16 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
 T = TypeVar("T")
+
+_PATH = "path"  # the marker of PathStr (typing.get_type_hints drops it where only the type matters)
+PathStr = Annotated[str, _PATH]  # a config field naming a file or folder: a local path or a URI
 
 
 class ConfigError(ValueError):
@@ -112,15 +121,28 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+class Whole(dict):
+    """A mapping given whole as one override's value (`key={a: 1}`), not built from dotted keys."""
+
+
 def parse_overrides(overrides: list[str]) -> dict:
-    """Turn `["a.b=1", "c=x"]` into a nested dict; values are parsed as YAML scalars/lists."""
+    """Turn `["a.b=1", "c=x"]` into a nested dict; values are parsed as YAML scalars/lists/mappings (a
+    mapping value comes back as `Whole`)."""
     tree: dict = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value (e.g. train.optim.lr=0.01)")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({_yaml_problem(e)})") from None
+        _set_dotted(tree, key.strip(), Whole(value) if isinstance(value, dict) else value)
     return tree
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    return " ".join(str(getattr(e, "problem", None) or e).split())
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -130,9 +152,35 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _section(hint: Any) -> type | None:
+    """The config class a field holds (`X` or `X | None`), or None for any other type."""
+    for option in get_args(hint) if get_origin(hint) in (typing.Union, types.UnionType) else (hint,):
+        if dataclasses.is_dataclass(option):
+            return option
+    return None
+
+
+def _overlay(hint: Any, base: Any, extra: Any) -> Any:
+    """The overrides `extra` on top of `base` for a field typed `hint`: a section merges key by key (its
+    other keys keep their values); a mapping field given whole replaces `base`, one set by dotted keys
+    (`pretrained.a=RUN`) sets those entries."""
+    section = _section(hint)
+    if not isinstance(extra, dict) or not isinstance(base, dict) or (isinstance(extra, Whole) and not section):
+        return dict(extra) if isinstance(extra, Whole) else extra
+    children = typing.get_type_hints(section) if section else {}
+    value_hint = get_args(hint)[1] if get_origin(hint) is dict and get_args(hint) else Any
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _overlay(children.get(k, Any) if section else value_hint, out[k], v) if k in out else \
+            (dict(v) if isinstance(v, Whole) else v)
+    return out
+
+
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return to_dict(value)
+    if isinstance(value, dict):  # a mapping of sections (PipelineConfig.references)
+        return {k: _plain(v) for k, v in value.items()}
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
@@ -191,14 +239,19 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:  # one line naming the place, as an editor jumps to it
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: not valid YAML: {_yaml_problem(e)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
         data = loaded or {}
     # Keys start at their defaults, a section's own included (DemoConfig's `pretrain` is not
     # PretrainConfig()): a file or override that sets one key of a section leaves the section's other
     # keys at its defaults, not at those of the section's class.
-    data = _merge(_merge(_defaults(cls), data), parse_overrides(overrides or []))
+    data = _overlay(cls, _merge(_defaults(cls), data), parse_overrides(overrides or []))
     try:
         return _build(cls, data)
     except ConfigError as e:
@@ -213,6 +266,34 @@ def from_dict(cls: type[T], data: dict) -> T:
 def to_dict(cfg: Any) -> dict:
     """The config as plain data (what gets written next to every output)."""
     return dataclasses.asdict(cfg)
+
+
+def paths(cfg: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted key, value) of every `PathStr` field of `cfg`, nested sections, lists and mappings included
+    (`pretrained.sdn`, `videos[0]`, `targets.ucf.folds[0].shards`)."""
+    hints = typing.get_type_hints(type(cfg), include_extras=True)
+    for f in dataclasses.fields(cfg):
+        yield from _paths_in(getattr(cfg, f.name), hints[f.name], f"{prefix}{f.name}")
+
+
+def _paths_in(value: Any, hint: Any, key: str) -> Iterator[tuple[str, str]]:
+    if get_origin(hint) is Annotated:
+        if _PATH in hint.__metadata__ and isinstance(value, str):
+            yield key, value
+        return
+    if dataclasses.is_dataclass(value):
+        yield from paths(value, f"{key}.")
+    elif get_origin(hint) in (typing.Union, types.UnionType):
+        for option in get_args(hint):
+            if option is not type(None) and not (dataclasses.is_dataclass(option) and not dataclasses.is_dataclass(value)):
+                yield from _paths_in(value, option, key)
+                return
+    elif isinstance(value, (list, tuple)) and get_args(hint):
+        for i, item in enumerate(value):
+            yield from _paths_in(item, get_args(hint)[0], f"{key}[{i}]")
+    elif isinstance(value, dict) and len(get_args(hint)) == 2:
+        for k, item in value.items():
+            yield from _paths_in(item, get_args(hint)[1], f"{key}.{k}")
 
 
 def dump_yaml(cfg: Any) -> str:

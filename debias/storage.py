@@ -118,9 +118,14 @@ def write_bytes(path: str, data: bytes) -> None:
     if isinstance(fs, pafs.LocalFileSystem):
         os.makedirs(os.path.dirname(p), exist_ok=True)
         tmp = os.path.join(os.path.dirname(p), f".{os.path.basename(p)}.{uuid.uuid4().hex[:8]}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, p)
+        except OSError as e:  # a full disk fails the write or close, naming no file: name the one meant
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise OSError(e.errno, e.strerror, p) from e
         return
     with fs.open_output_stream(p) as f:
         f.write(data)

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = job_parser("debias weights", __doc__)
     parser.add_argument("--download", action="store_true", help="fetch missing or broken files, then verify them")
     args = parser.parse_args(argv)
-    status = run_weights(load_job_config(PreprocessConfig, args), args.download, args.config)
+    # only the label section of the preprocess config is read: its other paths may be a curation's
+    status = run_weights(load_job_config(PreprocessConfig, args, paths_used=("labels.*",)), args.download, args.config)
     if any(status.values()):
         sys.exit(1)
 

@@ -83,6 +83,28 @@ def real_clips() -> Path:
 
 
 @pytest.fixture(scope="module")
+def cluster():
+    """A head that runs no work (CPU 0, like cluster.yaml's) and two 2-CPU worker nodes (the processes
+    `ray start --head` and `ray start --address` start), its dashboard (and job API) on a free port;
+    this process is connected to it as a driver. One per test module."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from debias.cluster import free_port
+
+    # Free ports for the dashboard and each node's agent (which starts submitted jobs): their defaults
+    # (8265, 52365) may belong to another Ray on this machine, and the nodes here share one address.
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": free_port(),
+                                                      "dashboard_agent_listen_port": free_port()})
+    for _ in range(2):
+        c.add_node(num_cpus=2, dashboard_agent_listen_port=free_port())
+    ray.init(address=c.address, log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
 def ray_local():
     """One small local Ray instance per test module (a start costs seconds on 2 cores)."""
     import ray

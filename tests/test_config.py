@@ -112,3 +112,34 @@ def test_minimal_drops_defaults_but_keeps_what_switches_a_section_on():
     assert minimal(DemoConfig, {"pretrain": {"optim": {"epochs": PretrainConfig().optim.epochs}}}) != {}
     # an Optional section given at all its defaults is still given: it switches the section on
     assert minimal(PipelineConfig, {"synth": {"bias": SynthConfig().bias}}) == {"synth": {}}
+def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: run1\noptim:\n  lr: [0.1\n  epochs: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(PretrainConfig, bad)
+    assert str(e.value).startswith(f"{bad}:4:9: not valid YAML") and "\n" not in str(e.value)
+    # the drivers turn it into one line before any work
+    run = subprocess.run([sys.executable, "-m", "ray_jobs.pretrain", "--config", str(bad)], capture_output=True, text=True)
+    assert run.returncode != 0 and run.stderr.strip().splitlines() == [f"config error: {bad}:4:9: not valid YAML: "
+                                                                       "expected ',' or ']', but got ':'"]
+    with pytest.raises(ConfigError, match=r"override 'optim=\{lr: \[1': the value is not valid YAML"):
+        load_config(PretrainConfig, None, ["optim={lr: [1"])
+
+
+def test_a_mapping_given_whole_replaces_a_dotted_key_sets_one_entry_a_section_merges(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text("pretrained:\n  baseline: /runs/b\n  sdn: /runs/s\n  scratch: ''\n"
+                 "targets:\n  t:\n    folds:\n    - shards: /data/t\n"
+                 "finetune:\n  optim:\n    lr: 0.005\n    epochs: 3\n")
+    from debias.experiments.transfer import TransferConfig
+
+    whole = load_config(TransferConfig, f, ["pretrained={baseline: /runs/other}"])
+    assert whole.pretrained == {"baseline": "/runs/other"}  # the file's sdn and scratch are gone
+    one = load_config(TransferConfig, f, ["pretrained.baseline=/runs/other"])
+    assert one.pretrained == {"baseline": "/runs/other", "sdn": "/runs/s", "scratch": ""}
+    # a section (fixed keys) given as a mapping still merges: the file's epochs stay
+    section = load_config(TransferConfig, f, ["finetune={optim: {lr: 0.01}}"])
+    assert (section.finetune.optim.lr, section.finetune.optim.epochs) == (0.01, 3)
+    shown = subprocess.run([sys.executable, "-m", "ray_jobs.transfer", "--config", str(f), "--print-config",
+                            "pretrained={baseline: /runs/other}"], capture_output=True, text=True, check=True)
+    assert "pretrained:\n  baseline: /runs/other\nsource_shards" in shown.stdout

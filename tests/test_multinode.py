@@ -1,13 +1,10 @@
 """Several Ray nodes on one machine: work spreads over nodes, and training survives losing one."""
 
 import json
-import socket
 import threading
 import time
 
 import pytest
-import ray
-from ray.cluster_utils import Cluster
 from ray.util.state import list_actors, list_tasks
 
 from debias.config import load_config
@@ -19,22 +16,6 @@ from debias.training.pretrain import run_pretrain
 from conftest import epoch_lines
 
 pytestmark = pytest.mark.slow  # a Ray cluster of three nodes
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A head that runs no work (CPU 0, like cluster.yaml's) and two 2-CPU worker nodes."""
-    with socket.socket() as s:  # a free dashboard port: 8265 may belong to another Ray on this machine
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True,
-                                                      "dashboard_port": port})
-    for _ in range(2):
-        c.add_node(num_cpus=2)
-    ray.init(address=c.address, log_to_driver=False)
-    yield c
-    ray.shutdown()
-    c.shutdown()
 
 
 @pytest.fixture(scope="module")

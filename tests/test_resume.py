@@ -1,6 +1,7 @@
 """Resumable, committed curation: a preprocess driver SIGKILLed mid-run and started again continues
 where it was; readers only ever see committed runs; a run of other rows starts afresh."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -169,3 +170,35 @@ def test_resume_keeps_whole_videos_and_redoes_the_rest(tmp_path):
     assert (shards.read_classes(out), shards.num_scenes(out), shards.read_summary(out)) == (["a", "b"], 1, {"videos_in": 4})
     assert shards.read_errors(out).num_rows == 1 and len(shards.summary_digest(out)) == 64
     assert shards.find_unfinished_run(out, "d" * 64) is None  # committed: a rerun starts a new run
+
+
+def test_a_training_run_says_where_it_resumes(tmp_path):
+    from debias.training.pretrain import log_resume
+    from debias.training.runs import STATE_FILE, checkpoint_name
+    from debias.training.train import PretrainConfig
+
+    cfg = PretrainConfig()
+    cfg.optim.epochs = 6
+    run = tmp_path / "sdn"
+    messages = []
+    handler = logging.Handler()  # its own handler: caplog's sees nothing once debias.cluster stops propagation
+    handler.emit = lambda record: messages.append(record.getMessage())
+    pretrain_log = logging.getLogger("debias.training.pretrain")
+    level = pretrain_log.level
+    pretrain_log.addHandler(handler)
+    pretrain_log.setLevel("INFO")
+    try:
+        log_resume(cfg, str(run))
+        for epoch in (0, 2):  # two kept checkpoints: the latest decides
+            (run / checkpoint_name(epoch)).mkdir(parents=True)
+            (run / checkpoint_name(epoch) / STATE_FILE).write_bytes(b"")
+        (run / checkpoint_name(3)).mkdir()  # cut short before its state was written: not one
+        log_resume(cfg, str(run))
+        cfg.optim.epochs = 3
+        log_resume(cfg, str(run))
+    finally:
+        pretrain_log.removeHandler(handler)
+        pretrain_log.setLevel(level)
+    assert messages == [f"pretrain: starting {run} (epoch 1 of 6)",
+                               f"pretrain: resuming {run} from epoch 4 of 6 (its checkpoint checkpoint_epoch_0002)",
+                               f"pretrain: {run} already holds all 3 epochs (checkpoint_epoch_0002): nothing left to train"]

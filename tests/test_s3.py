@@ -173,3 +173,21 @@ def test_pretrain_on_s3_killed_mid_run_resumes_from_its_checkpoint_in_the_bucket
     model, info = runs.load_model(f"{s3}/runs/killed", "best")
     assert info.classes == [f"class_{k}" for k in range(4)] and info.checkpoint.startswith(f"{s3}/runs/killed/")
     assert any(k.startswith("runs/killed/tensorboard/events.out.tfevents") for k in _keys("runs/killed/"))
+
+
+def test_a_bucket_that_vanished_mid_job_is_a_storage_fault_naming_it(s3):
+    import boto3
+
+    from debias import storage
+    from debias.faults import storage_fault
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="vanishing")
+    storage.write_text("s3://vanishing/runs/a.json", "{}")
+    client.delete_object(Bucket="vanishing", Key="runs/a.json")
+    client.delete_bucket(Bucket="vanishing")
+    with pytest.raises(OSError) as raised:  # pyarrow's own error, as a job meets it
+        storage.write_text("s3://vanishing/runs/b.json", "{}")
+    fault = storage_fault(raised.value)
+    assert fault is not None, raised.value
+    assert (fault.path, fault.fault) == ("vanishing", "the bucket does not exist (deleted, or these credentials cannot see it)")

@@ -2,6 +2,7 @@
 Train runs on a tiny synthetic benchmark: ASHA stops a weak trial, the best trial is picked, an
 interrupted sweep resumes."""
 
+import logging
 import time
 from pathlib import Path
 
@@ -176,8 +177,7 @@ def test_asha_stops_the_weak_trial_the_next_trial_still_runs_and_the_best_is_pic
     assert not _live_placement_groups()
 
 
-@pytest.mark.slow
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, shards):
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, shards, caplog):
     starts = tmp_path / "starts.txt"
 
     def flaky(config, base, runs_dir):
@@ -195,7 +195,15 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, s
     assert len(first.errors) == 1 and "simulated crash" in first.errors[0]
     assert [t["status"] for t in first.trials] == ["TERMINATED", "ERROR"]
 
-    second = run_sweep(cfg, flaky)  # same storage/name: Tuner.restore, errored trials resumed
+    sweep_log = logging.getLogger("debias.experiments.sweep")  # its own handler: debias.cluster stops propagation
+    sweep_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="debias.experiments.sweep"):
+            second = run_sweep(cfg, flaky)  # same storage/name: Tuner.restore, errored trials resumed
+    finally:
+        sweep_log.removeHandler(caplog.handler)
+    # the trial that crashed before its Train run started left no run folder
+    assert f"sweep: resuming {tmp_path / 'sweep'} (trial runs there: 1; finished trials are kept" in caplog.text
     assert second.errors == []
     assert all(t["status"] == "TERMINATED" and t["epochs"] == 2 for t in second.trials)
     assert sorted(starts.read_text().split()) == ["0.0", "0.5", "0.5"]  # the finished trial ran once

@@ -25,7 +25,7 @@ import pyarrow as pa
 from debias import storage
 
 from debias.curation import shards
-from debias.config import check, to_dict
+from debias.config import PathStr, check, to_dict
 from debias.curation.download import DownloadConfig
 from debias.curation.labels.config import LabelsConfig
 from debias.curation.shards import ERROR_COLUMNS, ERROR_SCHEMA, SCHEMA_VERSION, Attempt, Resumed
@@ -96,7 +96,7 @@ class ResourcesConfig:
 
 @dataclass
 class PreprocessConfig:
-    out: str = "out/shards"
+    out: PathStr = "out/shards"
     seed: int = 0  # shuffles the row order once, so shards are not sorted by class
     input: InputConfig = field(default_factory=InputConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)

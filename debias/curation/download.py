@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from debias import storage
-from debias.config import check
+from debias.config import PathStr, check
 from debias.curation.sources import Row, clip_id
 
 DOWNLOAD_SCHEMA = pa.schema([  # OUT/downloads.parquet: one row per clip, across runs
@@ -77,7 +77,7 @@ class DownloadConfig:
     backoff_s: float = 10.0  # sleep before retry k: backoff_s * 2**(k-1)
     timeout_s: float = 30.0  # socket timeout: a stalled server fails the attempt as `timeout`
     retry_dead: bool = False  # try ids a previous run found unavailable/private/removed/geo_blocked again
-    cookies_file: str = ""  # Netscape cookies.txt (yt-dlp --cookies), for age- or sign-in-gated videos
+    cookies_file: PathStr = ""  # Netscape cookies.txt (yt-dlp --cookies), for age- or sign-in-gated videos
     proxy: str = ""  # e.g. socks5://host:1080
     rate_limit_bytes_s: int = 0  # per download; 0 = unlimited
     sleep_requests_s: float = 0.0  # pause between yt-dlp's HTTP requests (yt-dlp --sleep-requests)

@@ -41,7 +41,7 @@ from typing import Literal
 import numpy as np
 
 from debias import storage
-from debias.config import check
+from debias.config import PathStr, check
 
 Row = dict
 
@@ -55,9 +55,9 @@ class InputConfig:
     """Where the videos are and which dataset format describes them (formats: the module docstring)."""
 
     source: Source = "auto"  # auto: kinetics when input.manifest is set, else folder
-    root: str = ""  # the videos; folder: ROOT/<class>/<video>; kinetics: default videos/ beside the manifest
-    manifest: str = ""  # kinetics: CSV or folder of CSVs; ucf101/hmdb51: split files folder; diving48: JSON folder
-    id_lists: list[str] = field(default_factory=list)  # minikinetics: train_ytid_list.txt, val_ytid_list.txt
+    root: PathStr = ""  # the videos; folder: ROOT/<class>/<video>; kinetics: default videos/ beside the manifest
+    manifest: PathStr = ""  # kinetics: CSV or folder of CSVs; ucf101/hmdb51: split files folder; diving48: JSON folder
+    id_lists: list[PathStr] = field(default_factory=list)  # minikinetics: train_ytid_list.txt, val_ytid_list.txt
     split_index: int = 1  # ucf101 / hmdb51: which official split (1-3)
     split: str = "train"  # folder: the split every video gets
 

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from debias import storage
-from debias.config import check, to_dict
+from debias.config import PathStr, check, to_dict
 from debias.curation.video import write_mp4
 
 SPLIT_IDS = {"train": 0, "val": 1, "ood": 2, "test": 3}
@@ -44,7 +44,7 @@ MANIFEST_COLUMNS = ["label", "youtube_id", "time_start", "time_end", "split"]
 class SynthConfig:
     """What the benchmark looks like; sizes are per action class."""
 
-    out: str = "out/synth"
+    out: PathStr = "out/synth"
     seed: int = 0
     bias: float = 0.9  # P(action shown in its home scene) in train/val; ood draws scenes uniformly
     train_per_class: int = 100

@@ -21,7 +21,7 @@ import torch
 
 from debias import storage
 from debias.training.clips import ClipConfig
-from debias.config import check
+from debias.config import PathStr, check
 from debias.evaluation.inference import eval_clips, pick_device, run_clips
 
 if TYPE_CHECKING:
@@ -37,10 +37,10 @@ PASS_COLUMNS = ["video_id", "clip_index", "label", "split", "source_path", "erro
 
 @dataclass
 class EmbedConfig:
-    run: str = ""  # the training run folder (OUT/NAME of `debias pretrain`), local or a URI
+    run: PathStr = ""  # the training run folder (OUT/NAME of `debias pretrain`), local or a URI
     checkpoint: str = "latest"  # latest, best, or a checkpoint path
-    input: str = ""  # a preprocess output (holds shards/) or a folder of videos (decoded with the run's settings)
-    out: str = "out/embed"  # OUT/embeddings/*.parquet, OUT/errors.parquet, OUT/summary.json
+    input: PathStr = ""  # a preprocess output (holds shards/) or a folder of videos (decoded with the run's settings)
+    out: PathStr = "out/embed"  # OUT/embeddings/*.parquet, OUT/errors.parquet, OUT/summary.json
     batch_size: int = 16  # rows per model call (each row is clip.eval_clips clips)
     actors: int = 1  # model actors, each holding one copy of the model
     gpus_per_actor: float = 1.0  # where the cluster has GPUs; on a CPU-only cluster the actors use CPUs

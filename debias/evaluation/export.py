@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from debias import storage
-from debias.config import check, to_dict
+from debias.config import PathStr, check, to_dict
 from debias.report import table
 from debias.training.confusion import class_drops, plot_confusion
 from debias.training.runs import RunInfo, load_model, read_confusion, read_metrics
@@ -31,9 +31,9 @@ TORCHVISION_TWINS = {"r3d_18", "mc3_18", "r2plus1d_18"}  # backbones that are to
 
 @dataclass
 class ExportConfig:
-    run: str = ""  # the training run folder (OUT/NAME), local or a URI
+    run: PathStr = ""  # the training run folder (OUT/NAME), local or a URI
     checkpoint: str = "latest"  # latest, best (by the run's best_metric) or a checkpoint path
-    out: str = "out/export"
+    out: PathStr = "out/export"
 
     def __post_init__(self) -> None:
         check(bool(self.run), "run", "needs the training run folder (--run RUN)")

@@ -19,7 +19,7 @@ import torch
 
 from debias import storage
 from debias.training.clips import ClipConfig, plan_clips, render_clips
-from debias.config import check
+from debias.config import PathStr, check
 from debias.curation.curate import DecodeConfig, make_decode_fn
 from debias.training.models import SDN
 from debias.curation.shards import NO_ERROR
@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PredictConfig:
-    run: str = ""  # the training run folder (OUT/NAME of `debias pretrain`), local or a URI
+    run: PathStr = ""  # the training run folder (OUT/NAME of `debias pretrain`), local or a URI
     checkpoint: str = "latest"  # latest, best (by the run's best_metric) or a checkpoint path
-    videos: list[str] = field(default_factory=list)  # video files, local or URIs
+    videos: list[PathStr] = field(default_factory=list)  # video files, local or URIs
     top_k: int = 5
     device: str = "auto"  # auto (a GPU where there is one), cpu, cuda, cuda:1, ...
     batch_clips: int = 16  # clips per forward pass

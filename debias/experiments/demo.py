@@ -17,7 +17,7 @@ from debias.evaluation.bias import MEASURES, BiasConfig, BiasData, dataset_bias,
 from debias.experiments.ablation import (TRAINER_FIGURES, VARIANTS, aggregate, claim, class_drops_over_seeds, fmt, mean_histories,
                                          per_model, separation, variants)
 from debias.cluster import bounded, init_ray
-from debias.config import check, from_dict, to_dict
+from debias.config import PathStr, check, from_dict, to_dict
 from debias.curation.curate import DecodeConfig, InputConfig, PreprocessConfig
 from debias.curation.labels.config import LabelsConfig
 from debias.curation.preprocess import run_preprocess
@@ -36,7 +36,7 @@ class DemoConfig:
     """The demo's own settings. Paths inside `synth` and `pretrain` (out, shards, name) and
     `pretrain.seed` are set by the demo; everything else is used as given."""
 
-    out: str = "out/demo"
+    out: PathStr = "out/demo"
     synth: SynthConfig = field(default_factory=SynthConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     # 8 epochs, evaluated every 2nd (the cosine schedule anneals over them; curves.png). Ray Train's
@@ -54,6 +54,7 @@ class DemoConfig:
     run_cpus: float = 0.25  # each run's task, beside the worker's CPUs it holds in local mode (it trains there)
     min_ood_gain: float = 0.10  # the claim, on the means over seeds: SDN's ood_acc beats the baseline's by this
     max_val_drop: float = 0.05  # ... while its val_acc is at most this much lower
+    job_set_paths = ("synth.out", "pretrain.shards", "pretrain.out")  # not a field: set from out (debias.jobenv)
 
     def __post_init__(self) -> None:
         check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from debias import storage
 
 from debias.training import runs
-from debias.config import check, to_dict
+from debias.config import PathStr, check, to_dict
 from debias.curation.curate import PreprocessConfig
 from debias.curation.preprocess import run_preprocess
 from debias.training.pretrain import run_pretrain
@@ -55,7 +55,7 @@ class PipelineConfig:
     shards/out/name, transfer out/pretrained/source_shards/targets) are set by the pipeline from `out`;
     with `synth`, so are the source's and targets' manifests (a target's name is then its synth task)."""
 
-    out: str = "out/pipeline"
+    out: PathStr = "out/pipeline"
     # Generate the synthetic benchmark first (null: real datasets, manifests as given in source/targets).
     synth: SynthConfig | None = None
     source: PreprocessConfig = field(default_factory=PreprocessConfig)  # the pretraining data
@@ -73,6 +73,12 @@ class PipelineConfig:
               "`targets`): leave them empty")
         check(BEST not in self.references and SCRATCH not in self.references, "references",
               f"'{BEST}' and '{SCRATCH}' are names the pipeline gives")
+
+    @property
+    def job_set_paths(self) -> tuple[str, ...]:  # the paths set from `out` (debias.jobenv)
+        synth = ("source.input.manifest", "targets.*.preprocess.input.manifest") if self.synth else ()
+        return ("synth.out", "source.out", "targets.*.preprocess.out", "sweep.storage", "sweep.pretrain.shards",
+                "transfer.out", "transfer.source_shards", *synth)
 
 
 class Stages:

@@ -22,7 +22,7 @@ from debias import storage
 
 from debias.training import runs
 from debias.cluster import init_ray
-from debias.config import check, from_dict, to_dict
+from debias.config import PathStr, check, from_dict, to_dict
 from debias.training.metrics import higher_is_better
 from debias.training.metrics import mode as metric_mode
 from debias.experiments.stats import mean_std
@@ -70,7 +70,7 @@ class SweepConfig:
     """A Tune sweep over the SDN loss weights; every trial is `pretrain` with the trial's weights."""
 
     name: str = "sweep"  # the sweep lives in STORAGE/NAME; running it again resumes it (Tuner.restore)
-    storage: str = "out/sweeps"  # on a cluster: a path every node sees (NFS) or s3://...
+    storage: PathStr = "out/sweeps"  # on a cluster: a path every node sees (NFS) or s3://...
     lambda_scene: SpaceConfig = field(default_factory=lambda: SpaceConfig(values=[0.1, 0.2, 0.5]))
     lambda_mask: SpaceConfig = field(default_factory=lambda: SpaceConfig(values=[0.5, 1.0]))
     num_samples: int = 1  # grid: repeats of the whole grid; random kinds: trials drawn
@@ -83,6 +83,7 @@ class SweepConfig:
     max_concurrent_trials: int = 0  # 0: as many as the cluster holds (GPUs, or CPUs on a CPU cluster)
     trial_cpus: float = 0.25  # the trial's own driver: it only waits on its Train run, so a fraction
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # name/out are set per trial
+    job_set_paths = ("pretrain.out",)  # not a field: what debias.jobenv leaves to the sweep
 
     def __post_init__(self) -> None:
         check(self.num_samples >= 1, "num_samples", "must be >= 1")
@@ -269,7 +270,8 @@ def make_tuner(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) 
         if storage.is_file(saved) and storage.read_json(saved) != to_dict(cfg):
             raise SystemExit(f"{path} holds a sweep with another config ({saved}); "
                              f"choose another name=... or storage=..., or delete that folder")
-        log.info("sweep: resuming %s", path)
+        log.info("sweep: resuming %s (trial runs there: %d; finished trials are kept, the others continue from "
+                 "their last checkpoint)", path, len(storage.list_dir(storage.join(path, "runs"))))
         return tune.Tuner.restore(path, trainable=wrapped, resume_errored=True)
     storage.write_json(saved, to_dict(cfg))
     scheduler = None

@@ -22,7 +22,7 @@ from debias import storage
 from debias.training import runs
 from debias.evaluation.bias import MEASURES, BiasConfig, dataset_bias, load_bias_data, measure_bias
 from debias.cluster import bounded, init_ray
-from debias.config import check, from_dict, to_dict
+from debias.config import PathStr, check, from_dict, to_dict
 from debias.training.pretrain import run_pretrain
 from debias.report import plot_bars, plot_curves, table
 from debias.curation.shards import read_classes
@@ -37,7 +37,7 @@ class FoldConfig:
     """One official split of a target: UCF101 and HMDB51 publish 3, Diving48 V2 one. Each split is
     curated on its own (preprocess input.split_index), so each has its own shards."""
 
-    shards: str = ""  # that split's preprocess output (holds shards/ and classes.json)
+    shards: PathStr = ""  # that split's preprocess output (holds shards/ and classes.json)
     train: str = "train"  # shard split to fine-tune on
     test: str = "test"  # shard split to report top-1 on
 
@@ -55,11 +55,11 @@ class TargetConfig:
 
 @dataclass
 class TransferConfig:
-    out: str = "out/transfer"  # runs in OUT/runs, summary.json, report.md and plots in OUT
+    out: PathStr = "out/transfer"  # runs in OUT/runs, summary.json, report.md and plots in OUT
     # name -> pretraining checkpoint folder, or a pretrain run folder (its latest checkpoint), local or a
     # URI; the name `scratch` with "" is the from-scratch reference
-    pretrained: dict[str, str] = field(default_factory=dict)
-    source_shards: str = "out/shards"  # the pretraining data: the scene-bias measurements run on it
+    pretrained: dict[str, PathStr] = field(default_factory=dict)
+    source_shards: PathStr = "out/shards"  # the pretraining data: the scene-bias measurements run on it
     targets: dict[str, TargetConfig] = field(default_factory=dict)
     # The fine-tuning recipe (paper: all layers, lr 0.005). model must match the pretrained backbones;
     # shards, name, out, splits, the loss weights and model.init_from are set per run.
@@ -68,6 +68,7 @@ class TransferConfig:
     max_parallel: int = 0  # fine-tuning runs at once; 0: as many as the cluster holds
     run_cpus: float = 0.25  # each run's driver task (it waits on its Train run)
     bias_cpus: float = 1.0  # a bias measurement: in-process torch on one core
+    job_set_paths = ("finetune.shards", "finetune.out", "finetune.model.init_from")  # not a field: set per run
 
     def __post_init__(self) -> None:
         check(self.max_parallel >= 0, "max_parallel", "must be >= 0 (0 = auto)")

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models.video import mc3_18, r2plus1d_18, r3d_18
 from torchvision.models.video.resnet import BasicBlock, Conv3DSimple
 
-from debias.config import check
+from debias.config import PathStr, check
 
 # Kinetics statistics used by torchvision's video models (inputs are RGB in [0, 1]).
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -40,7 +40,7 @@ class ModelConfig:
     # our pretrain checkpoints (its folder, the state.pt in it, or a run folder OUT/NAME: its latest
     # checkpoint) or, for the torchvision backbones, a torchvision-format weights file (.pth); local or a
     # URI. "" = random initialisation.
-    init_from: str = ""
+    init_from: PathStr = ""
 
     def __post_init__(self) -> None:
         check(self.width >= 1, "width", "must be >= 1")

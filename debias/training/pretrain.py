@@ -107,6 +107,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict:
     run = runs.run_path(out, cfg.name)
     runs.write_run_config(run, cfg, classes, read_scene_names(shards), scenes, read_summary(shards),
                           summary_digest(shards))
+    log_resume(cfg, run)
     init_ray()
     # 1. read the splits' rows (once, when cached); 2. clips from them, 1:1 (train) or 1:eval_clips (eval)
     rows = split_rows(cfg, files)
@@ -142,6 +143,22 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict:
     log.info("pretrain [%s]: %d epochs, %s -> %s", cfg.name, len(history), shown, run)
     return {"name": cfg.name, "run": run, "history": history, "final": final, "per_class": per_class,
             "checkpoint": runs.checkpoint_path(run), "best_checkpoint": runs.checkpoint_path(run, "best")}
+
+
+def log_resume(cfg: PretrainConfig, run: str) -> None:
+    """Say, before any work, whether the run starts afresh or takes over the checkpoints already in its
+    folder (the loop resumes from the latest: Ray Train's own, or in local mode the folder's)."""
+    done = runs.checkpoints(run)
+    if not done:
+        log.info("pretrain: starting %s (epoch 1 of %d)", run, cfg.optim.epochs)
+        return
+    epoch = int(storage.name(done[-1]).rsplit("_", 1)[1]) + 1  # the next epoch, 0-based (runs.checkpoint_name)
+    if epoch >= cfg.optim.epochs:
+        log.info("pretrain: %s already holds all %d epochs (%s): nothing left to train", run, cfg.optim.epochs,
+                 storage.name(done[-1]))
+    else:
+        log.info("pretrain: resuming %s from epoch %d of %d (its checkpoint %s)", run, epoch + 1, cfg.optim.epochs,
+                 storage.name(done[-1]))
 
 
 def train_loop_per_worker(config: dict) -> None:

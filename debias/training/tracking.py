@@ -18,19 +18,19 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from debias import storage
-from debias.config import check
+from debias.config import PathStr, check
 
 
 @dataclass
 class TrackingConfig:
     # "" = off; a local folder (an MLflow file store, browsed with `mlflow ui --backend-store-uri file://DIR`)
     # or a tracking server's http(s):// URL
-    mlflow_uri: str = ""
+    mlflow_uri: PathStr = ""
     mlflow_experiment: str = "debias"
     # offline: W&B files under wandb_dir, uploaded later with `wandb sync`; online needs WANDB_API_KEY
     wandb_mode: Literal["off", "offline", "online"] = "off"
     wandb_project: str = "debias"
-    wandb_dir: str = ""  # "" = the run folder (for a run on object storage: TMPDIR/debias-wandb)
+    wandb_dir: PathStr = ""  # "" = the run folder (for a run on object storage: TMPDIR/debias-wandb)
 
     def __post_init__(self) -> None:
         check(not self.mlflow_uri or not storage.is_uri(self.mlflow_uri)

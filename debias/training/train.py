@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 
 from debias.training.clips import ClipConfig
-from debias.config import check
+from debias.config import PathStr, check
 from debias.training.losses import (
     action_loss,
     entropy,
@@ -126,8 +126,8 @@ class LoaderConfig:
 
 @dataclass
 class PretrainConfig:
-    shards: str = "out/shards"  # preprocess output folder (holds shards/ and classes.json)
-    out: str = "out/pretrain"  # storage path; the run lives in OUT/NAME
+    shards: PathStr = "out/shards"  # preprocess output folder (holds shards/ and classes.json)
+    out: PathStr = "out/pretrain"  # storage path; the run lives in OUT/NAME
     name: str = "sdn"
     seed: int = 0
     train_split: str = "train"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from debias.config import check
+from debias.config import PathStr, check
 
 MaskProvider = Literal["auto", "sam", "motion", "annotations", "none"]
 SceneProvider = Literal["auto", "places365", "clusters", "annotations", "none"]
@@ -26,8 +26,8 @@ Detector = Literal["fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "mas
 class LabelsConfig:
     mask_provider: MaskProvider = "auto"
     scene_provider: SceneProvider = "auto"
-    annotations_dir: str = ""  # default: annotations/ beside the manifest
-    weights_dir: str = "~/.cache/debias/weights"  # where `debias weights` puts checkpoints and providers look
+    annotations_dir: PathStr = ""  # default: annotations/ beside the manifest
+    weights_dir: PathStr = "~/.cache/debias/weights"  # where `debias weights` puts checkpoints and providers look
     weights_url_base: str = ""  # `debias weights` downloads from here (a mirror) instead of the official URLs
     # Detector + SAM masks (the person boxes prompt SAM; a frame's mask is the union over its people).
     detector: Detector = "fasterrcnn_resnet50_fpn"  # torchvision COCO detector
