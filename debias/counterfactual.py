@@ -142,10 +142,10 @@ def action_swap(frames_a: np.ndarray, masks_a: np.ndarray, background_b: np.ndar
 
 # --- backgrounds -------------------------------------------------------------------------------------
 
-def background_rng(seed: int, video_id: str, clip_index: int, kind: int, copy: int) -> np.random.Generator:
-    """The generator for one background of one clip: the same for a clip whatever else is evaluated,
-    and in any order."""
-    return np.random.default_rng([seed, video_key(video_id) & (2**63 - 1), clip_index, kind, copy])
+def background_rng(seed: int, video_id: str, clip_index: int, stream: int, copy: int) -> np.random.Generator:
+    """The generator for one random choice of one clip (`stream` >= 0: which choice, e.g. a background
+    kind; `copy`: which of its copies): the same for a clip whatever else is evaluated, and in any order."""
+    return np.random.default_rng([seed, video_key(video_id) & (2**63 - 1), clip_index, stream, copy])
 
 
 def stripes(height: int, width: int, rng: np.random.Generator) -> np.ndarray:

@@ -49,6 +49,8 @@ BackgroundKind = Literal["stripes", "images"]
 ROW_COLUMNS = ["video_id", "clip_index", "label", "label_id", "split", "frames", "human_masks", "height", "width"]
 # What every row carries from the plan to the results (the rest of the plan is pixels).
 PASS_COLUMNS = ["video_id", "clip_index", "label_id", "partner_label_id", "partner_video_id"]
+# The seeded streams of a clip beside its backgrounds' (numbered by kind): its swap partner, its noise fill.
+PARTNER_STREAM, FILL_STREAM = 100, 101
 REASONS = ["error", "drop_scuba", "drop_person", "drop_swap"]  # "" = kept; else why the clip is not scored
 
 
@@ -167,7 +169,7 @@ def plan_rows(shards: str, split: str, cfg: FieldBiasConfig) -> pa.Table:
     for i, label in enumerate(labels):
         others = np.flatnonzero(labels != label)
         others = others if len(others) else np.delete(np.arange(len(labels)), i)
-        partner[i] = others[background_rng(cfg.seed, ids[i], clips[i], -1, 0).integers(len(others))] if len(others) else i
+        partner[i] = others[background_rng(cfg.seed, ids[i], clips[i], PARTNER_STREAM, 0).integers(len(others))] if len(others) else i
     images = list_images(cfg.backgrounds.images_dir) if "images" in cfg.backgrounds.kinds else []
     if "images" in cfg.backgrounds.kinds and not images:
         raise ValueError(f"backgrounds.images_dir: no images in {cfg.backgrounds.images_dir}")
@@ -200,7 +202,7 @@ def row_clips(row: dict, clip_len: int, crop_px: int, cfg: FieldBiasConfig) -> t
                          stripes(h, w, background_rng(cfg.seed, row["video_id"], row["clip_index"], k, c)))
                 out[f"scuba_{kind}_{c}"] = scuba(frames, masks, image)
                 out[f"scufo_{kind}_{c}"] = scufo(out[f"scuba_{kind}_{c}"])
-    rng = background_rng(cfg.seed, row["video_id"], row["clip_index"], -2, 0)  # the noise fill's
+    rng = background_rng(cfg.seed, row["video_id"], row["clip_index"], FILL_STREAM, 0)
     if not reasons["drop_person"]:
         out["background_only"] = background_only(frames, masks, cfg.fill, rng)
         out["human_only"] = human_only(frames, masks)
