@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -469,7 +470,7 @@ def write_examples(plan: pa.Table, model: Model, cfg: FieldBiasConfig, folder: s
         built = build(plan.slice(i, 1))
         strip = np.concatenate([np.concatenate(list(built["clips"][0, j]), axis=1) for j in range(len(kinds))], axis=0)
         ok, png = cv2.imencode(".png", cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
-        name = f"{i:03d}_{str(built['video_id'][0]).replace('/', '_')}_{built['clip_index'][0]}.png"
+        name = f"{i:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(built['video_id'][0]))}_{built['clip_index'][0]}.png"
         storage.write_bytes(storage.join(folder, name), png.tobytes())
         paths.append(name)
     return paths
