@@ -31,9 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from debias.curate import DecodeConfig, Decoder, make_decode_fn  # noqa: E402
-from debias.download import find_ffmpeg  # noqa: E402
-from debias.video import sample_uniform  # noqa: E402
+from debias.curation.curate import DecodeConfig, Decoder, make_decode_fn  # noqa: E402
+from debias.curation.download import find_ffmpeg  # noqa: E402
+from debias.curation.video import sample_uniform  # noqa: E402
 
 DEFAULT_DIR = ROOT.parent / "shared" / "data" / "real_clips"
 SHORT_SIDE_PX, CROP_PX, NUM_FRAMES, JPEG_QUALITY = 128, 112, 16, 90  # the real-data configs' settings

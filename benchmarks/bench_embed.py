@@ -32,14 +32,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from debias.clips import ClipConfig, write_pattern_shards  # noqa: E402
+from debias.training.clips import ClipConfig, write_pattern_shards  # noqa: E402
 from debias.config import to_dict  # noqa: E402
-from debias.curate import DecodeConfig  # noqa: E402
-from debias.embed import EmbedConfig, Embedder, embed_dataset, make_eval_clip_fn  # noqa: E402
-from debias.models import SDN, ModelConfig  # noqa: E402
-from debias.runs import RunWriter, checkpoint_name, read_run, write_run_config  # noqa: E402
-from debias.shards import shard_files  # noqa: E402
-from debias.train import PretrainConfig  # noqa: E402
+from debias.curation.curate import DecodeConfig  # noqa: E402
+from debias.evaluation.embed import EmbedConfig, Embedder, embed_dataset, make_eval_clip_fn  # noqa: E402
+from debias.training.models import SDN, ModelConfig  # noqa: E402
+from debias.training.runs import RunWriter, checkpoint_name, read_run, write_run_config  # noqa: E402
+from debias.curation.shards import shard_files  # noqa: E402
+from debias.training.train import PretrainConfig  # noqa: E402
 
 
 def make_run(run: Path, backbone: str, frames: int, size_px: int) -> PretrainConfig:

@@ -1,5 +1,5 @@
 """Training throughput: clips/s of the real training step, on synthetic in-memory tensors and fed by
-the real shard loader (Ray Data, `debias.pretrain.clip_dataset`), for the baseline and SDN.
+the real shard loader (Ray Data, `debias.training.pretrain.clip_dataset`), for the baseline and SDN.
 
     PYTHONPATH=. python benchmarks/bench_train.py --device cuda        # full: r3d_18, 16x112x112, batch 32
     PYTHONPATH=. python benchmarks/bench_train.py --quick --device cpu # narrow model, tiny clips
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from debias.clips import ClipCollate, write_pattern_shards
+from debias.training.clips import ClipCollate, write_pattern_shards
 from debias.config import load_config
-from debias.models import SDN
-from debias.train import LossConfig, PretrainConfig, decode_on_device, make_optimizer, train_one_epoch
+from debias.training.models import SDN
+from debias.training.train import LossConfig, PretrainConfig, decode_on_device, make_optimizer, train_one_epoch
 from gpu_busy import GpuBusy  # benchmarks/, beside this script
 
 R3D18_FWD_GFLOPS_PER_CLIP = 81.0  # 16x112x112 clip (the issue's figure)
@@ -115,9 +115,10 @@ def median_step_clips_per_s(cfg: PretrainConfig, batch: dict, steps: int, device
 def time_loader(cfg: PretrainConfig, s: dict, device: torch.device) -> dict:
     """The real path: the trainer's Ray Data pipeline (windows, multi-scale crop, flip, masked twin)
     and its iterator settings (clips land on `device` in Ray's prefetch threads), timed with the step."""
-    from debias.pretrain import clip_dataset, split_rows
+    from debias.training.pretrain import clip_dataset, split_rows
+    from debias.curation.shards import shard_files
 
-    ds = clip_dataset(cfg, split_rows(cfg)[cfg.train_split], train=True)
+    ds = clip_dataset(cfg, split_rows(cfg, shard_files(cfg.shards))[cfg.train_split], train=True)
     iter_args = {"batch_size": s["batch"], "prefetch_batches": cfg.loader.prefetch_batches, "device": device,
                  "collate_fn": ClipCollate(cfg.clip, device) if decode_on_device(cfg) else None}
     # The first batches wait for the pipeline to spin up (tasks, first blocks): a cost per epoch,

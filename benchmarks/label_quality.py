@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from debias.curate import DecodeConfig, PreprocessConfig, make_decode_fn
-from debias.labels import LabelsConfig
-from debias.masks import AnnotationMasks, MotionMasks, decode_rows
-from debias.scenes import cluster_probs, fit_scene_clusters, background_features
-from debias.sources import InputConfig, read_source
-from debias.sources import read_annotation
-from debias.synth import SynthConfig, generate
-from debias.shards import unpack_mask
+from debias.curation.curate import DecodeConfig, PreprocessConfig, make_decode_fn
+from debias.labels.config import LabelsConfig
+from debias.labels.masks import AnnotationMasks, MotionMasks, decode_rows
+from debias.labels.scenes import cluster_probs, fit_scene_clusters, background_features
+from debias.curation.sources import InputConfig, read_source
+from debias.curation.sources import read_annotation
+from debias.curation.synth import SynthConfig, generate
+from debias.curation.shards import unpack_mask
 
 
 def nmi(a: np.ndarray, b: np.ndarray) -> float:

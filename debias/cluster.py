@@ -1,6 +1,6 @@
 """Joining or starting Ray, and the logging every job and worker shares.
 
-The drivers (`ray_jobs/`) and the library's own job functions (`debias.pretrain.run_pretrain`, ...) call
+The drivers (`ray_jobs/`) and the library's own job functions (`debias.training.pretrain.run_pretrain`, ...) call
 `init_ray()`: under `ray job submit` (RAY_ADDRESS set) it joins that cluster, otherwise it starts a
 private local instance for the job.
 """
@@ -16,12 +16,16 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import ray
 
 LOG_LEVEL_ENV = "DEBIAS_LOG_LEVEL"  # how the level reaches Ray's worker processes
 LOCAL_RAY_ENV = "DEBIAS_LOCAL_RAY"  # marks every process of a job's private Ray instance (they inherit it)
+
+K = TypeVar("K")
 
 
 def configure_logging(level: str | None = None) -> None:
@@ -117,3 +121,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def bounded(launch: dict[K, Callable[[], ray.ObjectRef]], parallel: int) -> Iterator[tuple[K, Any]]:
+    """Start the tasks of `launch` (key -> a call that submits one Ray task) in its order, at most
+    `parallel` in flight, and yield (key, result) as each finishes. The bound keeps CPUs free for the
+    Train workers and Data tasks that the tasks themselves start."""
+    pending, running = list(launch), {}
+    while pending or running:
+        while pending and len(running) < max(1, parallel):
+            key = pending.pop(0)
+            running[launch[key]()] = key
+        done, _ = ray.wait(list(running), num_returns=1)
+        yield running.pop(done[0]), ray.get(done[0])

@@ -152,6 +152,38 @@ def _defaults(cls: type) -> dict:
     return out
 
 
+def _section_class(hint: Any) -> type | None:
+    """The dataclass a field's value is built as (through an Optional), or None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        found = [h for h in get_args(hint) if dataclasses.is_dataclass(h)]
+        return found[0] if found else None
+    return None
+
+
+def minimal(cls: type, data: dict, defaults: dict | None = None) -> dict:
+    """`data` (a config file's mapping for `cls`) without the keys whose value is what they would be
+    without them: what a shipped YAML should hold. `defaults`: the section's own defaults (a field's
+    default_factory may differ from its class's), else `cls`'s."""
+    defaults = _defaults(cls) if defaults is None else defaults
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in data.items():
+        hint, default = hints.get(key), defaults.get(key, dataclasses.MISSING)
+        section = _section_class(hint)
+        if section is not None and isinstance(value, dict):
+            inner = minimal(section, value, default if isinstance(default, dict) else None)
+            if inner or not isinstance(default, dict):  # an empty mapping still switches an Optional section on
+                out[key] = inner
+        elif get_origin(hint) is dict and isinstance(value, dict) and dataclasses.is_dataclass(get_args(hint)[1]):
+            if value != default:  # entries are built from their class's defaults
+                out[key] = {k: minimal(get_args(hint)[1], v) if isinstance(v, dict) else v for k, v in value.items()}
+        elif value != default:
+            out[key] = value
+    return out
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build `cls` from the YAML file at `path` (optional) and `key=value` overrides."""
     data: dict = {}

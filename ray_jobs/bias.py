@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from debias.config import ConfigError
-from debias.field_bias import FieldBiasConfig, run_bias_eval
+from debias.evaluation.field_bias import FieldBiasConfig, run_bias_eval
 from ray_jobs.common import job_parser, load_job_config, options_to_overrides
 
 

@@ -12,7 +12,7 @@ videos that failed; OUT/summary.json the counts.
 from __future__ import annotations
 
 import sys
-from debias.embed import EmbedConfig, run_embed
+from debias.evaluation.embed import EmbedConfig, run_embed
 from debias.config import ConfigError
 from ray_jobs.common import job_parser, load_job_config, options_to_overrides
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import logging
 
-from debias.export import ExportConfig, export_run
+from debias.evaluation.export import ExportConfig, export_run
 from debias.config import ConfigError
 from ray_jobs.common import job_parser, load_job_config, options_to_overrides
 

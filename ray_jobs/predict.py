@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
-from debias.inference import PredictConfig, predict
+from debias.evaluation.inference import PredictConfig, predict
 from debias.config import ConfigError
 from ray_jobs.common import job_parser, load_job_config
 

@@ -11,8 +11,8 @@ metrics.jsonl, confusion/ and TensorBoard events (`tensorboard --logdir OUT`).
 
 from __future__ import annotations
 
-from debias.pretrain import run_pretrain
-from debias.train import PretrainConfig
+from debias.training.pretrain import run_pretrain
+from debias.training.train import PretrainConfig
 from ray_jobs.common import job_parser, load_job_config
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -74,3 +75,9 @@ def ray_local():
     ray.init(num_cpus=4, include_dashboard=False, object_store_memory=512 * 1024**2, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def epoch_lines(run: Path) -> dict[int, str]:
+    """metrics.jsonl as written: epoch -> its line. A line carries the epoch's timings, so an epoch trained
+    again after a restart (the writer keeps one line per epoch) has another line."""
+    return {json.loads(x)["epoch"]: x for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()}

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from debias.bias import (MDL_PORTIONS, BiasConfig, block_ends, counterfactual, dataset_bias, fit_linear_probe,
+from debias.evaluation.bias import (MDL_PORTIONS, BiasConfig, block_ends, counterfactual, dataset_bias, fit_linear_probe,
                          load_bias_data, load_clips, measure_bias, online_codelength, scene_only)
 from debias.config import ConfigError, load_config
-from debias.curate import PreprocessConfig
-from debias.synth import SynthConfig
-from ray_jobs.preprocess import run_preprocess
-from ray_jobs.synth import run_synth
+from debias.curation.curate import PreprocessConfig
+from debias.curation.synth import SynthConfig
+from debias.curation.preprocess import run_preprocess
+from debias.curation.synth import run_synth
 
 CFG = BiasConfig(clip_len=8, crop_px=32, probe_steps=200)
 

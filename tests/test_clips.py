@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from debias.clips import (
+from debias.training.clips import (
     CLIP_COLUMNS,
     ClipCollate,
     ClipConfig,
@@ -18,8 +18,8 @@ from debias.clips import (
     render_clips,
     write_pattern_shards,
 )
-from debias import shards
-from debias.shards import encode_jpeg, shard_files
+from debias.curation import shards
+from debias.curation.shards import encode_jpeg, shard_files
 
 
 @pytest.fixture(scope="module")

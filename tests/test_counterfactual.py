@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from debias.config import ConfigError
-from debias.counterfactual import (MEAN_RGB, GateConfig, action_swap, background_only, background_rng, choose_image,
+from debias.evaluation.counterfactual import (MEAN_RGB, GateConfig, action_swap, background_only, background_rng, choose_image,
                                    coverage, human_only, list_images, read_image, scuba, scuba_gate, scufo, stripes,
                                    swap_frames, swap_gate)
-from debias.field_bias import (BackgroundConfig, FieldBiasConfig, bootstrap_interval, clip_kinds, dropped,
+from debias.evaluation.field_bias import (BackgroundConfig, FieldBiasConfig, bootstrap_interval, clip_kinds, dropped,
                                per_clip_scores)
 
 T, H, W = 8, 20, 20

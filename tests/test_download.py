@@ -12,13 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from debias import shards
+from debias.curation import shards
 from debias.config import ConfigError
-from debias.curate import DecodeConfig, make_decode_fn
-from debias.download import (DOWNLOAD_SCHEMA, DownloadConfig, classify, download_one, find_ffmpeg, make_download_fn,
+from debias.curation.curate import DecodeConfig, make_decode_fn
+from debias.curation.download import (DOWNLOAD_SCHEMA, DownloadConfig, classify, download_one, find_ffmpeg, make_download_fn,
                              merge_download_status, skip_known_dead)
-from debias.sources import InputConfig, read_source
-from debias.video import decode_window, write_mp4
+from debias.curation.sources import InputConfig, read_source
+from debias.curation.video import decode_window, write_mp4
 
 STALL_S = 4.0
 
@@ -206,8 +206,8 @@ def test_classify_yt_dlp_messages(message, reason):
 
 def test_preprocess_job_downloads_decodes_and_a_rerun_asks_again_only_for_retryable_ids(server, tmp_path, ray_local):
     from debias.config import load_config
-    from debias.curate import PreprocessConfig
-    from ray_jobs.preprocess import run_preprocess
+    from debias.curation.curate import PreprocessConfig
+    from debias.curation.preprocess import run_preprocess
 
     base, _clips, hits = server
     (tmp_path / "k400.csv").write_text("label,youtube_id,time_start,time_end,split,is_cc\n"

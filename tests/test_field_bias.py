@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from debias.bias import BiasConfig, load_clips
+from debias.evaluation.bias import BiasConfig, load_clips
 from debias.config import load_config
-from debias.curate import PreprocessConfig
-from debias.field_bias import FieldBiasConfig, field_bias_measures, load_eval_model, plan_rows
-from debias.models import SDN, ModelConfig
-from debias.synth import SynthConfig
-from debias.train import PretrainConfig
-from ray_jobs.preprocess import run_preprocess
-from ray_jobs.synth import run_synth
+from debias.curation.curate import PreprocessConfig
+from debias.evaluation.field_bias import FieldBiasConfig, field_bias_measures, load_eval_model, plan_rows
+from debias.training.models import SDN, ModelConfig
+from debias.curation.synth import SynthConfig
+from debias.training.train import PretrainConfig
+from debias.curation.preprocess import run_preprocess
+from debias.curation.synth import run_synth
 from test_use import CLIP, write_run  # noqa: E402 - the tests folder is on the path (rootdir conftest)
 
 # The synthetic figure covers a few percent of its 32 px frame: the Kinetics SCUBA rule (10 %) would drop
@@ -94,10 +94,10 @@ def test_swap_partners_are_of_another_action_and_reproducible(shards):
 
 @pytest.mark.slow
 def test_bias_job_on_a_run_and_its_export_matches_the_in_process_measures(shards, tmp_path):
-    from debias.export import ExportConfig, export_run
+    from debias.evaluation.export import ExportConfig, export_run
     from ray_jobs.bias import main
 
-    from debias.shards import read_classes, num_scenes
+    from debias.curation.shards import read_classes, num_scenes
 
     classes = read_classes(shards)
     cfg = PretrainConfig(model=ModelConfig(width=4), clip=CLIP, eval_splits=["val"], shards=shards)

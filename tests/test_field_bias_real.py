@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from debias.config import load_config
-from debias.counterfactual import (MEAN_RGB, GateConfig, background_rng, centre_clip, coverage, scuba_gate, stripes,
+from debias.evaluation.counterfactual import (MEAN_RGB, GateConfig, background_rng, centre_clip, coverage, scuba_gate, stripes,
                                    swap_frames)
-from debias.field_bias import FieldBiasConfig, plan_rows, row_clips
+from debias.evaluation.field_bias import FieldBiasConfig, plan_rows, row_clips
 from ray_jobs.preprocess import main as preprocess
 
 CLIP_LEN, CROP = 16, 64
@@ -80,7 +80,7 @@ def test_counterfactual_clips_of_real_videos_follow_their_definitions(real_shard
 
 def row_coverage(shards: str, video_id: str) -> np.ndarray:
     """The stored mask_coverage of a video's centre window (the curated frames are 64 px: no crop)."""
-    from debias.shards import read_parquet, shard_files
+    from debias.curation.shards import read_parquet, shard_files
 
     for f in shard_files(shards):
         table = read_parquet(f, columns=["video_id", "mask_coverage"]).to_pylist()

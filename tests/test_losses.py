@@ -1,7 +1,7 @@
 import torch
 
-from debias.losses import action_loss, entropy, mask_confusion_loss, mask_head_loss, scene_loss
-from debias.models import SDN, ModelConfig, grad_reverse
+from debias.training.losses import action_loss, entropy, mask_confusion_loss, mask_head_loss, scene_loss
+from debias.training.models import SDN, ModelConfig, grad_reverse
 
 
 def test_grad_reverse_is_identity_forward_and_negates_scaled_gradient_backward():

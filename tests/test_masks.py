@@ -11,16 +11,16 @@ import pandas as pd
 import pytest
 import torch
 
-from debias.curate import DecodeConfig, Decoder, make_decode_fn
-from debias.labels import LabelsConfig
-from debias.label_models import BoxSegmenter, PersonDetector, load_detector, load_sam, tiny_sam
-from debias.masks import (MOTION_MODEL_FRAMES, MotionMasks, SamMasks, decode_rows, decode_rows_on, motion_masks,
+from debias.curation.curate import DecodeConfig, Decoder, make_decode_fn
+from debias.labels.config import LabelsConfig
+from debias.labels.models import BoxSegmenter, PersonDetector, load_detector, load_sam, tiny_sam
+from debias.labels.masks import (MOTION_MODEL_FRAMES, MotionMasks, SamMasks, decode_rows, decode_rows_on, motion_masks,
                           open_3x3)
-from debias.sources import InputConfig, read_annotation, read_source
-from debias.synth import SynthConfig, generate
-from debias.shards import decode_jpeg, encode_jpeg, unpack_mask
-from debias.video import MEDIAN_FRAMES, resize_crop, sample_uniform, temporal_median
-from debias.weights import WeightsError, catalog, resolve_providers
+from debias.curation.sources import InputConfig, read_annotation, read_source
+from debias.curation.synth import SynthConfig, generate
+from debias.curation.shards import decode_jpeg, encode_jpeg, unpack_mask
+from debias.curation.video import MEDIAN_FRAMES, resize_crop, sample_uniform, temporal_median
+from debias.labels.weights import WeightsError, catalog, resolve_providers
 
 DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"  # the smallest torchvision COCO detector
 
@@ -36,7 +36,7 @@ def write_tiny_sam(path: Path) -> None:
 def write_person_detector(path: Path) -> None:
     """A randomly initialised torchvision detector whose box classifier always says "person", so
     every image yields person boxes for SAM; saved as torchvision releases its weights."""
-    from debias.label_models import build_detector
+    from debias.labels.models import build_detector
 
     torch.manual_seed(0)
     model = build_detector(DETECTOR, 64)
@@ -232,9 +232,9 @@ def test_label_steps_in_the_decoder_read_the_frames_before_jpeg(synth):
 def test_decoder_keeps_frames_before_jpeg_only_for_the_steps_that_read_them(synth, monkeypatch):
     """`pixels` is made only when a step reads frames (motion masks, clusters): a job whose steps read
     none (annotations, none) pays no copy. Steps see the same RGB frames as the stored JPEGs hold."""
-    import debias.curate as curate
-    from debias.masks import NoMasks
-    from debias.scenes import NoScenes
+    import debias.curation.curate as curate
+    from debias.labels.masks import NoMasks
+    from debias.labels.scenes import NoScenes
 
     seen = []
     real = curate.make_decode_fn

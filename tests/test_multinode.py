@@ -11,11 +11,12 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_actors, list_tasks
 
 from debias.config import load_config
-from debias.curate import PreprocessConfig
-from debias.synth import SynthConfig, generate
-from debias.train import PretrainConfig
-from ray_jobs.preprocess import run_preprocess
-from debias.pretrain import run_pretrain
+from debias.curation.curate import PreprocessConfig
+from debias.curation.synth import SynthConfig, generate
+from debias.training.train import PretrainConfig
+from debias.curation.preprocess import run_preprocess
+from debias.training.pretrain import run_pretrain
+from conftest import epoch_lines
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,9 @@ def test_training_survives_losing_its_worker_node(cluster, shards):
     assert registered, "no checkpoint registered"
     worker = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])[0]
     victim = next(n for n in cluster.worker_nodes if n.node_id == worker.node_id)
+    resumed_after = min(r["metrics"]["epoch"] for r in registered)
+    written = epoch_lines(run_dir)  # each line carries its epoch's timings: an epoch run again has another
+    assert set(range(resumed_after + 1)) <= set(written), written
     cluster.remove_node(victim)
     cluster.add_node(num_cpus=2)  # the autoscaler's replacement
     thread.join(timeout=600)
@@ -82,8 +86,7 @@ def test_training_survives_losing_its_worker_node(cluster, shards):
     epochs = [m["epoch"] for m in result["history"]]
     assert epochs == list(range(8))
     # Resumed from the registered checkpoint, not from scratch: no epoch up to it was run twice.
-    resumed_after = min(r["metrics"]["epoch"] for r in registered)
-    lines = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert all(lines.count(e) == 1 for e in range(resumed_after + 1)), lines
+    final = epoch_lines(run_dir)
+    assert all(final[e] == written[e] for e in range(resumed_after + 1)), (resumed_after, written, final)
     # Checkpoints live in the configured storage path.
     assert any(p.name.startswith("checkpoint_") for p in run_dir.iterdir())

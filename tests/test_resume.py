@@ -12,12 +12,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from debias import shards, storage
+from debias import storage
+
+from debias.curation import shards
 from debias.config import load_config
-from debias.curate import PreprocessConfig, row_affecting_config
-from debias.sources import read_source
-from debias.synth import SynthConfig, generate
-from ray_jobs.preprocess import run_preprocess
+from debias.curation.curate import PreprocessConfig, row_affecting_config
+from debias.curation.sources import read_source
+from debias.curation.synth import SynthConfig, generate
+from debias.curation.preprocess import run_preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 # Two clips a video, so that a video is two rows which a kill may split between a written file and a lost

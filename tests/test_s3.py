@@ -104,11 +104,11 @@ def test_pipeline_job_on_s3_writes_only_to_the_bucket_and_leaves_no_process(s3, 
 
 
 def test_pretrain_on_s3_killed_mid_run_resumes_from_its_checkpoint_in_the_bucket(s3, ray_local):
-    from debias import runs
-    from debias.clips import write_pattern_shards
+    from debias.training import runs
+    from debias.training.clips import write_pattern_shards
     from debias.config import load_config
-    from debias.pretrain import run_pretrain
-    from debias.train import PretrainConfig
+    from debias.training.pretrain import run_pretrain
+    from debias.training.train import PretrainConfig
 
     shards = write_pattern_shards(f"{s3}/pattern", {"train": 64, "val": 16}, num_frames=8, size_px=32, rows_per_file=16)
     cfg = load_config(PretrainConfig, None, [

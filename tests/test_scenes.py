@@ -12,18 +12,18 @@ import pyarrow as pa
 import pytest
 import torch
 
-from debias import shards
-from debias.clips import fill_people
-from debias.curate import DecodeConfig, PreprocessConfig, make_decode_fn
-from debias.labels import LabelsConfig
-from debias.masks import MotionMasks
-from debias.label_models import PlacesClassifier, load_categories, load_places365
-from debias.scenes import ClusterScenes, Places365Scenes, cluster_count, fit_scene_clusters, hard_label, scene_step
-from debias.sources import InputConfig, read_source
-from debias.sources import read_annotation
-from debias.synth import SynthConfig, generate
-from debias.shards import decode_jpeg, encode_jpeg, pack_mask, unpack_mask
-from debias.weights import WeightsError, resolve_providers
+from debias.curation import shards
+from debias.training.clips import fill_people
+from debias.curation.curate import DecodeConfig, PreprocessConfig, make_decode_fn
+from debias.labels.config import LabelsConfig
+from debias.labels.masks import MotionMasks
+from debias.labels.models import PlacesClassifier, load_categories, load_places365
+from debias.labels.scenes import ClusterScenes, Places365Scenes, cluster_count, fit_scene_clusters, hard_label, scene_step
+from debias.curation.sources import InputConfig, read_source
+from debias.curation.sources import read_annotation
+from debias.curation.synth import SynthConfig, generate
+from debias.curation.shards import decode_jpeg, encode_jpeg, pack_mask, unpack_mask
+from debias.labels.weights import WeightsError, resolve_providers
 
 DECODE = DecodeConfig(num_frames=4, short_side_px=32, crop_px=32)
 
@@ -190,8 +190,8 @@ def test_real_clips_get_cluster_labels(ray_local, real_clips):
 
 
 def test_background_colour_histogram_counts_as_numpy_histogramdd():
-    from debias.scenes import background_features
-    from debias.video import temporal_median
+    from debias.labels.scenes import background_features
+    from debias.curation.video import temporal_median
 
     clip = np.random.default_rng(0).integers(0, 256, (9, 30, 40, 3), dtype=np.uint8)
     counts = np.histogramdd(temporal_median(clip).reshape(-1, 3) // 64, bins=(4, 4, 4), range=((0, 4),) * 3)[0].ravel()
@@ -225,7 +225,7 @@ def test_default_clusters_on_a_folder_of_four_real_videos(real_clips, tmp_path, 
 
 def test_preprocess_job_on_a_fresh_machine_uses_the_weight_free_providers(ray_local, synth, tmp_path, capsys):
     """`auto` with no weights installed: the job runs, says so, and every row records its providers."""
-    from ray_jobs.preprocess import run_preprocess
+    from debias.curation.preprocess import run_preprocess
 
     cfg = PreprocessConfig(out=str(tmp_path / "out"), decode=DECODE,
                            input=InputConfig(source="kinetics", manifest=str(synth / "manifest.csv")),
@@ -241,7 +241,7 @@ def test_preprocess_job_on_a_fresh_machine_uses_the_weight_free_providers(ray_lo
 
 
 def test_scene_names_say_what_each_id_means(synth, places):
-    from debias.scenes import scene_names
+    from debias.labels.scenes import scene_names
 
     _masks, _scenes, paths = resolve_providers(places)
     cfg = synth_config(synth, scene_clusters=5)

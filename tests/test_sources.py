@@ -10,8 +10,8 @@ import pytest
 
 from debias import storage
 from debias.config import ConfigError, load_config
-from debias.curate import PreprocessConfig
-from debias.sources import InputConfig, ids_in_several_windows, read_source
+from debias.curation.curate import PreprocessConfig
+from debias.curation.sources import InputConfig, ids_in_several_windows, read_source
 
 
 def _by_id(rows):

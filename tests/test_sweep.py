@@ -10,14 +10,14 @@ import pytest
 from ray import tune
 
 from debias.config import ConfigError, load_config
-from debias.curate import PreprocessConfig
-from debias.sweep import SweepConfig, best_trial, concurrent_runs, num_trials, param_space, weight_rows
-from debias.synth import SynthConfig
-from debias.runs import read_metrics
+from debias.curation.curate import PreprocessConfig
+from debias.experiments.sweep import SweepConfig, best_trial, concurrent_runs, num_trials, param_space, weight_rows
+from debias.curation.synth import SynthConfig
+from debias.training.runs import read_metrics
 from debias.cluster import init_ray
-from ray_jobs.preprocess import run_preprocess
-from ray_jobs.sweep import run_sweep, trial_driver
-from ray_jobs.synth import run_synth
+from debias.curation.preprocess import run_preprocess
+from debias.experiments.sweep import run_sweep, trial_driver
+from debias.curation.synth import run_synth
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAINING = ["pretrain.clip.clip_len=8", "pretrain.optim.epochs=2", "pretrain.optim.batch_size=8",
@@ -49,14 +49,31 @@ def test_trials_are_sized_so_that_workers_and_data_fit():
     assert concurrent_runs(gpu.pretrain, gpu.trial_cpus, {"CPU": 64.0, "GPU": 8.0}) == 4
 
 
-def test_best_trial_follows_the_mode():
-    rows = [{"trial": "a", "lambda_scene": 0.1, "lambda_mask": 1.0, "seed": 0, "val_acc": 0.5, "status": "TERMINATED"},
-            {"trial": "b", "lambda_scene": 0.2, "lambda_mask": 1.0, "seed": 0, "val_acc": 0.7, "status": "TERMINATED"},
-            {"trial": "c", "lambda_scene": 0.5, "lambda_mask": 1.0, "seed": 0, "val_acc": None, "status": "ERROR"}]
-    assert best_trial(rows, "val_acc", "max")["trial"] == "b"
-    assert best_trial(rows, "val_acc", "min")["trial"] == "a"
+def test_best_trial_follows_the_metrics_direction():
+    rows = [{"trial": "a", "lambda_scene": 0.1, "lambda_mask": 1.0, "seed": 0, "val_acc": 0.5, "val_loss": 0.9,
+             "status": "TERMINATED"},
+            {"trial": "b", "lambda_scene": 0.2, "lambda_mask": 1.0, "seed": 0, "val_acc": 0.7, "val_loss": 1.2,
+             "status": "TERMINATED"},
+            {"trial": "c", "lambda_scene": 0.5, "lambda_mask": 1.0, "seed": 0, "val_acc": None, "val_loss": None,
+             "status": "ERROR"}]
+    assert best_trial(rows, "val_acc")["trial"] == "b"  # an accuracy is maximised
+    assert best_trial(rows, "val_loss")["trial"] == "a"  # a loss is minimised
     with pytest.raises(RuntimeError, match="no trial reported 'ood_acc'"):
-        best_trial(rows, "ood_acc", "max")
+        best_trial(rows, "ood_acc")
+
+
+def test_one_direction_for_schedule_checkpoints_and_sweeps():
+    """The plateau schedule, the checkpoint ranking and Tune's mode read one rule: with the masked-clip
+    entropy (maximised by the mask loss) the schedule used to minimise what the ranking maximised."""
+    from debias.training.metrics import mode
+    from debias.training.train import LRSchedule, OptimConfig
+
+    assert mode("val_masked_entropy") == "max" and mode("ood_acc") == "max" and mode("train_loss") == "min"
+    schedule = LRSchedule(OptimConfig(schedule="plateau", plateau_metric="val_masked_entropy",
+                                      plateau_patience_epochs=0, head_warmup_epochs=0))
+    for epoch, entropy in enumerate([1.0, 1.2, 1.4]):  # rising entropy is improvement: no decay
+        schedule.observe(epoch, {"val_masked_entropy": entropy})
+    assert schedule.plateau_factor == 1.0
 
 
 def test_seeds_cross_the_grid_and_the_best_pair_is_chosen_on_its_mean():
@@ -72,7 +89,7 @@ def test_seeds_cross_the_grid_and_the_best_pair_is_chosen_on_its_mean():
     assert [(p["lambda_scene"], p["seeds"]) for p in pairs] == [(0.1, 3), (0.2, 2)]
     assert pairs[0]["ood_acc_mean"] == pytest.approx(0.7) and pairs[0]["ood_acc_std"] == pytest.approx(0.1)
     assert pairs[1]["ood_acc_mean"] == pytest.approx(0.6)
-    best = best_trial(rows, "ood_acc", "max")
+    best = best_trial(rows, "ood_acc")
     assert (best["trial"], best["seed"], best["seeds"]) == ("t0.1_0", 0, 3)
     assert best["ood_acc_mean"] == pytest.approx(0.7)
 
@@ -115,10 +132,10 @@ def shards(tmp_path_factory, ray_local):
 
 
 def test_asha_without_the_state_api_fails_before_any_trial(tmp_path, shards, monkeypatch):
-    import ray_jobs.sweep
+    import debias.experiments.sweep
 
-    assert ray_jobs.sweep.state_api_error() is None  # this module's Ray has it
-    monkeypatch.setattr(ray_jobs.sweep, "state_api_error", lambda: "Failed to connect to API server")
+    assert debias.experiments.sweep.state_api_error() is None  # this module's Ray has it
+    monkeypatch.setattr(debias.experiments.sweep, "state_api_error", lambda: "Failed to connect to API server")
     cfg = load_config(SweepConfig, None, TINY_TRAINING + [f"storage={tmp_path}", f"pretrain.shards={shards}"])
     with pytest.raises(SystemExit, match=r"asha\.enabled=true needs Ray's State API.*Failed to connect"):
         run_sweep(cfg)
@@ -138,7 +155,7 @@ def test_asha_stops_the_weak_trial_the_next_trial_still_runs_and_the_best_is_pic
     get its resources (a stopped trial's Train workers and placement group are released) and wins."""
     cfg = load_config(SweepConfig, None, TINY_TRAINING + [
         f"storage={tmp_path}", "lambda_scene.values=[0.0]", "lambda_mask.values=[1.0,0.0,2.0]", "asha.grace_period=1",
-        "asha.reduction_factor=2", "metric=train_loss", "mode=min", "max_concurrent_trials=1", f"pretrain.shards={shards}"])
+        "asha.reduction_factor=2", "metric=train_loss", "max_concurrent_trials=1", f"pretrain.shards={shards}"])
     summary = run_sweep(cfg)
     trials = {t["lambda_mask"]: t for t in summary["trials"]}
     assert all(t["status"] == "TERMINATED" and t["train_loss"] is not None for t in trials.values())

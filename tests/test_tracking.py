@@ -13,7 +13,7 @@ import pytest
 import ray.cloudpickle
 
 from debias.config import ConfigError, to_dict
-from debias.tracking import TrackingConfig
+from debias.training.tracking import TrackingConfig
 
 
 # The loops below travel to Ray's workers by value: tests/ is no package those processes can import.
@@ -23,7 +23,7 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def _client(store: Path):
     from mlflow.tracking import MlflowClient
 
-    from debias.tracking import mlflow_tracking_uri
+    from debias.training.tracking import mlflow_tracking_uri
 
     return MlflowClient(mlflow_tracking_uri(str(store)))
 
@@ -32,7 +32,7 @@ def _train_loop(config: dict) -> None:
     import ray.train
 
     from debias.config import from_dict
-    from debias.tracking import Tracker
+    from debias.training.tracking import Tracker
 
     tracker = None
     if ray.train.get_context().get_world_rank() == 0:
@@ -81,7 +81,7 @@ def _trial(config: dict) -> None:
 def test_a_tune_run_logs_every_trial_to_mlflow(tmp_path, ray_local):
     from ray import tune
 
-    from debias.tracking import tune_callbacks
+    from debias.training.tracking import tune_callbacks
 
     cfg = TrackingConfig(mlflow_uri=str(tmp_path / "mlruns"), mlflow_experiment="sweep-test")
     tuner = tune.Tuner(_trial, param_space={"x": tune.grid_search([1, 3])},

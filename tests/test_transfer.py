@@ -3,15 +3,14 @@ synthetic benchmark: preprocess -> baseline -> sweep -> transfer to the syntheti
 bias -> report, and a rerun that skips every finished stage."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
-import yaml
 
-from debias.config import ConfigError, load_config, to_dict
-from debias.sweep import SweepConfig
-from debias.transfer import FoldConfig, TargetConfig, TransferConfig, run_specs, transfer_table
-from ray_jobs.pipeline import PipelineConfig, run_pipeline
+from debias.config import ConfigError, load_config
+from debias.experiments.transfer import FoldConfig, TargetConfig, TransferConfig, run_specs, transfer_table
+from debias.experiments.pipeline import PipelineConfig, run_pipeline
 
 from conftest import PIPELINE_TINY
 
@@ -40,14 +39,6 @@ def test_runs_cover_every_pretraining_target_and_split_with_fresh_heads_and_no_d
         load_config(TransferConfig, None, ["pretrained={sdn: ''}"])
 
 
-@pytest.mark.parametrize("path,cls", [("configs/pipeline/quick.yaml", PipelineConfig),
-                                      ("configs/pipeline/paper.yaml", PipelineConfig),
-                                      ("configs/sweep/quick.yaml", SweepConfig),
-                                      ("configs/transfer/synth.yaml", TransferConfig)])
-def test_shipped_configs_load_and_are_complete(path, cls):
-    assert yaml.safe_load((ROOT / path).read_text()) == to_dict(load_config(cls, ROOT / path))
-
-
 TINY = PIPELINE_TINY
 
 
@@ -69,9 +60,14 @@ def test_pipeline_on_the_synthetic_benchmark_then_a_rerun_skips_every_stage(tmp_
     assert Path(run_cfg["model"]["init_from"]).parent.parent == tmp_path / "pretrain_baseline"
     for name in ("baseline", "sweep_best"):
         bias = on_disk["bias"][name]
-        assert 0.0 <= bias["scene_probe_acc"] <= 1.0 and bias["representation_bias"] >= 0.0
-        assert bias["scene_mdl_bits"] > 0 and 0.0 <= bias["masked_action_acc"] <= 1.0
-        assert -1.0 <= bias["counterfactual_drop"] <= 1.0
+        # the measures are the ones their definitions give from the reported parts (docs/pipeline.md)
+        chance = bias["action_chance"]
+        assert bias["representation_bias"] == pytest.approx(math.log(max(bias["scene_only_probe_acc"], chance) / chance))
+        assert bias["counterfactual_drop"] == pytest.approx(bias["counterfactual_clean_acc"] - bias["counterfactual_acc"])
+        assert bias["scene_mdl_compression"] == pytest.approx(bias["scene_mdl_uniform_bits"] / bias["scene_mdl_bits"])
+        test_videos = bias["videos"]["test"]
+        for key in ("masked_action_acc", "counterfactual_acc", "counterfactual_follows_background"):
+            assert bias[key] * test_videos == pytest.approx(round(bias[key] * test_videos)), key  # a share of videos
     assert 0.0 < on_disk["dataset_bias"]["scene_label_action_acc"] <= 1.0  # once per dataset, not per model
     for f in ("report.md", "transfer.png", "pretrain_curves.png", "transfer_curves.png"):
         assert (tmp_path / f).stat().st_size > 500

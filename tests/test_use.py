@@ -1,7 +1,7 @@
 """Using a trained run: predict on real H.264 videos, embed with Ray Data, export to torchvision.
 
 The tiny run is trained in this process (`train_one_epoch`) on clips that went through the curation's
-own decode step, then written through `debias.runs` as a training job writes it. Its two classes are a
+own decode step, then written through `debias.training.runs` as a training job writes it. Its two classes are a
 red and a blue square: a model fed BGR instead of RGB would swap them, so predict naming the right
 class also checks the colour order end to end.
 """
@@ -17,15 +17,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from debias.clips import ClipConfig, write_pattern_shards
+from debias.training.clips import ClipConfig, write_pattern_shards
 from debias.config import ConfigError, to_dict
-from debias.curate import DecodeConfig, make_decode_fn
-from debias.inference import eval_clips, video_row
-from debias.models import SDN, ModelConfig
-from debias.runs import RunWriter, checkpoint_name, write_run_config
-from debias.shards import shard_files
-from debias.train import LossConfig, OptimConfig, PretrainConfig, make_optimizer, train_one_epoch
-from debias.video import write_mp4
+from debias.curation.curate import DecodeConfig, make_decode_fn
+from debias.evaluation.inference import eval_clips, video_row
+from debias.training.models import SDN, ModelConfig
+from debias.training.runs import RunWriter, checkpoint_name, write_run_config
+from debias.curation.shards import shard_files
+from debias.training.train import LossConfig, OptimConfig, PretrainConfig, make_optimizer, train_one_epoch
+from debias.curation.video import write_mp4
 
 FRAMES, SIZE = 8, 32
 CLASSES = ["blue", "red"]  # label_id order
@@ -124,7 +124,7 @@ def test_predict_names_the_class_the_run_learned_and_reports_a_broken_video(run,
 
 
 def test_bad_predict_config_names_the_key():
-    from debias.inference import PredictConfig
+    from debias.evaluation.inference import PredictConfig
 
     with pytest.raises(ConfigError, match="top_k"):
         PredictConfig(run="r", videos=["v.mp4"], top_k=0)
@@ -133,7 +133,7 @@ def test_bad_predict_config_names_the_key():
 
 
 def test_embed_writes_one_row_per_shard_row_and_per_video(run, videos, tmp_path, ray_local):
-    from debias.embed import EmbedConfig, run_embed
+    from debias.evaluation.embed import EmbedConfig, run_embed
 
     shards = write_pattern_shards(tmp_path / "pattern", {"train": 10, "val": 5}, num_frames=FRAMES, size_px=SIZE,
                                   rows_per_file=8)
@@ -167,7 +167,7 @@ def test_export_loads_into_torchvision_r3d_18_and_gives_the_run_s_logits(tmp_pat
     from safetensors.torch import load_file
     from torchvision.models.video import r3d_18
 
-    from debias.export import ExportConfig, export_run
+    from debias.evaluation.export import ExportConfig, export_run
 
     cfg = PretrainConfig(model=ModelConfig(backbone="r3d_18"), clip=CLIP, eval_splits=["val", "ood"], shards="s")
     torch.manual_seed(0)
@@ -205,19 +205,19 @@ def test_export_loads_into_torchvision_r3d_18_and_gives_the_run_s_logits(tmp_pat
 
 
 def test_export_of_r3d_narrow_says_it_has_no_torchvision_twin(run, tmp_path):
-    from debias.export import ExportConfig, export_run
+    from debias.evaluation.export import ExportConfig, export_run
 
     card = export_run(ExportConfig(run=str(run), out=str(tmp_path / "narrow")))
     assert card["torchvision_constructor"] is None and "no torchvision twin" in card["loading"]
     state = torch.load(tmp_path / "narrow" / "backbone.pth", weights_only=True)
-    from debias.models import narrow_r3d
+    from debias.training.models import narrow_r3d
 
     narrow_r3d(4, 1).load_state_dict(state)  # strict: the card's recipe rebuilds it
 
 
 def test_evaluate_returns_a_per_video_confusion_matrix_that_matches_video_accuracy():
-    from debias.clips import video_key
-    from debias.train import evaluate
+    from debias.training.clips import video_key
+    from debias.training.train import evaluate
 
     torch.manual_seed(0)
     model = SDN(ModelConfig(width=4), num_actions=3, num_scenes=2)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from debias.curate import PreprocessConfig
-from debias.labels import LabelsConfig
-from debias.weights import WeightsError, catalog, resolve_providers
+from debias.curation.curate import PreprocessConfig
+from debias.labels.config import LabelsConfig
+from debias.labels.weights import WeightsError, catalog, resolve_providers
 from ray_jobs.weights import main as weights_main
-from ray_jobs.weights import run_weights
+from debias.labels.weights import run_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 

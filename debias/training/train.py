@@ -2,7 +2,7 @@
 
 Nothing here needs Ray: the configs, the epoch functions, the optimizer and the LR schedule run on
 in-memory batches, in one process or under torch.distributed (the tests do both). The Ray Train worker
-loop that calls them, and the driver that fits it, are `debias.pretrain`.
+loop that calls them, and the driver that fits it, are `debias.training.pretrain`.
 
 Every choice of the paper and of its official code is a config key: the update (joint: one summed
 loss; alternating: a step on action + scene, then a step on the masked clips), the GRL scale
@@ -19,17 +19,18 @@ from typing import Literal
 
 import torch
 
-from debias.clips import ClipConfig
+from debias.training.clips import ClipConfig
 from debias.config import check
-from debias.losses import (
+from debias.training.losses import (
     action_loss,
     entropy,
     mask_confusion_loss,
     mask_head_loss,
     scene_loss,
 )
-from debias.models import SDN, ModelConfig
-from debias.tracking import TrackingConfig
+from debias.training.metrics import higher_is_better
+from debias.training.models import SDN, ModelConfig
+from debias.training.tracking import TrackingConfig
 
 
 @dataclass
@@ -69,7 +70,7 @@ class OptimConfig:
     schedule: Literal["cosine", "step", "plateau", "constant"] = "cosine"
     lr_milestones_epochs: list[int] = field(default_factory=list)
     lr_gamma: float = 0.1
-    plateau_metric: str = "train_loss"  # any per-epoch metric (e.g. val_loss); maximised if it ends in "acc", else minimised
+    plateau_metric: str = "train_loss"  # any per-epoch metric (e.g. val_loss), in its direction (debias.training.metrics)
     plateau_patience_epochs: int = 10
     # Warm-up of the new heads (official scene-only stage: 5 epochs at 1e-2): the backbone is held
     # still (no update, no momentum) while the heads train at head_warmup_lr.
@@ -94,7 +95,7 @@ class ScalingConfig:
     # 0: Ray Train's local mode: the loop runs in the process that calls fit, without the controller,
     # worker and dataset-split actors a worker group starts (a dozen processes, each importing torch),
     # for models that train in seconds an epoch (the demo's). Ray then keeps no checkpoint: the run
-    # writer saves them in the run folder itself, the same layout (debias.runs.RunWriter.checkpoint).
+    # writer saves them in the run folder itself, the same layout (debias.training.runs.RunWriter.checkpoint).
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 2.0  # also the torch thread count of a CPU worker
@@ -368,7 +369,7 @@ class LRSchedule:
         if c.plateau_metric not in metrics:
             raise KeyError(f"optim.plateau_metric: no metric {c.plateau_metric!r}; this run reports {sorted(metrics)}")
         value = metrics[c.plateau_metric]
-        sign = 1.0 if c.plateau_metric.endswith("acc") else -1.0
+        sign = 1.0 if higher_is_better(c.plateau_metric) else -1.0
         if self.best is None or sign * value > sign * self.best:
             self.best, self.bad_epochs = value, 0
         else:

@@ -24,7 +24,7 @@ import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from debias.config import check
-from debias.shards import decode_jpeg, unpack_mask
+from debias.curation.shards import decode_jpeg, unpack_mask
 
 Fill = Literal["mean", "zero", "noise", "blur"]
 
@@ -261,7 +261,7 @@ class ClipCollate(NumpyBatchCollateFn):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
         import torch
 
-        from debias.video import thread_stream
+        from debias.curation.video import thread_stream
 
         # On its own stream, so that waiting for nvJPEG never stalls the training step's stream;
         # record_stream keeps the allocator from reusing the memory while the step still reads it.
@@ -276,7 +276,7 @@ class ClipCollate(NumpyBatchCollateFn):
         import torch
         from torchvision.ops import roi_align
 
-        from debias.shards import decode_jpegs_on, unpack_masks_on
+        from debias.curation.shards import decode_jpegs_on, unpack_masks_on
 
         cfg, dev = self.cfg, self.device
         n, t, px = len(batch["jpegs"]), cfg.clip_len, cfg.crop_px
@@ -326,12 +326,14 @@ def write_pattern_shards(out: str | Path, splits: dict[str, int], num_classes: i
     square; the background colour is the scene, equal to the class with probability `bias`.
 
     `splits`: rows per split, e.g. {"train": 32, "val": 8}. Publishes them in OUT (a local folder or a
-    URI) as `debias preprocess` does, through `debias.shards`; returns OUT.
+    URI) as `debias preprocess` does, through `debias.curation.shards`; returns OUT.
     """
     import pyarrow as pa
 
-    from debias import shards, storage
-    from debias.shards import encode_jpeg, pack_mask
+    from debias import storage
+
+    from debias.curation import shards
+    from debias.curation.shards import encode_jpeg, pack_mask
 
     out = storage.absolute(str(out))
     rng = np.random.default_rng(seed)

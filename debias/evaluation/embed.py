@@ -20,14 +20,14 @@ import pyarrow as pa
 import torch
 
 from debias import storage
-from debias.clips import ClipConfig
+from debias.training.clips import ClipConfig
 from debias.config import check
-from debias.inference import eval_clips, pick_device, run_clips
+from debias.evaluation.inference import eval_clips, pick_device, run_clips
 
 if TYPE_CHECKING:
     import ray.data
 
-    from debias.runs import RunInfo
+    from debias.training.runs import RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Embedder:
     """
 
     def __init__(self, run: str, checkpoint: str, device: str = "auto", threads: int = 0) -> None:
-        from debias.runs import load_model
+        from debias.training.runs import load_model
 
         self.device = pick_device(device)
         if self.device.type == "cpu" and threads:
@@ -118,8 +118,8 @@ class Embedder:
 def video_rows(folder: str) -> list[dict]:
     """Decode-step rows for every video below `folder` (local or a URI): the id is the path under the folder
     without its extension, the label the first folder below it ("" for a video directly in it)."""
-    from debias.inference import video_row
-    from debias.sources import VIDEO_EXTENSIONS
+    from debias.evaluation.inference import video_row
+    from debias.curation.sources import VIDEO_EXTENSIONS
 
     root = storage.absolute(folder)
     rows = []
@@ -139,9 +139,9 @@ def embed_dataset(cfg: EmbedConfig, info: RunInfo) -> tuple[ray.data.Dataset, st
     from ray.data import ActorPoolStrategy
 
     from debias.cluster import init_ray
-    from debias.curate import Decoder
-    from debias.inference import decode_config
-    from debias.shards import COMMIT_FILE, shard_files
+    from debias.curation.curate import Decoder
+    from debias.evaluation.inference import decode_config
+    from debias.curation.shards import COMMIT_FILE, shard_files
 
     from_shards = storage.is_file(storage.join(storage.absolute(cfg.input), COMMIT_FILE))
     if from_shards:
@@ -179,9 +179,9 @@ def run_embed(cfg: EmbedConfig) -> dict:
     """
     import ray
 
-    from debias.models import build_backbone
-    from debias.runs import read_run
-    from debias.shards import ERROR_COLUMNS, error_table, write_parquet
+    from debias.training.models import build_backbone
+    from debias.training.runs import read_run
+    from debias.curation.shards import ERROR_COLUMNS, error_table, write_parquet
 
     t0 = time.perf_counter()
     info = read_run(cfg.run)  # a wrong run fails here, naming the folder, before Ray starts

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from debias import storage
-from debias.clips import ClipConfig, plan_clips, render_clips
+from debias.training.clips import ClipConfig, plan_clips, render_clips
 from debias.config import check
-from debias.curate import DecodeConfig, make_decode_fn
-from debias.models import SDN
-from debias.shards import NO_ERROR
-from debias.sources import Row
+from debias.curation.curate import DecodeConfig, make_decode_fn
+from debias.training.models import SDN
+from debias.curation.shards import NO_ERROR
+from debias.curation.sources import Row
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def predict_video(model: SDN, classes: list[str], decode: DecodeConfig, clip: Cl
 def predict(cfg: PredictConfig) -> dict:
     """Load the run's model once and predict every video of `cfg.videos`: {run, checkpoint, videos: [one
     `predict_video` result per video, in order]}. A broken video is an entry with its error, not a crash."""
-    from debias.runs import load_model
+    from debias.training.runs import load_model
 
     device = pick_device(cfg.device)
     model, info = load_model(cfg.run, cfg.checkpoint, device=device)

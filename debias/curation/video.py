@@ -1,4 +1,4 @@
-"""Video I/O and frame geometry: decode with PyAV, encode H.264, resize/crop (JPEG and masks: debias.shards).
+"""Video I/O and frame geometry: decode with PyAV, encode H.264, resize/crop (JPEG and masks: debias.curation.shards).
 
 The geometry helpers are shared by frames and masks so that a mask provider that works from
 annotations (or from a model run at another resolution) lands on exactly the stored pixels.

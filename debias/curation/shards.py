@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from debias import storage
-from debias.video import VideoError
+from debias.curation.video import VideoError
 
 if TYPE_CHECKING:
     import torch  # the GPU codecs only; a machine that curates on CPUs needs no torch import here

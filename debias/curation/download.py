@@ -1,6 +1,6 @@
 """Download stage: Kinetics clip rows -> local video files with yt-dlp, and a status table that persists.
 
-A clip is a YouTube id and a window (its id `{youtube_id}_{start:06d}_{end:06d}`, `debias.sources.clip_id`).
+A clip is a YouTube id and a window (its id `{youtube_id}_{start:06d}_{end:06d}`, `debias.curation.sources.clip_id`).
 Only the window is fetched where possible (yt-dlp's section download, which needs an ffmpeg binary:
 `download.ffmpeg`, else `ffmpeg` on PATH, else the one the imageio-ffmpeg package ships), into
 `{clip id}.{ext}`: two windows of one YouTube id are two files. Without ffmpeg, or when a cut fails (a
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from debias import storage
 from debias.config import check
-from debias.sources import Row, clip_id
+from debias.curation.sources import Row, clip_id
 
 DOWNLOAD_SCHEMA = pa.schema([  # OUT/downloads.parquet: one row per clip, across runs
     pa.field("video_id", pa.string()),  # the clip: {youtube_id}_{start:06d}_{end:06d}

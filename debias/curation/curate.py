@@ -22,13 +22,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from debias import shards, storage
+from debias import storage
+
+from debias.curation import shards
 from debias.config import check, to_dict
-from debias.download import DownloadConfig
-from debias.labels import LabelsConfig
-from debias.shards import ERROR_COLUMNS, ERROR_SCHEMA, SCHEMA_VERSION, Attempt, Resumed, encode_jpeg_bgr
-from debias.sources import InputConfig, Row, ids_in_several_windows
-from debias.video import FramePicker, VideoError, bgr_to_rgb, decode_clips, pick_all, pick_at_rate, pick_clips, pick_uniform
+from debias.curation.download import DownloadConfig
+from debias.labels.config import LabelsConfig
+from debias.curation.shards import ERROR_COLUMNS, ERROR_SCHEMA, SCHEMA_VERSION, Attempt, Resumed, encode_jpeg_bgr
+from debias.curation.sources import InputConfig, Row, ids_in_several_windows
+from debias.curation.video import FramePicker, VideoError, bgr_to_rgb, decode_clips, pick_all, pick_at_rate, pick_clips, pick_uniform
 
 
 @dataclass
@@ -100,6 +102,9 @@ class PreprocessConfig:
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
+    # Rows written in input order. Ray Data's decoders finish in any order, so two curations of the same
+    # inputs otherwise write differently ordered shards, and the models trained on them differ.
+    preserve_order: bool = False
 
     def __post_init__(self) -> None:
         source = self.input.resolved_source()
@@ -147,7 +152,7 @@ def make_decode_fn(cfg: DecodeConfig, keep_pixels: bool = False) -> Callable[[Ro
     Reads: source_path, time_start, time_end, error. Writes: frames, frame_indices, clip_index,
     padded, fps, height, width, t_decode_s (or error / error_code / error_stage); with `keep_pixels`
     also pixels, the clip's frames as (T, H, W, 3) uint8 RGB (None in an error row), for label steps in
-    the same process (`debias.masks.decode_rows` reads them); never stored.
+    the same process (`debias.labels.masks.decode_rows` reads them); never stored.
     """
     pick = cfg.picker()
 
@@ -197,10 +202,10 @@ def apply_per_row(batch: pd.DataFrame, fn: Callable[[pd.Series], dict], stage: s
 def row_affecting_config(cfg: PreprocessConfig, mask_provider: str, scene_provider: str) -> dict:
     """The part of the config that decides the rows, for `shards.row_digest`, with the providers `auto`
     resolved to. Left out: `out`, `resources` (parallelism and file sizes), `decode.threads` (same
-    frames) and `download` (its outcome reaches the rows through the files on disk, and the download
+    frames), `preserve_order` (the same rows in another order) and `download` (its outcome reaches the rows through the files on disk, and the download
     pass resumes by itself through OUT/downloads.parquet)."""
     config = to_dict(cfg)
-    for key in ("out", "resources", "download"):
+    for key in ("out", "resources", "download", "preserve_order"):
         config.pop(key)
     config["decode"].pop("threads")
     return {**config, "providers": [mask_provider, scene_provider]}

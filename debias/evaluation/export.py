@@ -4,7 +4,7 @@ OUT/backbone.pth and OUT/backbone.safetensors hold the backbone's state dict und
 names: `torchvision.models.video.r3d_18()` (or mc3_18, r2plus1d_18) `.load_state_dict(sd, strict=False)`
 leaves only `fc.weight` / `fc.bias` missing. OUT/fc.safetensors holds the action head as that `fc`, so
 `r3d_18(num_classes=len(classes))` loads both strictly and gives the run's action logits. r3d_narrow has
-no torchvision twin: its state dict is exported all the same (keys of `debias.models.narrow_r3d`), and the
+no torchvision twin: its state dict is exported all the same (keys of `debias.training.models.narrow_r3d`), and the
 card says so. OUT/model_card.json and OUT/model_card.md describe the export: classes, preprocessing,
 training config and loss weights, metrics at the exported checkpoint, the shards' summary digest, and
 per class the accuracy on each eval split with its drop from in-distribution to out-of-context (which
@@ -23,7 +23,8 @@ import torch
 from debias import storage
 from debias.config import check, to_dict
 from debias.report import table
-from debias.runs import RunInfo, load_model, read_confusion, read_metrics
+from debias.evaluation.confusion import class_drops, plot_confusion
+from debias.training.runs import RunInfo, load_model, read_confusion, read_metrics
 
 TORCHVISION_TWINS = {"r3d_18", "mc3_18", "r2plus1d_18"}  # backbones that are torchvision's own constructors
 
@@ -36,61 +37,6 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.run), "run", "needs the training run folder (--run RUN)")
-
-
-def per_class(confusion: list[list[int]], classes: list[str]) -> list[dict]:
-    """Per class: videos (the confusion row's sum) and accuracy (its diagonal share; None without videos).
-    `confusion`: (A, A) counts, row = true class, column = predicted."""
-    rows = []
-    for i, name in enumerate(classes):
-        n = sum(confusion[i])
-        rows.append({"class": name, "videos": n, "acc": confusion[i][i] / n if n else None})
-    return rows
-
-
-def class_drops(confusions: dict[str, list[list[int]]], classes: list[str], in_split: str) -> list[dict]:
-    """One row per class: accuracy on every eval split, and `drop_SPLIT` = in-distribution accuracy minus
-    that split's, for each other split (out-of-context: a large drop means the class leaned on its scene).
-    Sorted by the first drop, largest first."""
-    accs = {split: per_class(m, classes) for split, m in confusions.items()}
-    others = [s for s in confusions if s != in_split]
-    rows = []
-    for i, name in enumerate(classes):
-        row: dict = {"class": name, **{f"{s}_acc": accs[s][i]["acc"] for s in confusions}}
-        for s in others:
-            a, b = row.get(f"{in_split}_acc"), row[f"{s}_acc"]
-            row[f"drop_{s}"] = a - b if a is not None and b is not None else None
-        rows.append(row)
-    if others:
-        rows.sort(key=lambda r: -r[f"drop_{others[0]}"] if r[f"drop_{others[0]}"] is not None else float("inf"))
-    return rows
-
-
-def plot_confusion(confusion: list[list[int]], classes: list[str], path: str, title: str) -> None:
-    """A row-normalised confusion-matrix heatmap (row = true class), counts written in the cells, as PNG."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    counts = np.asarray(confusion, dtype=float)
-    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    side = max(3.5, 0.45 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(side + 1, side))
-    image = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(classes)), classes, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    if len(classes) <= 30:
-        for (i, j), n in np.ndenumerate(counts):
-            if n:
-                ax.text(j, i, int(n), ha="center", va="center", fontsize=6, color="white" if share[i, j] > 0.5 else "black")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    storage.write_bytes(path, buffer.getvalue())
 
 
 def _state_bytes(state: dict[str, torch.Tensor]) -> tuple[bytes, bytes]:
@@ -119,7 +65,7 @@ def model_card(info: RunInfo, files: dict[str, str], feature_dim: int,
         "torchvision_constructor": f"torchvision.models.video.{backbone}" if twin else None,
         "loading": (f"{backbone}(num_classes={info.num_actions}); load_state_dict(backbone) with strict=False "
                     "leaves only fc.* missing; fc.safetensors holds the action head as fc" if twin else
-                    f"r3d_narrow has no torchvision twin: debias.models.narrow_r3d(width={cfg.model.width}, "
+                    f"r3d_narrow has no torchvision twin: debias.training.models.narrow_r3d(width={cfg.model.width}, "
                     f"blocks={cfg.model.blocks}).load_state_dict(backbone); fc.safetensors: nn.Linear({feature_dim}, "
                     f"{info.num_actions}) as fc"),
         "feature_dim": feature_dim,

@@ -2,8 +2,8 @@
 
 `run_pretrain` is what `debias pretrain`, every sweep trial (Tune wraps it unchanged), every transfer
 fine-tuning run and the demo call; `train_loop_per_worker`, the loop it hands to Ray Train, calls the
-plain epoch functions of `debias.train`. The run folder (config.json first, then checkpoints and
-metrics) is laid out by `debias.runs`; the shards are read through `debias.shards`. Both may live on
+plain epoch functions of `debias.training.train`. The run folder (config.json first, then checkpoints and
+metrics) is laid out by `debias.training.runs`; the shards are read through `debias.curation.shards`. Both may live on
 any storage (`out=s3://...`): Ray Train gets the same URI as its storage path.
 """
 
@@ -21,18 +21,22 @@ import ray
 import torch
 from tqdm import tqdm
 from ray.data.expressions import col
-from ray.train import CheckpointConfig, FailureConfig, RunConfig
+from ray.data import ExecutionOptions
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
 from ray.train import ScalingConfig as RayScaling
 from ray.train.torch import TorchTrainer
 
-from debias import runs, storage
-from debias.clips import CLIP_COLUMNS, ClipCollate, make_clip_fn, make_clip_plan_fn
+from debias import storage
+
+from debias.training import runs
+from debias.training.clips import CLIP_COLUMNS, ClipCollate, make_clip_fn, make_clip_plan_fn
 from debias.cluster import configure_logging, init_ray
 from debias.config import from_dict, to_dict
-from debias.runs import STATE_FILE, RunWriter, build_model, checkpoint_name
-from debias.shards import num_scenes, read_classes, read_scene_names, read_summary, shard_files, summary_digest
-from debias.tracking import Tracker
-from debias.train import (Batch, LRSchedule, PretrainConfig, decode_on_device, evaluate, make_optimizer,
+from debias.training.metrics import mode as metric_mode
+from debias.training.runs import STATE_FILE, RunWriter, build_model, checkpoint_name
+from debias.curation.shards import num_scenes, read_classes, read_scene_names, read_summary, shard_files, summary_digest
+from debias.training.tracking import Tracker
+from debias.training.train import (Batch, LRSchedule, PretrainConfig, decode_on_device, evaluate, make_optimizer,
                           train_one_epoch)
 
 log = logging.getLogger(__name__)
@@ -42,12 +46,25 @@ def split_rows(cfg: PretrainConfig, files: list[str]) -> dict[str, ray.data.Data
     """The shard rows of each split the run reads (train and eval), only the columns a clip needs."""
     splits = list(dict.fromkeys([cfg.train_split, *cfg.eval_splits]))
     rows = ray.data.read_parquet(files).select_columns(CLIP_COLUMNS + ["split"])
+    # Options of these datasets alone (every dataset derived from `rows` shares or copies its context), not
+    # of the process: the same blocks in the same order every epoch and every run, so that with the seeded
+    # shuffle a rerun of a config reproduces its numbers (streaming order otherwise follows task timing);
+    # no per-operator bars, which from three datasets would drown the trainer's line per epoch.
+    rows.context.execution_options.preserve_order = True
+    rows.context.enable_progress_bars = False
     if not cfg.loader.cache_rows:  # each split's filter is pushed into its own Parquet scan, every epoch
         return {s: rows.filter(expr=col("split") == s) for s in splits}
     # small data: one scan for all splits (a scan costs seconds of task start-up even when tiny), then
     # every epoch streams each split from the object store
     cached = rows.filter(expr=col("split").is_in(splits)).materialize()
     return {s: cached.filter(expr=col("split") == s).materialize() for s in splits}
+
+
+def ordered_ingest() -> ExecutionOptions:
+    """Ray Train's default ingest options with the rows kept in order."""
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def clip_dataset(cfg: PretrainConfig, rows: ray.data.Dataset, train: bool) -> ray.data.Dataset:
@@ -91,12 +108,6 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict:
     runs.write_run_config(run, cfg, classes, read_scene_names(shards), scenes, read_summary(shards),
                           summary_digest(shards))
     init_ray()
-    ctx = ray.data.DataContext.get_current()
-    # The trainer logs one line per epoch; per-operator bars from three datasets would drown it.
-    ctx.enable_progress_bars = False
-    # Same blocks in the same order every epoch and every run: with the seeded shuffle, a rerun
-    # of a config reproduces its numbers (streaming order otherwise depends on task timing).
-    ctx.execution_options.preserve_order = True
     # 1. read the splits' rows (once, when cached); 2. clips from them, 1:1 (train) or 1:eval_clips (eval)
     rows = split_rows(cfg, files)
     sc = cfg.scaling
@@ -116,9 +127,11 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict:
                              failure_config=FailureConfig(max_failures=sc.max_failures),
                              checkpoint_config=CheckpointConfig(
                                  num_to_keep=cfg.checkpoint_keep, checkpoint_score_attribute=metric,
-                                 checkpoint_score_order="max" if runs.higher_is_better(metric) else "min"),
+                                 checkpoint_score_order=metric_mode(metric)),
                              callbacks=callbacks),
         datasets=datasets,
+        # Ray Train applies its own ingest options to the workers' shards: in order there too.
+        dataset_config=DataConfig(execution_options=ordered_ingest()),
     )
     trainer.fit()
     history = runs.read_metrics(run)
@@ -137,7 +150,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     Resumes from the run's latest checkpoint when there is one (model, optimizer with its momentum,
     LR schedule state, epoch); reports (and checkpoints) each epoch; rank 0 writes the epoch's metrics,
-    confusion matrices and TensorBoard events through `debias.runs.RunWriter`.
+    confusion matrices and TensorBoard events through `debias.training.runs.RunWriter`.
     """
     import ray.train
     import ray.train.torch

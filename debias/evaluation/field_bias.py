@@ -36,13 +36,13 @@ import torch
 from torch import nn
 
 from debias import storage
-from debias.bias import BiasConfig, measure_bias
-from debias.clips import Fill
+from debias.evaluation.bias import BiasConfig, measure_bias
+from debias.training.clips import Fill
 from debias.config import check, to_dict
-from debias.counterfactual import (GateConfig, action_swap, background_only, background_rng, centre_clip,
+from debias.evaluation.counterfactual import (GateConfig, action_swap, background_only, background_rng, centre_clip,
                                    choose_image, human_only, list_images, person_gate, read_image, scuba,
                                    scuba_gate, scufo, stripes, swap_gate)
-from debias.shards import read_classes, read_parquet, shard_files, write_parquet
+from debias.curation.shards import read_classes, read_parquet, shard_files, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +123,14 @@ class Model:
 def load_eval_model(run: str = "", checkpoint: str = "latest", export: str = "") -> Model:
     """A training run's model (`runs.load_model`) or an exported backbone with its action head
     (`debias export`: backbone.safetensors, fc.safetensors, model_card.json), on the CPU."""
-    from debias.runs import load_model
+    from debias.training.runs import load_model
 
     if run:
         net, info = load_model(run, checkpoint)
         return Model(net, info.classes, info.config.clip.clip_len, info.config.clip.crop_px, info.checkpoint)
     from safetensors.torch import load as load_safetensors
 
-    from debias.models import SDN, ModelConfig, load_backbone
+    from debias.training.models import SDN, ModelConfig, load_backbone
 
     card_path = storage.join(storage.absolute(export), "model_card.json")
     if not storage.is_file(card_path):
@@ -368,7 +368,7 @@ def field_bias_measures(net: nn.Module, shards: str, clip_len: int, crop_px: int
 
 def own_measures(model: Model, cfg: FieldBiasConfig) -> dict:
     """debias/bias.py's measures on the same shards, or {"skipped": why}."""
-    from debias.shards import num_scenes
+    from debias.curation.shards import num_scenes
 
     if not cfg.own_measures:
         return {"skipped": "own_measures=false"}

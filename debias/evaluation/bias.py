@@ -29,7 +29,7 @@ Per model, each on held-out videos (`measure_bias`, one flat dict):
   the scene is linearly readable reach that ceiling, whatever the model does with them.
 
 A model here is anything with `features(clips_uint8) -> (B, D)` and `forward(clips_uint8) -> (action
-logits, ...)`, as `debias.models.SDN`.
+logits, ...)`, as `debias.training.models.SDN`.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ import torch
 from torch import nn
 
 from debias.config import check
-from debias.counterfactual import background_only, centre_clip
-from debias.shards import read_parquet, shard_files
+from debias.curation.shards import read_parquet, shard_files
+from debias.evaluation.counterfactual import background_only, centre_clip
 
 # The online code's block ends as shares of the data (Voita & Titov, 2020, section 3.2).
 MDL_PORTIONS = [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0]

@@ -19,17 +19,22 @@ and OUT/benchmark.json with the config and counts.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import logging
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
+from debias import storage
 from debias.config import check, to_dict
-from debias.video import write_mp4
+from debias.curation.video import write_mp4
 
 SPLIT_IDS = {"train": 0, "val": 1, "ood": 2, "test": 3}
 MANIFEST_COLUMNS = ["label", "youtube_id", "time_start", "time_end", "split"]
@@ -296,4 +301,22 @@ def generate(cfg: SynthConfig, progress: Callable[[int, int], None] | None = Non
         counts[spec.name] = {split: len(actions) * n for split, n in spec.splits.items()}
     summary = {"config": to_dict(cfg), "videos": counts}
     (out / "benchmark.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+log = logging.getLogger(__name__)
+
+
+def run_synth(cfg: SynthConfig) -> dict:
+    """Render the benchmark into `cfg.out`; for a URI, into a local temporary folder that is then uploaded
+    whole (the encoder writes local files)."""
+    with tqdm(desc="synth videos", unit="video", disable=None) as bar, tempfile.TemporaryDirectory() as tmp:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+        target = storage.absolute(cfg.out)
+        summary = generate(dataclasses.replace(cfg, out=tmp) if storage.is_uri(target) else cfg, progress)
+        if storage.is_uri(target):
+            storage.upload(tmp, target)
+    log.info("synth: %s -> %s", json.dumps(summary["videos"]), target)
     return summary

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from debias.clips import Fill, fill_people, video_key
+from debias.training.clips import Fill, fill_people, video_key
 from debias.config import check
-from debias.models import KINETICS_MEAN
-from debias.shards import decode_jpeg, unpack_mask
+from debias.training.models import KINETICS_MEAN
+from debias.curation.shards import decode_jpeg, unpack_mask
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Human-only fills with the colour the model normalises to zero (its input mean), as HAT fills with the

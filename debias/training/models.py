@@ -108,7 +108,7 @@ def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
 
 
 def load_backbone(backbone: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy `state` (backbone weights, as `debias.runs.backbone_weights` reads them) into `backbone`;
+    """Copy `state` (backbone weights, as `debias.training.runs.backbone_weights` reads them) into `backbone`;
     every key and shape must match, else ValueError saying which."""
     own = backbone.state_dict()
     missing = sorted(set(own) - set(state))
@@ -148,7 +148,7 @@ class SDN(nn.Module):
     def __init__(self, cfg: ModelConfig, num_actions: int, num_scenes: int, grl_alpha: float = 1.0) -> None:
         super().__init__()
         self.freeze_bn = cfg.freeze_bn
-        self.backbone, dim = build_backbone(cfg)  # cfg.init_from is loaded by debias.runs.build_model
+        self.backbone, dim = build_backbone(cfg)  # cfg.init_from is loaded by debias.training.runs.build_model
         self.dropout = nn.Dropout(cfg.dropout)
         self.action_head = nn.Linear(dim, num_actions)
         layers: list[nn.Module] = [GradReverse(grl_alpha)]

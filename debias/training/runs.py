@@ -33,10 +33,12 @@ import torch
 
 from debias import storage
 from debias.config import ConfigError, from_dict, to_dict
-from debias.models import KINETICS_MEAN, KINETICS_STD, SDN, ModelConfig, load_backbone
+from debias.evaluation.confusion import class_drops, plot_confusion
+from debias.training.metrics import higher_is_better
+from debias.training.models import KINETICS_MEAN, KINETICS_STD, SDN, ModelConfig, load_backbone
 
 if TYPE_CHECKING:
-    from debias.train import PretrainConfig
+    from debias.training.train import PretrainConfig
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -113,7 +115,7 @@ class RunInfo:
 
 def read_run(run: str) -> RunInfo:
     """The run's description from its config.json; names the file when it is missing."""
-    from debias.train import PretrainConfig
+    from debias.training.train import PretrainConfig
 
     run = storage.absolute(run)
     path = storage.join(run, CONFIG_FILE)
@@ -144,11 +146,6 @@ def read_metrics(run: str) -> list[dict]:
             m = json.loads(line)
             by_epoch[m["epoch"]] = m
     return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def higher_is_better(metric: str) -> bool:
-    """Accuracies and entropies are maximised, losses and everything else minimised."""
-    return metric.endswith(("acc", "top5")) or "entropy" in metric
 
 
 def checkpoint_path(run_or_checkpoint: str, which: Literal["latest", "best"] = "latest") -> str:
@@ -306,8 +303,6 @@ def read_confusion(run: str) -> dict[str, list[list[int]]]:
 def write_class_report(run: str, classes: list[str], in_split: str) -> list[dict]:
     """At the end of a run: per_class.json (each class's accuracy per eval split, its drop from `in_split`
     to the others: the actions that lean on their scene) and a confusion_SPLIT.png per split."""
-    from debias.export import class_drops, plot_confusion
-
     confusion = read_confusion(run)
     for split, matrix in confusion.items():
         plot_confusion(matrix, classes, storage.join(run, f"confusion_{split}.png"), f"{storage.name(run)}: {split}")

@@ -1,0 +1,227 @@
+"""Pipeline: the whole chain in one command, each stage skipped when its outputs match its config.
+
+    python -m ray_jobs.pipeline --config configs/pipeline/quick.yaml [--out DIR] [key=value ...]
+
+[synth] -> preprocess (source and every target) -> reference pretraining (the baseline) -> sweep of the
+loss weights (Ray Tune) -> transfer of every pretrained backbone (baseline, the sweep's best, from
+scratch) + scene-bias measurements -> report: DIR/summary.json, DIR/report.md and plots.
+
+Each stage writes DIR/STAGE/stage.json with a hash of its config and of the stages it reads. On a rerun
+a finished stage with the same hash is skipped, an interrupted one resumes (the sweep through
+Tuner.restore, training runs from their checkpoints), and one whose hash changed is run afresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from debias import storage
+
+from debias.training import runs
+from debias.config import check, to_dict
+from debias.curation.curate import PreprocessConfig
+from debias.curation.preprocess import run_preprocess
+from debias.training.pretrain import run_pretrain
+from debias.report import plot_bars, plot_curves, table
+from debias.experiments.sweep import SWEPT, SweepConfig, run_sweep
+from debias.curation.synth import SynthConfig, run_synth
+from debias.experiments.transfer import BIAS_COLUMNS, SCRATCH, FoldConfig, TargetConfig, TransferConfig, run_transfer
+
+log = logging.getLogger(__name__)
+
+BEST = "sweep_best"  # the transfer name of the sweep's best trial
+
+
+@dataclass
+class WeightsConfig:
+    lambda_scene: float = 0.0
+    lambda_mask: float = 0.0
+
+
+@dataclass
+class TargetDataConfig:
+    """A transfer target to curate: once per official split (UCF101 / HMDB51: 1, 2, 3; Diving48: 1)."""
+
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)  # input.split_index set per split
+    splits: list[int] = field(default_factory=lambda: [1])
+
+    def __post_init__(self) -> None:
+        check(len(self.splits) >= 1 and all(1 <= k <= 3 for k in self.splits), "splits",
+              f"must list official split numbers 1 to 3, got {self.splits}")
+
+
+@dataclass
+class PipelineConfig:
+    """Paths inside the sections (synth.out, every preprocess out, sweep.storage/name, sweep.pretrain
+    shards/out/name, transfer out/pretrained/source_shards/targets) are set by the pipeline from `out`;
+    with `synth`, so are the source's and targets' manifests (a target's name is then its synth task)."""
+
+    out: str = "out/pipeline"
+    # Generate the synthetic benchmark first (null: real datasets, manifests as given in source/targets).
+    synth: SynthConfig | None = None
+    source: PreprocessConfig = field(default_factory=PreprocessConfig)  # the pretraining data
+    targets: dict[str, TargetDataConfig] = field(default_factory=dict)  # transfer targets, by name
+    # Pretrainings with fixed weights, trained with sweep.pretrain beside the sweep (the paper's baseline).
+    references: dict[str, WeightsConfig] = field(default_factory=lambda: {"baseline": WeightsConfig()})
+    scratch: bool = True  # also fine-tune from random initialisation (the no-pretraining reference)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)  # the recipe; its targets come from `targets`
+
+    def __post_init__(self) -> None:
+        check(bool(self.targets), "targets", "needs at least one transfer target")
+        check(not self.transfer.pretrained and not self.transfer.targets, "transfer",
+              "pretrained and targets are set by the pipeline (from references, the sweep, scratch and "
+              "`targets`): leave them empty")
+        check(BEST not in self.references and SCRATCH not in self.references, "references",
+              f"'{BEST}' and '{SCRATCH}' are names the pipeline gives")
+
+
+class Stages:
+    """Runs stages in order, skipping those already done with the same hash (see module docstring)."""
+
+    def __init__(self, out: str) -> None:
+        self.out, self.timings_s, self.skipped, self.hashes = out, {}, [], {}
+
+    def run(self, name: str, config: dict, inputs: list[str], work: Callable[[], dict]) -> dict:
+        folder = storage.join(self.out, name)
+        digest = hashlib.sha256(json.dumps({"config": config, "inputs": [self.hashes[i] for i in inputs]},
+                                           sort_keys=True).encode()).hexdigest()[:16]
+        self.hashes[name] = digest
+        state_file = storage.join(folder, "stage.json")
+        state = storage.read_json(state_file) if storage.is_file(state_file) else None
+        if state and state["hash"] == digest and state["done"]:
+            log.info("pipeline: %s is up to date (%s), skipped", name, folder)
+            self.skipped.append(name)
+            return storage.read_json(storage.join(folder, "result.json"))
+        if state and state["hash"] != digest:
+            log.info("pipeline: %s changed (config or inputs), running it afresh", name)
+            storage.delete(folder)
+        elif state:
+            log.info("pipeline: %s was interrupted, resuming", name)
+        storage.write_json(state_file, {"hash": digest, "done": False})
+        t0 = time.perf_counter()
+        result = work()
+        self.timings_s[name] = round(time.perf_counter() - t0, 1)
+        storage.write_json(storage.join(folder, "result.json"), result)
+        storage.write_json(state_file, {"hash": digest, "done": True, "config": config})
+        return result
+
+
+def curate(stages: Stages, cfg: PipelineConfig, name: str, task: str, pre: PreprocessConfig, inputs: list[str]) -> str:
+    """Preprocess one dataset (or one split of it) in its own stage `data_NAME`; returns its shards folder.
+    `task`: with synth, the benchmark task whose manifest it reads."""
+    out = storage.absolute(cfg.out)
+    if cfg.synth is not None:
+        pre = dataclasses.replace(pre, input=dataclasses.replace(
+            pre.input, manifest=storage.join(out, "synth", task, "manifest.csv")))
+    pre = dataclasses.replace(pre, out=storage.join(out, f"data_{name}"))
+    stages.run(f"data_{name}", to_dict(pre), inputs, lambda: run_preprocess(pre))
+    return pre.out
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    t0 = time.perf_counter()
+    out = storage.absolute(cfg.out)
+    storage.check_storage(out, "out")
+    stages = Stages(out)
+
+    # 1. the synthetic benchmark (optional): manifests for the source and every target task.
+    upstream: list[str] = []
+    if cfg.synth is not None:
+        synth = dataclasses.replace(cfg.synth, out=storage.join(out, "synth"))
+        stages.run("synth", to_dict(synth), [], lambda: run_synth(synth))
+        upstream = ["synth"]
+    # 2. curation (Ray Data), one stage per dataset.
+    source_shards = curate(stages, cfg, "source", "source", cfg.source, upstream)
+    targets = {}
+    for name, t in cfg.targets.items():
+        folds = []
+        for k in t.splits:
+            pre = dataclasses.replace(t.preprocess, input=dataclasses.replace(t.preprocess.input, split_index=k))
+            folds.append(FoldConfig(shards=curate(stages, cfg, f"{name}_split{k}", name, pre, upstream)))
+        targets[name] = TargetConfig(folds=folds)
+
+    # 3. reference pretrainings (Ray Train), with the sweep's recipe and fixed weights.
+    base = dataclasses.replace(cfg.sweep.pretrain, shards=source_shards)
+    checkpoints, histories = {}, {}
+    for name, weights in cfg.references.items():
+        run = dataclasses.replace(base, name=name, out=storage.join(out, f"pretrain_{name}"),
+                                  loss=dataclasses.replace(base.loss, **to_dict(weights)))
+        result = stages.run(f"pretrain_{name}", to_dict(run), ["data_source"], lambda run=run: run_pretrain(run))
+        checkpoints[name], histories[name] = result["checkpoint"], result["history"]
+
+    # 4. the loss-weight sweep (Ray Tune, ASHA).
+    sweep_cfg = dataclasses.replace(cfg.sweep, storage=out, name="sweep", pretrain=base)
+    sweep = stages.run("sweep", to_dict(sweep_cfg), ["data_source"], lambda: run_sweep(sweep_cfg))
+    best = sweep["best"]
+    checkpoints[BEST] = best["checkpoint"]
+    histories[f"{BEST} ({best['trial']})"] = runs.read_metrics(best["run"])
+
+    # 5. transfer + scene bias of every pretrained backbone.
+    pretrained = {**checkpoints, **({SCRATCH: ""} if cfg.scratch else {})}
+    transfer_cfg = dataclasses.replace(
+        cfg.transfer, out=storage.join(out, "transfer"), pretrained=pretrained, source_shards=source_shards,
+        finetune=dataclasses.replace(cfg.transfer.finetune, model=dataclasses.replace(base.model, init_from="")),
+        targets=targets)
+    data_stages = [f"data_{n}_split{k}" for n, t in cfg.targets.items() for k in t.splits]
+    transfer = stages.run("transfer", to_dict(transfer_cfg), ["sweep", *[f"pretrain_{n}" for n in cfg.references],
+                                                              *data_stages],
+                          lambda: run_transfer(transfer_cfg))
+
+    # 6. report.
+    return write_report(cfg, out, stages, sweep, transfer, histories, time.perf_counter() - t0)
+
+
+def write_report(cfg: PipelineConfig, out: str, stages: Stages, sweep: dict, transfer: dict, histories: dict,
+                 wall_s: float) -> dict:
+    targets = list(cfg.targets)
+    summary = {
+        "sweep": {"metric": sweep["metric"], "mode": sweep["mode"], "trials": sweep["trials"], "best": sweep["best"],
+                  "by_weights": sweep["by_weights"], "seeds": sweep["seeds"]},
+        "transfer": transfer["transfer"], "transfer_table": transfer["table"], "bias": transfer["bias"],
+        "dataset_bias": transfer["dataset_bias"],
+        "timings_s": {**stages.timings_s, "total": round(wall_s, 1)}, "skipped": stages.skipped,
+        "config": to_dict(cfg),
+    }
+    storage.write_json(storage.join(out, "summary.json"), summary)
+    plot_bars(transfer["table"], "pretrain", targets, storage.join(out, "transfer.png"), ylabel="top-1 (mean over splits)")
+    metric = sweep["metric"]
+    plot_curves(histories, sorted({"train_acc", metric, *[f"{s}_acc" for s in cfg.sweep.pretrain.eval_splits]}),
+                storage.join(out, "pretrain_curves.png"))
+    storage.write_bytes(storage.join(out, "transfer_curves.png"),
+                        storage.read_bytes(storage.join(out, "transfer", "curves.png")))
+    bias_rows = [{"pretrain": n, **{k: v for k, v in b.items() if k != "videos"}} for n, b in transfer["bias"].items()]
+    best = sweep["best"]
+    report = "\n".join([
+        "# debias pipeline", "",
+        f"## Sweep: {len(sweep['trials'])} trials, best by `{metric}` ({sweep['mode']})", "",
+        table(sweep["trials"], ["trial", *SWEPT, "seed", metric, "epochs", "stopped_early", "status"]), "",
+        *([f"Over the seeds {sweep['seeds']}:", "",
+           table(sweep["by_weights"], [*SWEPT, "seeds", f"{metric}_mean", f"{metric}_std"]), ""]
+          if len(sweep["seeds"]) > 1 else []),
+        (f"Best: lambda_scene={best['lambda_scene']:g}, lambda_mask={best['lambda_mask']:g}, {metric}="
+         f"{best[f'{metric}_mean']:.3f} (mean over {best['seeds']} seeds, std {best[f'{metric}_std']:.3f}); its "
+         f"seed-{best['seed']} trial {best['trial']} is transferred as `{BEST}`."), "",
+        "![pretraining curves](pretrain_curves.png)", "",
+        "## Transfer: top-1 after fine-tuning (mean over splits)", "",
+        table(transfer["table"], ["pretrain", *targets]), "",
+        "![transfer](transfer.png)", "",
+        table(transfer["transfer"], ["pretrain", "target", "split", "top1", "epochs"]), "",
+        "![fine-tuning curves](transfer_curves.png)", "",
+        "## Scene bias of each pretrained model (details: transfer/report.md)", "",
+        table(bias_rows, BIAS_COLUMNS), "",
+        ("Timings (s): " + ", ".join(f"{k}={v}" for k, v in summary["timings_s"].items())
+         + (f"; skipped (up to date): {', '.join(stages.skipped)}" if stages.skipped else "")), "",
+    ])
+    storage.write_text(storage.join(out, "report.md"), report)
+    log.info("transfer top-1:\n%s", table(transfer["table"], ["pretrain", *targets]))
+    log.info("scene bias:\n%s", table(bias_rows, BIAS_COLUMNS))
+    log.info("pipeline: %.0f s; summary: %s  report: %s", wall_s, storage.join(out, "summary.json"),
+             storage.join(out, "report.md"))
+    return summary
