@@ -15,7 +15,7 @@ from torch import nn
 from debias.evaluation.bias import BiasConfig, load_clips
 from debias.config import load_config
 from debias.curation.curate import PreprocessConfig
-from debias.evaluation.field_bias import FieldBiasConfig, field_bias_measures, load_eval_model, plan_rows
+from debias.evaluation.field_bias import FieldMeasuresConfig, field_bias_measures, load_eval_model, plan_rows
 from debias.training.models import SDN, ModelConfig
 from debias.curation.synth import SynthConfig
 from debias.training.train import PretrainConfig
@@ -26,6 +26,7 @@ from test_use import CLIP, write_run  # noqa: E402 - the tests folder is on the 
 # The synthetic figure covers a few percent of its 32 px frame: the Kinetics SCUBA rule (10 %) would drop
 # every clip, so the measures run at 1 % here (the defaults are tested to drop them, with their reason).
 SMALL_PEOPLE = ["gates.scuba_min_coverage=0.01", "gates.swap_min_coverage=0.005", "bootstrap=200"]
+JOB_SMALL_PEOPLE = [f"measures.{o}" for o in SMALL_PEOPLE]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ class SceneReader(nn.Module):
 
 
 def test_a_scene_reader_fails_scuba_follows_the_swapped_background_and_names_empty_scenes(shards):
-    cfg = load_config(FieldBiasConfig, None, [f"shards={shards}", "run=unused", *SMALL_PEOPLE])
+    cfg = load_config(FieldMeasuresConfig, None, SMALL_PEOPLE)
     train = load_clips(shards, "train", BiasConfig(clip_len=8, crop_px=32))
     reader = SceneReader(train.frames, train.label_id)
     m = field_bias_measures(reader, shards, 8, 32, cfg)
@@ -74,22 +75,22 @@ def test_a_scene_reader_fails_scuba_follows_the_swapped_background_and_names_emp
     assert not any(k.startswith("dropped_") for k in m)  # at 1 % no clip of the benchmark is dropped
 
     # the papers' defaults: the small synthetic figure fails the Kinetics SCUBA rule, each clip with its reason
-    strict = field_bias_measures(reader, shards, 8, 32, load_config(FieldBiasConfig, None, [f"shards={shards}", "run=u"]))
+    strict = field_bias_measures(reader, shards, 8, 32, FieldMeasuresConfig())
     assert strict["dropped_scuba_rule"] == 24 and np.isnan(strict["scuba_top1_stripes"])
     assert strict["background_only_top1"] == 1.0  # HAT's measures have their own rules
 
 
 def test_swap_partners_are_of_another_action_and_reproducible(shards):
-    cfg = load_config(FieldBiasConfig, None, [f"shards={shards}", "run=r"])
-    plan = plan_rows(shards, "val", cfg)
+    cfg = FieldMeasuresConfig()
+    plan = plan_rows(shards, cfg)
     assert plan.num_rows == 24
     labels, partners = plan["label_id"].to_pylist(), plan["partner_label_id"].to_pylist()
     assert all(a != b for a, b in zip(labels, partners))
-    assert plan["partner_video_id"].to_pylist() == plan_rows(shards, "val", cfg)["partner_video_id"].to_pylist()
-    other = load_config(FieldBiasConfig, None, [f"shards={shards}", "run=r", "seed=1"])
-    assert plan["partner_video_id"].to_pylist() != plan_rows(shards, "val", other)["partner_video_id"].to_pylist()
+    assert plan["partner_video_id"].to_pylist() == plan_rows(shards, cfg)["partner_video_id"].to_pylist()
+    other = FieldMeasuresConfig(seed=1)
+    assert plan["partner_video_id"].to_pylist() != plan_rows(shards, other)["partner_video_id"].to_pylist()
     with pytest.raises(ValueError, match="no rows in split 'nope'"):
-        plan_rows(shards, "nope", cfg)
+        plan_rows(shards, FieldMeasuresConfig(split="nope"))
 
 
 @pytest.mark.slow
@@ -106,12 +107,12 @@ def test_bias_job_on_a_run_and_its_export_matches_the_in_process_measures(shards
     write_run(tmp_path / "run", model, cfg, classes, {"val": np.eye(len(classes), dtype=int).tolist()}, {"val_acc": 1.0})
     export_run(ExportConfig(run=str(tmp_path / "run"), out=str(tmp_path / "export")))
 
-    main(["--run", str(tmp_path / "run"), "--shards", shards, "--out", str(tmp_path / "out"), *SMALL_PEOPLE,
-          "examples=2", "backgrounds.copies=2", "own.probe_steps=20"])
+    main(["--run", str(tmp_path / "run"), "--shards", shards, "--out", str(tmp_path / "out"), *JOB_SMALL_PEOPLE,
+          "examples=2", "measures.backgrounds.copies=2", "own.probe_steps=20"])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["clips"] == 24 and summary["videos"] == 24 and summary["dropped"] == {}
     inline = field_bias_measures(load_eval_model(str(tmp_path / "run")).net, shards, 8, 32, load_config(
-        FieldBiasConfig, None, [f"shards={shards}", "run=r", *SMALL_PEOPLE, "backgrounds.copies=2"]))
+        FieldMeasuresConfig, None, [*SMALL_PEOPLE, "backgrounds.copies=2"]))
     for name, m in summary["metrics"].items():  # the Ray Data path pairs and orders the clips as this one
         assert m["value"] == pytest.approx(inline[name]) and m["ci_low"] <= m["value"] <= m["ci_high"], name
     # the clean clips are the curated pixels the model sees elsewhere (bias.load_clips)
@@ -128,7 +129,7 @@ def test_bias_job_on_a_run_and_its_export_matches_the_in_process_measures(shards
     assert len(list((tmp_path / "out" / "examples").glob("*.png"))) == 2
 
     main(["export=" + str(tmp_path / "export"), "--shards", shards, "--out", str(tmp_path / "out_export"),
-          *SMALL_PEOPLE, "backgrounds.copies=2", "own_measures=false"])
+          *JOB_SMALL_PEOPLE, "measures.backgrounds.copies=2", "own_measures=false"])
     exported = json.loads((tmp_path / "out_export" / "summary.json").read_text())
     assert {k: m["value"] for k, m in exported["metrics"].items()} == {k: m["value"] for k, m in summary["metrics"].items()}
     assert exported["own_measures"] == {"skipped": "own_measures=false"}

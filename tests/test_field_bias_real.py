@@ -13,7 +13,7 @@ import pytest
 from debias.config import load_config
 from debias.evaluation.counterfactual import (MEAN_RGB, GateConfig, background_rng, centre_clip, coverage, scuba_gate, stripes,
                                    swap_frames)
-from debias.evaluation.field_bias import FieldBiasConfig, plan_rows, row_clips
+from debias.evaluation.field_bias import FieldMeasuresConfig, plan_rows, row_clips
 from ray_jobs.preprocess import main as preprocess
 
 CLIP_LEN, CROP = 16, 64
@@ -34,9 +34,8 @@ def real_shards(real_clips, tmp_path_factory, ray_local):
 
 @pytest.mark.slow
 def test_counterfactual_clips_of_real_videos_follow_their_definitions(real_shards):
-    cfg = load_config(FieldBiasConfig, None, [f"shards={real_shards}", "run=r", "split=test", "fill=mean",
-                                              "backgrounds.copies=2"])
-    plan = plan_rows(real_shards, "test", cfg).to_pylist()
+    cfg = load_config(FieldMeasuresConfig, None, ["split=test", "fill=mean", "backgrounds.copies=2"])
+    plan = plan_rows(real_shards, cfg).to_pylist()
     assert len(plan) == 18 and all(r["label_id"] != r["partner_label_id"] for r in plan)
     kept = {"scuba": 0, "person": 0, "swap": 0}
     for row in plan:

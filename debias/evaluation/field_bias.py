@@ -72,13 +72,10 @@ class BackgroundConfig:
 
 
 @dataclass
-class FieldBiasConfig:
-    run: str = ""  # a training run folder (OUT/NAME), local or a URI ...
-    checkpoint: str = "latest"  # ... and its checkpoint: latest, best or a checkpoint folder
-    export: str = ""  # ... or a `debias export` folder (backbone, fc and model_card.json) instead of run
-    shards: str = ""  # a `debias preprocess` output with person masks
+class FieldMeasuresConfig:
+    """How the field's measures are taken on one split (the clips, the rules, the intervals)."""
+
     split: str = "val"  # the split evaluated
-    out: str = "out/bias"  # summary.json, report.md, bias_eval.png, clips.parquet (one row per clip)
     max_videos: int = 2000  # rows of the split (a seeded sample beyond that): the driver pairs them in memory
     fill: Fill = "blur"  # how people are removed for background-only and the swap's background (HAT inpaints)
     backgrounds: BackgroundConfig = field(default_factory=BackgroundConfig)
@@ -86,14 +83,31 @@ class FieldBiasConfig:
     bootstrap: int = 1000  # resamples of the videos for each interval
     ci_level: float = 0.95
     seed: int = 0  # backgrounds, swap partners, the sample beyond max_videos, the bootstrap
-    batch_size: int = 8  # rows per Ray Data batch (each row is 4 + 2 x kinds x copies clips)
+    batch_size: int = 8  # rows per batch (each row is 4 + 2 x kinds x copies clips)
+
+    def __post_init__(self) -> None:
+        for key in ("max_videos", "bootstrap", "batch_size"):
+            check(getattr(self, key) >= 1, key, "must be >= 1")
+        check(0.5 <= self.ci_level < 1.0, "ci_level", "must be in [0.5, 1)")
+
+
+@dataclass
+class FieldBiasConfig:
+    """`debias bias`: one model, one curated split."""
+
+    run: str = ""  # a training run folder (OUT/NAME), local or a URI ...
+    checkpoint: str = "latest"  # ... and its checkpoint: latest, best or a checkpoint folder
+    export: str = ""  # ... or a `debias export` folder (backbone, fc and model_card.json) instead of run
+    shards: str = ""  # a `debias preprocess` output with person masks
+    out: str = "out/bias"  # summary.json, report.md, bias_eval.png, clips.parquet (one row per clip)
+    measures: FieldMeasuresConfig = field(default_factory=FieldMeasuresConfig)
     build_cpus: float = 1.0  # per clip-building task
     actors: int = 1  # model actors
     cpus_per_actor: float = 1.0  # also the torch thread count of an actor
     examples: int = 0  # write the counterfactual clips of this many rows as PNG strips to OUT/examples
-    # The project's own measures (debias/bias.py) beside them, on own.{scene,fit,test}_split of the
-    # same shards, at the model's clip_len and crop_px; they need scene labels and those splits, and are
-    # skipped (saying why) otherwise.
+    # The project's own measures (debias/evaluation/bias.py) beside them, on own.{scene,fit,test}_split of
+    # the same shards, at the model's clip_len and crop_px; they need scene labels and those splits, and
+    # are skipped (saying why) otherwise.
     own_measures: bool = True
     own: BiasConfig = field(default_factory=BiasConfig)
 
@@ -101,9 +115,7 @@ class FieldBiasConfig:
         check(bool(self.run) != bool(self.export), "run",
               "needs exactly one model: a training run (--run RUN) or an exported backbone (export=DIR)")
         check(bool(self.shards), "shards", "needs curated data with person masks (--shards DIR)")
-        for key in ("max_videos", "bootstrap", "batch_size", "actors"):
-            check(getattr(self, key) >= 1, key, "must be >= 1")
-        check(0.5 <= self.ci_level < 1.0, "ci_level", "must be in [0.5, 1)")
+        check(self.actors >= 1, "actors", "must be >= 1")
         check(self.build_cpus > 0 and self.cpus_per_actor > 0, "build_cpus", "CPUs must be > 0")
         check(self.examples >= 0, "examples", "must be >= 0")
 
@@ -151,16 +163,24 @@ def clip_kinds(backgrounds: BackgroundConfig) -> list[str]:
     return ["clean", *per_background, "background_only", "human_only", "action_swap"]
 
 
+def scene_reliance(backgrounds: BackgroundConfig) -> dict[str, int]:
+    """The field's measures that move with a model's reliance on the scene, each with the direction in
+    which the model relies more on it (+1: higher = more scene-reliant). SCUFO is left out: it measures
+    reliance on static appearance, the people's included."""
+    return ({f"scuba_top1_{k}": -1 for k in backgrounds.kinds} | {f"contrasted_acc_{k}": -1 for k in backgrounds.kinds}
+            | {"background_only_top1": +1, "human_only_top1": -1, "action_swap_background_acc": +1})
+
+
 # --- the plan: which rows, their partners and backgrounds (driver) ------------------------------------
 
-def plan_rows(shards: str, split: str, cfg: FieldBiasConfig) -> pa.Table:
-    """The rows of `split` (up to max_videos, in (video_id, clip_index) order), each with its swap
+def plan_rows(shards: str, cfg: FieldMeasuresConfig) -> pa.Table:
+    """The rows of `cfg.split` (up to max_videos, in (video_id, clip_index) order), each with its swap
     partner's frames and masks (a row of another action, seeded per row; any other row when the split
     has one action) and, for kind images, its background image per copy (`bg_images`)."""
     tables = [read_parquet(f, columns=ROW_COLUMNS) for f in shard_files(shards)]
-    rows = pa.concat_tables([t.filter(pc.equal(t["split"], split)) for t in tables])
+    rows = pa.concat_tables([t.filter(pc.equal(t["split"], cfg.split)) for t in tables])
     if rows.num_rows == 0:
-        raise ValueError(f"{shards}: no rows in split '{split}' (bias evaluation)")
+        raise ValueError(f"{shards}: no rows in split '{cfg.split}' (bias evaluation)")
     rows = rows.sort_by([("video_id", "ascending"), ("clip_index", "ascending")])
     keep = np.sort(np.random.default_rng(cfg.seed).permutation(rows.num_rows)[:cfg.max_videos])
     rows = rows.take(pa.array(keep))
@@ -187,7 +207,7 @@ def plan_rows(shards: str, split: str, cfg: FieldBiasConfig) -> pa.Table:
 
 # --- the clips (Ray Data tasks) -----------------------------------------------------------------------
 
-def row_clips(row: dict, clip_len: int, crop_px: int, cfg: FieldBiasConfig) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def row_clips(row: dict, clip_len: int, crop_px: int, cfg: FieldMeasuresConfig) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Every counterfactual clip of one plan row (`plan_rows`), by kind (`clip_kinds`; a kind its gate
     drops is absent), and the reasons (REASONS, "" = kept)."""
     frames, masks = centre_clip(row["frames"], row["human_masks"], row["height"], row["width"], clip_len, crop_px)
@@ -217,7 +237,7 @@ def row_clips(row: dict, clip_len: int, crop_px: int, cfg: FieldBiasConfig) -> t
     return out, reasons
 
 
-def make_build_fn(clip_len: int, crop_px: int, cfg: FieldBiasConfig):
+def make_build_fn(clip_len: int, crop_px: int, cfg: FieldMeasuresConfig):
     """Batch step (pyarrow batch of plan rows) -> clips (N, K, T, H, W, 3) uint8 in `clip_kinds` order,
     built (N, K) bool, REASONS and PASS_COLUMNS. A row that fails (a corrupt frame, an unreadable image)
     becomes a row with `error` naming the video and no clips, not a lost block."""
@@ -320,7 +340,7 @@ def per_clip_scores(results: dict[str, np.ndarray], backgrounds: BackgroundConfi
     return out
 
 
-def metrics(results: dict[str, np.ndarray], cfg: FieldBiasConfig) -> dict[str, dict]:
+def metrics(results: dict[str, np.ndarray], cfg: FieldMeasuresConfig) -> dict[str, dict]:
     """Every measure: {value, ci_low, ci_high, videos} (value: mean over videos of the mean over their
     clips; None where no clip was scored)."""
     out = {}
@@ -345,11 +365,12 @@ def _concat(batches: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
-def field_bias_measures(net: nn.Module, shards: str, clip_len: int, crop_px: int, cfg: FieldBiasConfig) -> dict[str, float]:
+def field_bias_measures(net: nn.Module, shards: str, clip_len: int, crop_px: int,
+                        cfg: FieldMeasuresConfig) -> dict[str, float]:
     """The field's measures of one model, in this process (no Ray): a flat dict, each measure's value and
     its interval as NAME, NAME_low, NAME_high (fractions), plus the clips each rule dropped as
     dropped_REASON. For a job that already holds its models (the demo, transfer)."""
-    plan = plan_rows(shards, cfg.split, cfg)
+    plan = plan_rows(shards, cfg)
     build = make_build_fn(clip_len, crop_px, cfg)
     batches = []
     for s in range(0, plan.num_rows, cfg.batch_size):
@@ -402,22 +423,23 @@ def run_bias_eval(cfg: FieldBiasConfig) -> dict:
     if classes != model.classes:
         raise ValueError(f"{cfg.shards}: its classes ({len(classes)}) are not the model's ({len(model.classes)}, "
                          f"{model.source}): label_id would mean different actions")
-    plan = plan_rows(cfg.shards, cfg.split, cfg)
+    m = cfg.measures
+    plan = plan_rows(cfg.shards, m)
     init_ray()
-    ds = ray.data.from_arrow(plan).repartition(max(1, -(-plan.num_rows // cfg.batch_size)))
-    ds = ds.map_batches(make_build_fn(model.clip_len, model.crop_px, cfg), batch_format="pyarrow",
-                        batch_size=cfg.batch_size, num_cpus=cfg.build_cpus)
+    ds = ray.data.from_arrow(plan).repartition(max(1, -(-plan.num_rows // m.batch_size)))
+    ds = ds.map_batches(make_build_fn(model.clip_len, model.crop_px, m), batch_format="pyarrow",
+                        batch_size=m.batch_size, num_cpus=cfg.build_cpus)
     ds = ds.map_batches(Scorer, fn_constructor_args=(cfg.run, cfg.checkpoint, cfg.export, max(1, int(cfg.cpus_per_actor))),
-                        batch_format="numpy", batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor,
+                        batch_format="numpy", batch_size=m.batch_size, num_cpus=cfg.cpus_per_actor,
                         compute=ActorPoolStrategy(size=cfg.actors))
     results = _concat([{k: np.asarray(v) for k, v in b.items()} for b in ds.iter_batches(batch_format="numpy",
                                                                                           batch_size=None)])
     order = np.lexsort((results["clip_index"], results["video_id"]))  # the actors finish in any order
     results = {k: v[order] for k, v in results.items()}
     eval_s = time.perf_counter() - t0
-    summary = {**provenance(), "model": model.source, "shards": storage.absolute(cfg.shards), "split": cfg.split,
+    summary = {**provenance(), "model": model.source, "shards": storage.absolute(cfg.shards), "split": m.split,
                "clips": len(results["video_id"]), "videos": len(set(results["video_id"].tolist())),
-               "chance": 1 / len(classes), "metrics": metrics(results, cfg), "dropped": dropped(results),
+               "chance": 1 / len(classes), "metrics": metrics(results, m), "dropped": dropped(results),
                "own_measures": own_measures(model, cfg), "eval_s": round(eval_s, 1),
                "total_s": round(time.perf_counter() - t0, 1), "config": to_dict(cfg)}
     write_outputs(cfg, out, summary, results, plan, model)
@@ -451,22 +473,22 @@ def plot_metrics(summary: dict, path: str) -> None:
     ax.axvline(summary["chance"], color="grey", linestyle="--", linewidth=1, label="chance")
     ax.set_yticks(y, names, fontsize=8)
     ax.set_xlim(0, 1)
-    ax.set_title(f"{summary['split']}: top-1 with {summary['config']['ci_level']:.0%} bootstrap intervals over videos",
+    ax.set_title(f"{summary['split']}: top-1 with {summary['config']['measures']['ci_level']:.0%} bootstrap intervals over videos",
                  fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def write_examples(plan: pa.Table, model: Model, cfg: FieldBiasConfig, folder: str) -> list[str]:
-    """The first `cfg.examples` rows' clips as PNG strips (rows: the clip kinds, columns: every frame;
+def write_examples(plan: pa.Table, model: Model, cfg: FieldMeasuresConfig, rows: int, folder: str) -> list[str]:
+    """The first `rows` rows' clips as PNG strips (rows: the clip kinds, columns: every frame;
     black where a gate dropped a kind), rebuilt with the same seeded steps as the evaluation."""
     import cv2
 
     kinds = clip_kinds(cfg.backgrounds)
     build = make_build_fn(model.clip_len, model.crop_px, cfg)
     paths = []
-    for i in range(min(cfg.examples, plan.num_rows)):
+    for i in range(min(rows, plan.num_rows)):
         built = build(plan.slice(i, 1))
         strip = np.concatenate([np.concatenate(list(built["clips"][0, j]), axis=1) for j in range(len(kinds))], axis=0)
         ok, png = cv2.imencode(".png", cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
@@ -479,7 +501,7 @@ def write_examples(plan: pa.Table, model: Model, cfg: FieldBiasConfig, folder: s
 def report_markdown(summary: dict, kinds: list[str], examples: list[str]) -> str:
     from debias.report import table
 
-    rows = [{"measure": k, "top-1": m["value"], f"{summary['config']['ci_level']:.0%} interval":
+    rows = [{"measure": k, "top-1": m["value"], f"{summary['config']['measures']['ci_level']:.0%} interval":
              f"{m['ci_low']:.3f} – {m['ci_high']:.3f}" if m["videos"] else "n/a", "videos": m["videos"]}
             for k, m in summary["metrics"].items()]
     own = summary["own_measures"]
@@ -503,9 +525,9 @@ def report_markdown(summary: dict, kinds: list[str], examples: list[str]) -> str
 
 
 def write_outputs(cfg: FieldBiasConfig, out: str, summary: dict, results: dict, plan: pa.Table, model: Model) -> None:
-    kinds = clip_kinds(cfg.backgrounds)
+    kinds = clip_kinds(cfg.measures.backgrounds)
     storage.delete(storage.join(out, "examples"))
-    examples = write_examples(plan, model, cfg, storage.join(out, "examples")) if cfg.examples else []
+    examples = write_examples(plan, model, cfg.measures, cfg.examples, storage.join(out, "examples"))
     storage.write_json(storage.join(out, "summary.json"), summary)
     write_parquet(storage.join(out, "clips.parquet"), clips_table(results, kinds, model.classes))
     plot_metrics(summary, storage.join(out, "bias_eval.png"))

@@ -21,6 +21,8 @@ import torch
 
 from debias import storage
 from debias.evaluation.bias import BiasConfig, BiasData, dataset_bias, load_bias_data, measure_bias
+from debias.evaluation.counterfactual import GateConfig
+from debias.evaluation.field_bias import FieldMeasuresConfig, field_bias_measures, scene_reliance
 from debias.cluster import bounded, init_ray
 from debias.config import check, from_dict, to_dict
 from debias.curation.curate import DecodeConfig, InputConfig, PreprocessConfig
@@ -58,6 +60,11 @@ class DemoConfig:
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
         eval_every_epochs=2, optim=OptimConfig(epochs=8), scaling=ScalingConfig(num_workers=0, cpus_per_worker=0.5)))
     bias: BiasConfig = field(default_factory=BiasConfig)
+    # The field's measures (SCUBA, SCUFO, HAT; debias/evaluation/field_bias.py) on `val`. The synthetic
+    # figure covers a few percent of the frame, below the Kinetics SCUBA rule's 10 % and HAT's 5 % swap
+    # band, which would drop every clip: the gates keep figures of 1 % and 0.5 %.
+    field_bias: FieldMeasuresConfig = field(default_factory=lambda: FieldMeasuresConfig(
+        gates=GateConfig(scuba_min_coverage=0.01, swap_min_coverage=0.005)))
     # Every variant is trained once per seed (pretrain.seed: initial weights, data order, the eval
     # clips); the synthetic benchmark stays the same (synth.seed). One run cannot tell a gap from noise.
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -136,6 +143,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         bias_data = bias_data or load_bias_data(pre.out, cfg.bias)
         model, _ = load_model(result["run"])
         result["bias"] = measure_bias(model, pre.out, num_actions, scenes, cfg.bias, bias_data)
+        clip = configs[key].clip
+        result["bias"] |= field_bias_measures(model, pre.out, clip.clip_len, clip.crop_px, cfg.field_bias)
         bias_s += time.perf_counter() - tb
         results[key] = result
         print(f"demo: {configs[key].name} done ({len(results)}/{len(configs)})", flush=True)
@@ -255,9 +264,10 @@ def fmt(entry: dict, key: str) -> str:
 def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_bias: dict, num_actions: int,
                  scenes: int, timings: dict) -> dict:
     rows = per_model(results, cfg)
-    means = aggregate(rows, list(TRAINER_FIGURES) + ["scene_mdl_compression", *BIAS_MEASURES])
+    measures = BIAS_MEASURES | scene_reliance(cfg.field_bias.backgrounds)  # the project's and the field's
+    means = aggregate(rows, list(TRAINER_FIGURES) + ["scene_mdl_compression", *measures])
     verdict = claim(means, rows, cfg)
-    apart = separation(means, BIAS_MEASURES)
+    apart = separation(means, measures)
     drops = class_drops(results, ("baseline", "sdn"))
     summary = {**provenance(), **means, "claim": verdict, "separation": apart, "dataset_bias": data_bias,
                "class_drops": drops,
@@ -265,7 +275,7 @@ def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_b
                "timings_s": {k: round(v, 1) for k, v in timings.items()}, "config": to_dict(cfg)}
     storage.write_json(storage.join(out, "summary.json"), summary)
 
-    plot_seeds(rows, "variant", list(VARIANTS), ["val_acc", "ood_acc", *BIAS_MEASURES], storage.join(out, "bias.png"),
+    plot_seeds(rows, "variant", list(VARIANTS), ["val_acc", "ood_acc", *measures], storage.join(out, "bias.png"),
                chance={"ood_acc": 1 / num_actions, "val_acc": 1 / num_actions, "masked_action_acc": 1 / num_actions,
                        "masked_action_prob": 1 / num_actions,
                        "scene_probe_acc": 1 / scenes})
@@ -273,7 +283,7 @@ def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_b
                 storage.join(out, "curves.png"))
     n = len(cfg.seeds)
     main_rows = [{"variant": v, **{k: fmt(means[v], k) for k in TRAINER_FIGURES}} for v in VARIANTS]
-    bias_rows = [{"variant": v, **{k: fmt(means[v], k) for k in ["scene_mdl_compression", *BIAS_MEASURES]}}
+    bias_rows = [{"variant": v, **{k: fmt(means[v], k) for k in ["scene_mdl_compression", *measures]}}
                  for v in VARIANTS]
     apart_rows = [{"measure": k, "order (most scene-reliant first)": " > ".join(a["order"]),
                    "baseline vs SDN: gap / spread": f"{a['baseline_vs_sdn']['gap']:.3f} / {a['baseline_vs_sdn']['spread']:.3f}",
@@ -294,7 +304,7 @@ def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_b
         f"{verdict['ood_acc_std']['sdn']:.3f}); it holds on {verdict['holds_on_seeds']} of {n} seeds alone.", "",
         "![val and ood accuracy and the bias measures per variant: mean, std and every seed](bias.png)", "",
         "## Scene-bias measures", "",
-        table(bias_rows, ["variant", "scene_mdl_compression", *BIAS_MEASURES]), "",
+        table(bias_rows, ["variant", "scene_mdl_compression", *measures]), "",
         f"`scene_probe_acc`: a fresh linear probe reading the scene from the frozen features on "
         f"`{cfg.bias.scene_split}` (chance {1 / scenes:.3f}). `scene_mdl_bits`: the online codelength of those "
         f"scene labels given the features (Voita & Titov, 2020; uniform code "
@@ -304,7 +314,12 @@ def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_b
         f"{1 / num_actions:.3f} for both). `counterfactual_*`: the people pasted onto the background of "
         f"another action's clip; `follows_background` is the share predicted as that clip's action. "
         f"`representation_bias`: log(accuracy / chance) of a linear probe reading the action from the features "
-        f"of scene-only clips (fitted on `{cfg.bias.fit_split}`).", "",
+        f"of scene-only clips (fitted on `{cfg.bias.fit_split}`). The field's protocols on "
+        f"`{cfg.field_bias.split}` (docs/bias-eval.md): `scuba_top1_*` the people on a static background, "
+        f"`contrasted_acc_*` right on it and wrong on its still copy (Li et al., ICCV 2023); "
+        f"`background_only_top1`, `human_only_top1` and `action_swap_background_acc`, the people on another "
+        f"action's moving background predicted as that action (Chung et al., NeurIPS 2022); each summary "
+        f"row holds its bootstrap interval over videos (`_low`, `_high`).", "",
         f"The data's own scene bias (the same for every model): the action guessed from the true scene label "
         f"alone is right for {data_bias['scene_label_action_acc']:.3f} of `{cfg.bias.test_split}` "
         f"(log(acc / chance) = {data_bias['scene_label_bias']:.3f}); a model's representation bias reaches it "
@@ -321,7 +336,7 @@ def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_b
     ])
     storage.write_text(storage.join(out, "report.md"), report)
     print("\n" + table(main_rows, ["variant", *TRAINER_FIGURES]))
-    print("\n" + table(bias_rows, ["variant", "scene_mdl_compression", *BIAS_MEASURES]))
+    print("\n" + table(bias_rows, ["variant", "scene_mdl_compression", *measures]))
     print(f"\nclaim {word} on the means over {n} seeds: SDN ood gain {verdict['ood_gain']:+.3f}, "
           f"val drop {verdict['val_drop']:+.3f} (holds on {verdict['holds_on_seeds']} of {n} seeds alone)")
     print(f"summary: {storage.join(out, 'summary.json')}  report: {storage.join(out, 'report.md')}  "
