@@ -177,3 +177,17 @@ def test_config_needs_one_model_and_images_dir():
         FieldBiasConfig(run="r", export="e", shards="s")
     with pytest.raises(ConfigError, match="images_dir"):
         BackgroundConfig(kinds=["images"])
+
+
+def test_bench_bias_quick_times_building_and_forward_on_the_same_clips(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_bias", Path(__file__).parents[1] / "benchmarks" / "bench_bias.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--quick", "--threads", "1", "--out", str(tmp_path / "bench.json")])
+    assert result["clips"] == 4 * len(result["kinds"]) == 24  # every kind of every row, both sides
+    assert result["build_s"] > 0 and result["forward_s"] > 0 and result["bar"] == 0.20
+    assert json.loads((tmp_path / "bench.json").read_text()) == result

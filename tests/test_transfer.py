@@ -68,10 +68,14 @@ def test_pipeline_on_the_synthetic_benchmark_then_a_rerun_skips_every_stage(tmp_
         test_videos = bias["videos"]["test"]
         for key in ("masked_action_acc", "counterfactual_acc", "counterfactual_follows_background"):
             assert bias[key] * test_videos == pytest.approx(round(bias[key] * test_videos)), key  # a share of videos
+        # the field's measures beside them (SCUBA, HAT): the clean clips are the same pixels as the project's own
+        assert bias["clean_top1"] == pytest.approx(bias["counterfactual_clean_acc"])
+        assert bias["scuba_top1_stripes_low"] <= bias["scuba_top1_stripes"] <= bias["scuba_top1_stripes_high"]
     assert 0.0 < on_disk["dataset_bias"]["scene_label_action_acc"] <= 1.0  # once per dataset, not per model
     for f in ("report.md", "transfer.png", "pretrain_curves.png", "transfer_curves.png"):
         assert (tmp_path / f).stat().st_size > 500
     assert "sweep_best" in (tmp_path / "report.md").read_text()
+    assert "scuba_top1_stripes" in (tmp_path / "report.md").read_text()  # the bias table has the field's columns
 
     again = run_pipeline(cfg)
     assert set(again["skipped"]) == {"synth", "data_source", "data_target_split1", "pretrain_baseline", "sweep",
