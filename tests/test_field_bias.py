@@ -14,32 +14,16 @@ from torch import nn
 
 from debias.evaluation.bias import BiasConfig, load_clips
 from debias.config import load_config
-from debias.curation.curate import PreprocessConfig
 from debias.evaluation.field_bias import FieldMeasuresConfig, field_bias_measures, load_eval_model, plan_rows
 from debias.training.models import SDN, ModelConfig
-from debias.curation.synth import SynthConfig
 from debias.training.train import PretrainConfig
-from debias.curation.preprocess import run_preprocess
-from debias.curation.synth import run_synth
-from test_use import CLIP, write_run  # noqa: E402 - the tests folder is on the path (rootdir conftest)
+from test_bias import shards  # noqa: F401 - the tiny curated benchmark (bias=1), a fixture
+from test_use import CLIP, write_run  # the tests folder is on the path (rootdir conftest)
 
 # The synthetic figure covers a few percent of its 32 px frame: the Kinetics SCUBA rule (10 %) would drop
 # every clip, so the measures run at 1 % here (the defaults are tested to drop them, with their reason).
 SMALL_PEOPLE = ["gates.scuba_min_coverage=0.01", "gates.swap_min_coverage=0.005", "bootstrap=200"]
 JOB_SMALL_PEOPLE = [f"measures.{o}" for o in SMALL_PEOPLE]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, ray_local):
-    out = tmp_path_factory.mktemp("bench")
-    run_synth(load_config(SynthConfig, None, [f"out={out / 'synth'}", "bias=1.0", "train_per_class=6",
-                                              "val_per_class=4", "ood_per_class=4", "target_train_per_class=0",
-                                              "target_test_per_class=0", "frame_size_px=32", "num_frames=8"]))
-    pre = load_config(PreprocessConfig, None, [
-        f"out={out / 'data'}", f"input.manifest={out / 'synth/source/manifest.csv'}", "decode.num_frames=8",
-        "labels.mask_provider=annotations", "labels.scene_provider=annotations"])
-    run_preprocess(pre)
-    return pre.out
 
 
 class SceneReader(nn.Module):
