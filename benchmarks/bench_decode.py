@@ -228,7 +228,7 @@ def main() -> None:
         # plan (the count after the decode too), and with exactly 2 it often ran one decode task at a
         # time. The decode's TaskPoolStrategy(size=workers) is what bounds the cores used.
         workers = sorted({int(w) for w in args.workers.split(",")} | {1, 2})
-        ray.init(num_cpus=max(4, workers[-1] + 2), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=max(4, workers[-1] + 2), include_dashboard=False, log_to_driver=False)
         both = {w: ray_stage_fps(files, args.repeat * max(1, w // 2), w, frames) for w in workers}
         fps = {w: steady for w, (steady, _) in both.items()}
         result["ray_wall_fps_by_workers"] = {str(w): round(wall, 1) for w, (_, wall) in both.items()}

@@ -122,7 +122,7 @@ def main() -> None:
                 for name in sizes}
         t = time.perf_counter()
         # as the tests start it: no dashboard (the pipeline needs none; it is seconds of start on 2 cores)
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
                  object_store_memory=512 * 1024**2)
         ray_start_s = time.perf_counter() - t
         ray.data.DataContext.get_current().enable_progress_bars = False

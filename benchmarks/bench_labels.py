@@ -23,8 +23,8 @@ Per model, over the same images in blocks of `--rows` rows of `--frames-per-row`
   compute=ActorPoolStrategy(size=A, max_concurrent_calls_per_actor=C), num_gpus=1/A)` (`--actors` A,
   default 1: a whole GPU; `--calls` C, default 2 on a GPU: two blocks at once in threads on their own
   CUDA streams, so that one block's decode overlaps the other's forward pass). The actor decodes each block with
-  `debias.labels.masks.decode_rows_on` (the production stages' decoder: one nvJPEG batch onto the GPU) and
-  runs the same core through `debias.labels.masks.run_by_size`, as `SamMasks` and `Places365Scenes` do.
+  `debias.curation.labels.masks.decode_rows_on` (the production stages' decoder: one nvJPEG batch onto the GPU) and
+  runs the same core through `debias.curation.labels.masks.run_by_size`, as `SamMasks` and `Places365Scenes` do.
 - decode, the stage's extra work alone: the same blocks' JPEG rows decoded onto the device by
   `decode_rows_on`, block after block. With the decode at or under the loop's rate, the card's JPEG
   decoder (not Ray) is what bounds the stage.
@@ -51,9 +51,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from debias.labels.config import LabelsConfig
-from debias.labels.models import NUM_PLACES, BoxSegmenter, PersonDetector, PlacesClassifier, build_detector, tiny_sam
-from debias.labels.masks import decode_rows_on, run_by_size
+from debias.curation.labels.config import LabelsConfig
+from debias.curation.labels.models import NUM_PLACES, BoxSegmenter, PersonDetector, PlacesClassifier, build_detector, tiny_sam
+from debias.curation.labels.masks import decode_rows_on, run_by_size
 from debias.curation.shards import decode_jpegs_on, encode_jpeg
 from debias.curation.video import thread_stream
 from gpu_busy import GpuBusy  # benchmarks/, beside this script
@@ -226,7 +226,7 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), num_gpus=1 if device.type == "cuda" else 0,
+    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), num_gpus=1 if device.type == "cuda" else 0,
              include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     t0 = time.perf_counter()

@@ -179,7 +179,7 @@ def main() -> None:
         print(f"wrote {s['rows']} rows of {s['frames']}x{s['stored_px']}px in {time.perf_counter() - t0:.1f} s", flush=True)
         # As the jobs do (debias.cluster.init_ray): at least 4 logical CPUs, so that decode tasks
         # overlap the step on a small machine; no dashboard (a GPU box may lack its extra packages).
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         results: dict = {}
         for variant in ("baseline", "sdn"):

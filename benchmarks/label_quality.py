@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from debias.curation.curate import DecodeConfig, PreprocessConfig, make_decode_fn
-from debias.labels.config import LabelsConfig
-from debias.labels.masks import AnnotationMasks, MotionMasks, decode_rows
-from debias.labels.scenes import cluster_probs, fit_scene_clusters, background_features
+from debias.curation.labels.config import LabelsConfig
+from debias.curation.labels.masks import AnnotationMasks, MotionMasks, decode_rows
+from debias.curation.labels.scenes import cluster_probs, fit_scene_clusters, background_features
 from debias.curation.sources import InputConfig, read_source
 from debias.curation.sources import read_annotation
 from debias.curation.synth import SynthConfig, generate

@@ -77,7 +77,9 @@ def init_ray(local_num_cpus: int = 0) -> None:
     # private Ray then lives on (seen here: 29 processes of a demo stopped so). Exiting runs both hooks.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    ray.init(num_cpus=local_num_cpus or max(4, os.cpu_count() or 1), include_dashboard=True,
+    # address="local": a private instance even when another Ray runs on this machine (`ray start`, another
+    # job), which `ray.init()` would otherwise join.
+    ray.init(address="local", num_cpus=local_num_cpus or max(4, os.cpu_count() or 1), include_dashboard=True,
              dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True)
 
 

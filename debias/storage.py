@@ -10,18 +10,21 @@ workers and Tune's trials run in other working directories.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
 import os
 import posixpath
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from debias.config import ConfigError
+
+R = TypeVar("R")
 
 
 def is_uri(path: str) -> bool:
@@ -140,6 +143,24 @@ def read_json(path: str) -> Any:
 
 def write_json(path: str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=1))
+
+
+def write_record(path: str, record: Any) -> None:
+    """A result record (a dataclass of plain data) as JSON, one key per field."""
+    write_json(path, dataclasses.asdict(record))
+
+
+def read_record(cls: type[R], path: str) -> R:
+    """The record of type `cls` that `write_record` wrote at `path`. A file without one of its fields
+    (written by another version, or not such a record) fails here, naming the file and the fields."""
+    data = read_json(path)
+    fields = dataclasses.fields(cls)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ValueError(f"{path}: not a {cls.__name__} record (missing {missing}); was it written by this "
+                         "version of debias?")
+    return cls(**{f.name: data[f.name] for f in fields if f.name in data})
 
 
 def _uri_of(path: str, inner: str) -> str:

@@ -155,6 +155,13 @@ def render_block(spec: dict, doc: Path, root: Path) -> str:
     lacking = [k for k in PROVENANCE if k not in result]
     if lacking:
         raise ValueError(f"{path.relative_to(root)}: lacks {lacking}")
+    return render_result(spec, doc, root, result)
+
+
+def render_result(spec: dict, doc: Path, root: Path, result: dict) -> str:
+    """A result block's text from `result` (a results JSON: provenance and figures)."""
+    name = spec["result"]
+    where = f"{doc.relative_to(root)} block '{name}'"
     # a job's summary.json that holds its own provenance (the demo's) may be dropped in as it is
     figures = result.get("figures", result)
     parts = [table(spec, figures, where)] if "columns" in spec or "lines" in spec else []
@@ -162,6 +169,22 @@ def render_block(spec: dict, doc: Path, root: Path) -> str:
     # `provenance: false` where another block of the same result in the page says it
     parts += [provenance_line(result, name, doc, root)] if spec.get("provenance", True) else []
     return "\n\n".join(parts) + "\n"
+
+
+def render_recorded_by(command: str, figures: dict, root: Path = ROOT) -> list[str]:
+    """Every result block whose `record` command contains `command`, rendered from `figures` (what that
+    command writes now, e.g. on tiny data in a test) instead of the stored JSON: a key the blocks read
+    that the producer no longer writes fails here, naming the block."""
+    stand_in = {"date": "now", "commit": "HEAD", "machine": "this machine", "command": command}
+    rendered = []
+    for doc in documents(root):
+        for m in BLOCK.finditer(doc.read_text()):
+            spec = yaml.safe_load(m.group(2))
+            if "result" in spec and command in spec.get("record", ""):
+                rendered.append(render_result(spec, doc, root, {**stand_in, **figures}))
+    if not rendered:
+        raise ValueError(f"no generated block is recorded by a command containing {command!r}")
+    return rendered
 
 
 def render_document(doc: Path, root: Path) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 
 from debias.curation.curate import PreprocessConfig
-from debias.labels.weights import run_weights
+from debias.curation.labels.weights import run_weights
 from ray_jobs.common import job_parser, load_job_config
 
 def main(argv: list[str] | None = None) -> None:

@@ -72,7 +72,7 @@ def ray_local():
     """One small local Ray instance per test module (a start costs seconds on 2 cores)."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=512 * 1024**2, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=512 * 1024**2, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -161,6 +161,7 @@ def test_scores_contrast_and_intervals_over_videos():
     assert s["scuba_top1_stripes"][:2].tolist() == [1.0, 0.5] and np.isnan(s["scuba_top1_stripes"][2])
     assert s["scufo_top1_stripes"][:2].tolist() == [0.5, 0.0]
     assert s["contrasted_acc_stripes"][:2].tolist() == [0.5, 0.5]
+    assert np.array_equal(s["scuba_top1"], s["scuba_top1_stripes"], equal_nan=True)  # one kind: over kinds = it
     assert s["action_swap_actor_acc"][:2].tolist() == [0, 0] and s["action_swap_background_acc"][:2].tolist() == [1, 1]
     assert dropped(results) == {"scuba_rule": 1, "no_person": 1, "swap_band": 1}
     # two clips of one video count once

@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from debias.curation.curate import DecodeConfig, Decoder, make_decode_fn
-from debias.labels.config import LabelsConfig
-from debias.labels.models import BoxSegmenter, PersonDetector, load_detector, load_sam, tiny_sam
-from debias.labels.masks import (MOTION_MODEL_FRAMES, MotionMasks, SamMasks, decode_rows, decode_rows_on, motion_masks,
+from debias.curation.labels.config import LabelsConfig
+from debias.curation.labels.models import BoxSegmenter, PersonDetector, load_detector, load_sam, tiny_sam
+from debias.curation.labels.masks import (MOTION_MODEL_FRAMES, MotionMasks, SamMasks, decode_rows, decode_rows_on, motion_masks,
                           open_3x3)
 from debias.curation.sources import InputConfig, read_annotation, read_source
 from debias.curation.synth import SynthConfig, generate
 from debias.curation.shards import decode_jpeg, encode_jpeg, unpack_mask
 from debias.curation.video import MEDIAN_FRAMES, resize_crop, sample_uniform, temporal_median
-from debias.labels.weights import WeightsError, catalog, resolve_providers
+from debias.curation.labels.weights import WeightsError, catalog, resolve_providers
 
 DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"  # the smallest torchvision COCO detector
 
@@ -36,7 +36,7 @@ def write_tiny_sam(path: Path) -> None:
 def write_person_detector(path: Path) -> None:
     """A randomly initialised torchvision detector whose box classifier always says "person", so
     every image yields person boxes for SAM; saved as torchvision releases its weights."""
-    from debias.labels.models import build_detector
+    from debias.curation.labels.models import build_detector
 
     torch.manual_seed(0)
     model = build_detector(DETECTOR, 64)
@@ -233,8 +233,8 @@ def test_decoder_keeps_frames_before_jpeg_only_for_the_steps_that_read_them(synt
     """`pixels` is made only when a step reads frames (motion masks, clusters): a job whose steps read
     none (annotations, none) pays no copy. Steps see the same RGB frames as the stored JPEGs hold."""
     import debias.curation.curate as curate
-    from debias.labels.masks import NoMasks
-    from debias.labels.scenes import NoScenes
+    from debias.curation.labels.masks import NoMasks
+    from debias.curation.labels.scenes import NoScenes
 
     seen = []
     real = curate.make_decode_fn

@@ -13,7 +13,7 @@ import pytest
 
 from debias.curation.curate import DecodeConfig, InputConfig, PreprocessConfig, make_decode_fn
 from debias.curation.download import find_ffmpeg
-from debias.labels.config import LabelsConfig
+from debias.curation.labels.config import LabelsConfig
 from debias.curation.shards import (SHARD_SCHEMA, committed_run, decode_jpeg, num_scenes, read_classes, read_errors,
                            read_parquet, read_scene_names, read_summary, shard_files, shard_schema_markdown,
                            summary_digest, unpack_mask)

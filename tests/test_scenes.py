@@ -13,17 +13,17 @@ import pytest
 import torch
 
 from debias.curation import shards
-from debias.training.clips import fill_people
+from debias.curation.labels.fill import fill_people
 from debias.curation.curate import DecodeConfig, PreprocessConfig, make_decode_fn
-from debias.labels.config import LabelsConfig
-from debias.labels.masks import MotionMasks
-from debias.labels.models import PlacesClassifier, load_categories, load_places365
-from debias.labels.scenes import ClusterScenes, Places365Scenes, cluster_count, fit_scene_clusters, hard_label, scene_step
+from debias.curation.labels.config import LabelsConfig
+from debias.curation.labels.masks import MotionMasks
+from debias.curation.labels.models import PlacesClassifier, load_categories, load_places365
+from debias.curation.labels.scenes import ClusterScenes, Places365Scenes, cluster_count, fit_scene_clusters, hard_label, scene_step
 from debias.curation.sources import InputConfig, read_source
 from debias.curation.sources import read_annotation
 from debias.curation.synth import SynthConfig, generate
 from debias.curation.shards import decode_jpeg, encode_jpeg, pack_mask, unpack_mask
-from debias.labels.weights import WeightsError, resolve_providers
+from debias.curation.labels.weights import WeightsError, resolve_providers
 
 DECODE = DecodeConfig(num_frames=4, short_side_px=32, crop_px=32)
 
@@ -190,7 +190,7 @@ def test_real_clips_get_cluster_labels(ray_local, real_clips):
 
 
 def test_background_colour_histogram_counts_as_numpy_histogramdd():
-    from debias.labels.scenes import background_features
+    from debias.curation.labels.scenes import background_features
     from debias.curation.video import temporal_median
 
     clip = np.random.default_rng(0).integers(0, 256, (9, 30, 40, 3), dtype=np.uint8)
@@ -241,7 +241,7 @@ def test_preprocess_job_on_a_fresh_machine_uses_the_weight_free_providers(ray_lo
 
 
 def test_scene_names_say_what_each_id_means(synth, places):
-    from debias.labels.scenes import scene_names
+    from debias.curation.labels.scenes import scene_names
 
     _masks, _scenes, paths = resolve_providers(places)
     cfg = synth_config(synth, scene_clusters=5)

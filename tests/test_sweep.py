@@ -2,7 +2,6 @@
 Train runs on a tiny synthetic benchmark: ASHA stops a weak trial, the best trial is picked, an
 interrupted sweep resumes."""
 
-import json
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from ray import tune
 
 from debias.config import ConfigError, load_config
 from debias.curation.curate import PreprocessConfig
-from debias.experiments.sweep import SweepConfig, best_trial, concurrent_runs, num_trials, param_space, weight_rows
+from debias.experiments.sweep import read_sweep, SweepConfig, best_trial, concurrent_runs, num_trials, param_space, weight_rows
 from debias.curation.synth import SynthConfig
 from debias.training.runs import read_metrics
 from debias.cluster import init_ray
@@ -106,7 +105,7 @@ def ray_local():
 
     import ray
 
-    other = subprocess.Popen([sys.executable, "-c", "import ray, time; ray.init(num_cpus=1, include_dashboard=False); "
+    other = subprocess.Popen([sys.executable, "-c", "import ray, time; ray.init(address=\"local\", num_cpus=1, include_dashboard=False); "
                               "print('up', flush=True); time.sleep(3600)"], stdout=subprocess.PIPE, text=True)
     assert other.stdout.readline().strip() == "up"
     before = os.environ.get("RAY_API_SERVER_ADDRESS")
@@ -157,16 +156,15 @@ def test_asha_stops_the_weak_trial_the_next_trial_still_runs_and_the_best_is_pic
         f"storage={tmp_path}", "lambda_scene.values=[0.0]", "lambda_mask.values=[1.0,0.0,2.0]", "asha.grace_period=1",
         "asha.reduction_factor=2", "metric=train_loss", "max_concurrent_trials=1", f"pretrain.shards={shards}"])
     summary = run_sweep(cfg)
-    trials = {t["lambda_mask"]: t for t in summary["trials"]}
+    trials = {t["lambda_mask"]: t for t in summary.trials}
     assert all(t["status"] == "TERMINATED" and t["train_loss"] is not None for t in trials.values())
     assert (trials[0.0]["epochs"], trials[0.0]["stopped_early"]) == (1, True)
     assert [(trials[w]["epochs"], trials[w]["stopped_early"]) for w in (1.0, 2.0)] == [(2, False), (2, False)]
-    assert summary["best"]["lambda_mask"] == 2.0
-    assert summary["best"]["train_loss"] == min(t["train_loss"] for t in summary["trials"])
-    on_disk = json.loads((tmp_path / "sweep" / "summary.json").read_text())
-    assert on_disk["best"] == summary["best"]
+    assert summary.best["lambda_mask"] == 2.0
+    assert summary.best["train_loss"] == min(t["train_loss"] for t in summary.trials)
+    assert read_sweep(str(tmp_path / "sweep")) == summary  # the record on disk is the one returned
     # every epoch reached Tune (ASHA needs them) and the trial's own metrics file
-    best = summary["best"]
+    best = summary.best
     assert best["epochs"] == len(read_metrics(best["run"]))
     assert (Path(best["checkpoint"]) / "state.pt").is_file()
     for plot in ("sweep.png", "curves.png"):
@@ -192,14 +190,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, s
         f"storage={tmp_path}", "lambda_scene.values=[0.0,0.5]", "lambda_mask.values=[0.0]", "asha.enabled=false",
         f"pretrain.shards={shards}"])
     first = run_sweep(cfg, flaky)
-    assert len(first["errors"]) == 1 and "simulated crash" in first["errors"][0]
-    assert [t["status"] for t in first["trials"]] == ["TERMINATED", "ERROR"]
+    assert len(first.errors) == 1 and "simulated crash" in first.errors[0]
+    assert [t["status"] for t in first.trials] == ["TERMINATED", "ERROR"]
 
     second = run_sweep(cfg, flaky)  # same storage/name: Tuner.restore, errored trials resumed
-    assert second["errors"] == []
-    assert all(t["status"] == "TERMINATED" and t["epochs"] == 2 for t in second["trials"])
+    assert second.errors == []
+    assert all(t["status"] == "TERMINATED" and t["epochs"] == 2 for t in second.trials)
     assert sorted(starts.read_text().split()) == ["0.0", "0.5", "0.5"]  # the finished trial ran once
-    finished = next(t for t in first["trials"] if t["status"] == "TERMINATED")
+    finished = next(t for t in first.trials if t["status"] == "TERMINATED")
     assert len((tmp_path / "sweep" / "runs" / finished["trial"] / "metrics.jsonl").read_text().splitlines()) == 2
 
     changed = load_config(SweepConfig, None, TINY_TRAINING + [

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from debias.curation.curate import PreprocessConfig
-from debias.labels.config import LabelsConfig
-from debias.labels.weights import WeightsError, catalog, resolve_providers
+from debias.curation.labels.config import LabelsConfig
+from debias.curation.labels.weights import WeightsError, catalog, resolve_providers
 from ray_jobs.weights import main as weights_main
-from debias.labels.weights import run_weights
+from debias.curation.labels.weights import run_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,7 +27,7 @@ from debias import storage
 from debias.curation import shards
 from debias.config import check, to_dict
 from debias.curation.download import DownloadConfig
-from debias.labels.config import LabelsConfig
+from debias.curation.labels.config import LabelsConfig
 from debias.curation.shards import ERROR_COLUMNS, ERROR_SCHEMA, SCHEMA_VERSION, Attempt, Resumed, encode_jpeg_bgr
 from debias.curation.sources import InputConfig, Row, ids_in_several_windows
 from debias.curation.video import FramePicker, VideoError, bgr_to_rgb, decode_clips, pick_all, pick_at_rate, pick_clips, pick_uniform
@@ -152,7 +152,7 @@ def make_decode_fn(cfg: DecodeConfig, keep_pixels: bool = False) -> Callable[[Ro
     Reads: source_path, time_start, time_end, error. Writes: frames, frame_indices, clip_index,
     padded, fps, height, width, t_decode_s (or error / error_code / error_stage); with `keep_pixels`
     also pixels, the clip's frames as (T, H, W, 3) uint8 RGB (None in an error row), for label steps in
-    the same process (`debias.labels.masks.decode_rows` reads them); never stored.
+    the same process (`debias.curation.labels.masks.decode_rows` reads them); never stored.
     """
     pick = cfg.picker()
 

@@ -31,10 +31,10 @@ from debias.config import to_dict
 from debias.curation.curate import (Decoder, PreprocessConfig, make_finalize_fn, publish_run, row_affecting_config,
                            rows_per_video)
 from debias.curation.download import DownloadConfig, make_download_fn, merge_download_status, skip_known_dead
-from debias.labels.masks import mask_step
-from debias.labels.scenes import SceneStep, scene_step
+from debias.curation.labels.masks import mask_step
+from debias.curation.labels.scenes import SceneStep, scene_step
 from debias.curation.sources import Row, read_source
-from debias.labels.weights import resolve_providers
+from debias.curation.labels.weights import resolve_providers
 
 log = logging.getLogger(__name__)
 

@@ -52,6 +52,13 @@ from debias.evaluation.counterfactual import background_only, centre_clip
 MDL_PORTIONS = [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0]
 
 
+
+# Every scene-bias measure `measure_bias` returns, with the direction in which a model relies more on the
+# scene (+1: a higher value means more scene-reliant): the reports' columns and the demo's separation table.
+MEASURES = {"scene_probe_acc": +1, "scene_mdl_bits": -1, "scene_mdl_compression": +1, "masked_action_acc": +1,
+            "masked_action_prob": +1, "representation_bias": +1, "counterfactual_drop": +1,
+            "counterfactual_follows_background": +1}
+
 @dataclass
 class BiasConfig:
     scene_split: str = "ood"  # scene probe and online code: on this split (scene independent of action)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from debias.training.clips import Fill, fill_people, video_key
+from debias.curation.labels.fill import Fill, fill_people
+from debias.training.clips import video_key
 from debias.config import check
 from debias.training.models import KINETICS_MEAN
 from debias.curation.shards import decode_jpeg, unpack_mask
@@ -122,7 +123,7 @@ def tube(masks: np.ndarray) -> np.ndarray:
 
 
 def background_only(frames: np.ndarray, masks: np.ndarray, fill: Fill, rng: np.random.Generator) -> np.ndarray:
-    """The clip with the union of its masks filled in every frame (`clips.fill_people`): scene, no person."""
+    """The clip with the union of its masks filled in every frame (`fill_people`): scene, no person."""
     return fill_people(frames, tube(masks), fill, rng)
 
 

@@ -23,7 +23,7 @@ import torch
 from debias import storage
 from debias.config import check, to_dict
 from debias.report import table
-from debias.evaluation.confusion import class_drops, plot_confusion
+from debias.training.confusion import class_drops, plot_confusion
 from debias.training.runs import RunInfo, load_model, read_confusion, read_metrics
 
 TORCHVISION_TWINS = {"r3d_18", "mc3_18", "r2plus1d_18"}  # backbones that are torchvision's own constructors

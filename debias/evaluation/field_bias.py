@@ -6,7 +6,8 @@ clips a protocol keeps, with a bootstrap interval over videos:
 - `scuba_top1_KIND` (SCUBA, Li et al. ICCV 2023): the people on a static background of KIND (generated
   `stripes`, or `images` from a folder such as Places365's test images); higher = less reliance on the
   background. `scufo_top1_KIND`: one frame of that clip repeated; lower = less static-appearance bias.
-  `contrasted_acc_KIND`: the share of clips right on SCUBA and wrong on its SCUFO copy;
+  `contrasted_acc_KIND`: the share of clips right on SCUBA and wrong on its SCUFO copy. Without the
+  suffix: over every kind;
 - `background_only_top1`, `human_only_top1`, `action_swap_actor_acc` / `action_swap_background_acc`
   (HAT, Chung et al. NeurIPS 2022): the scene without the people, the people without the scene, and
   A's people on B's moving background scored against A's action and B's.
@@ -37,7 +38,7 @@ from torch import nn
 
 from debias import storage
 from debias.evaluation.bias import BiasConfig, measure_bias
-from debias.training.clips import Fill
+from debias.curation.labels.fill import Fill
 from debias.config import check, to_dict
 from debias.evaluation.counterfactual import (GateConfig, action_swap, background_only, background_rng, centre_clip,
                                    choose_image, human_only, list_images, person_gate, read_image, scuba,
@@ -163,12 +164,12 @@ def clip_kinds(backgrounds: BackgroundConfig) -> list[str]:
     return ["clean", *per_background, "background_only", "human_only", "action_swap"]
 
 
-def scene_reliance(backgrounds: BackgroundConfig) -> dict[str, int]:
-    """The field's measures that move with a model's reliance on the scene, each with the direction in
-    which the model relies more on it (+1: higher = more scene-reliant). SCUFO is left out: it measures
-    reliance on static appearance, the people's included."""
-    return ({f"scuba_top1_{k}": -1 for k in backgrounds.kinds} | {f"contrasted_acc_{k}": -1 for k in backgrounds.kinds}
-            | {"background_only_top1": +1, "human_only_top1": -1, "action_swap_background_acc": +1})
+# The field's measures that move with a model's reliance on the scene (over every background kind), each
+# with the direction in which the model relies more on it (+1: higher = more scene-reliant), as the demo's
+# separation table and the transfer table read them. SCUFO is left out: it measures reliance on static
+# appearance, the people's included.
+FIELD_MEASURES = {"scuba_top1": -1, "contrasted_acc": -1, "background_only_top1": +1, "human_only_top1": -1,
+                  "action_swap_background_acc": +1}
 
 
 # --- the plan: which rows, their partners and backgrounds (driver) ------------------------------------
@@ -333,6 +334,8 @@ def per_clip_scores(results: dict[str, np.ndarray], backgrounds: BackgroundConfi
         out[f"scuba_top1_{kind}"] = nan_unless(np.mean([v for v, _ in su], axis=0), ok)
         out[f"scufo_top1_{kind}"] = nan_unless(np.mean([v for v, _ in sf], axis=0), ok)
         out[f"contrasted_acc_{kind}"] = nan_unless(np.mean([a * (1 - b) for (a, _), (b, _) in zip(su, sf)], axis=0), ok)
+    for name in ("scuba_top1", "scufo_top1", "contrasted_acc"):  # over every kind (one kind: the same values)
+        out[name] = np.mean([out[f"{name}_{kind}"] for kind in backgrounds.kinds], axis=0)
     out["background_only_top1"] = nan_unless(*right("background_only"))
     out["human_only_top1"] = nan_unless(*right("human_only"))
     out["action_swap_actor_acc"] = nan_unless(*right("action_swap"))

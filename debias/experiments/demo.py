@@ -12,7 +12,6 @@ DIR/curves.png (the training curves, mean over seeds).
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -20,13 +19,15 @@ import ray
 import torch
 
 from debias import storage
-from debias.evaluation.bias import BiasConfig, BiasData, dataset_bias, load_bias_data, measure_bias
+from debias.evaluation.bias import MEASURES, BiasConfig, BiasData, dataset_bias, load_bias_data, measure_bias
 from debias.evaluation.counterfactual import GateConfig
-from debias.evaluation.field_bias import FieldMeasuresConfig, field_bias_measures, scene_reliance
+from debias.evaluation.field_bias import FIELD_MEASURES, FieldMeasuresConfig, field_bias_measures
+from debias.experiments.ablation import (TRAINER_FIGURES, VARIANTS, aggregate, claim, class_drops_over_seeds, fmt, mean_histories,
+                                         per_model, separation, variants)
 from debias.cluster import bounded, init_ray
 from debias.config import check, from_dict, to_dict
 from debias.curation.curate import DecodeConfig, InputConfig, PreprocessConfig
-from debias.labels.config import LabelsConfig
+from debias.curation.labels.config import LabelsConfig
 from debias.curation.preprocess import run_preprocess
 from debias.training.pretrain import run_pretrain
 from debias.report import plot_curves, plot_seeds, provenance, table
@@ -36,12 +37,7 @@ from debias.experiments.sweep import concurrent_runs, run_task_cpus
 from debias.curation.synth import SynthConfig, run_synth
 from debias.training.train import OptimConfig, PretrainConfig, ScalingConfig
 
-VARIANTS = ("baseline", "scene_only", "mask_only", "sdn")
-# Per model: the trainer's figures and the bias measures the report aggregates over seeds, with the
-# direction in which a model relies more on the scene (+1: higher = more scene-reliant).
-TRAINER_FIGURES = ("val_acc", "ood_acc", "ood_scene_head_acc", "val_masked_entropy")
-BIAS_MEASURES = {"scene_probe_acc": +1, "scene_mdl_bits": -1, "masked_action_acc": +1, "masked_action_prob": +1,
-                 "counterfactual_follows_background": +1, "counterfactual_drop": +1, "representation_bias": +1}
+MEASURES = {**MEASURES, **FIELD_MEASURES}  # the project's scene-bias measures and the field's (SCUBA, HAT)
 
 
 @dataclass
@@ -79,17 +75,12 @@ class DemoConfig:
         check(self.max_parallel >= 0, "max_parallel", "must be >= 0 (0 = auto)")
 
 
-def variants(cfg: PretrainConfig) -> dict[str, tuple[float, float]]:
-    """The ablation: (lambda_scene, lambda_mask) per variant, from the SDN weights in the config."""
-    ls, lm = cfg.loss.lambda_scene, cfg.loss.lambda_mask
-    return {"baseline": (0.0, 0.0), "scene_only": (ls, 0.0), "mask_only": (0.0, lm), "sdn": (ls, lm)}
-
-
 def run_configs(cfg: DemoConfig, shards: str, out: str) -> dict[tuple[str, int], PretrainConfig]:
     """Every (variant, seed) run, the runs with the mask loss (twice the clips) first: started first,
     they do not end alone on the machine after the short ones."""
     runs = {}
-    for name, (ls, lm) in sorted(variants(cfg.pretrain).items(), key=lambda v: -v[1][1]):
+    weights = variants(cfg.pretrain.loss.lambda_scene, cfg.pretrain.loss.lambda_mask)
+    for name, (ls, lm) in sorted(weights.items(), key=lambda v: -v[1][1]):
         for seed in cfg.seeds:
             loss = dataclasses.replace(cfg.pretrain.loss, lambda_scene=ls, lambda_mask=lm)
             runs[name, seed] = dataclasses.replace(cfg.pretrain, shards=shards, out=storage.join(out, "runs"),
@@ -106,7 +97,7 @@ def train(config: dict) -> dict:
             "wall_s": time.perf_counter() - t0}
 
 
-def run_demo(cfg: DemoConfig) -> dict:
+def run_demo(cfg: DemoConfig) -> DemoResult:
     out = storage.absolute(cfg.out)
     storage.delete(out)  # a demo is always a fresh, complete run
     timings: dict[str, float] = {}
@@ -160,142 +151,76 @@ def run_demo(cfg: DemoConfig) -> dict:
                         timings)
 
 
-def per_model(results: dict, cfg: DemoConfig) -> dict[str, dict]:
-    """One entry per run: its variant, seed, loss weights, final trainer figures and bias measures."""
-    rows = {}
-    for (name, seed), r in results.items():
-        ls, lm = variants(cfg.pretrain)[name]
-        final = r["final"]
-        rows[f"{name}_seed{seed}"] = {
-            "variant": name, "seed": seed, "lambda_scene": ls, "lambda_mask": lm,
-            "val_acc": final["val_acc"], "ood_acc": final["ood_acc"],
-            # On `ood` the scene is independent of the action, so the scene head's accuracy there is the
-            # scene information its adversary still finds. Without the scene loss the head is untrained: n/a.
-            "ood_scene_head_acc": final["ood_scene_acc"] if ls > 0 else None,
-            "val_masked_entropy": final["val_masked_entropy"],
-            **{k: v for k, v in r["bias"].items() if k != "videos"}}
-    return rows
+@dataclass
+class DemoResult:
+    """A demo's summary.json: where it was measured, one entry per variant (each figure's mean, `_std` and
+    `_values` over seeds, the variant's weights and seeds), the claim, which measures separate the
+    variants, the data's own bias, per-class drops, every run's row, the data, timings and the config.
+    On disk the provenance and the variants' entries sit at the top level (the README renders from it)."""
+
+    provenance: dict
+    variants: dict[str, dict]
+    claim: dict
+    separation: dict
+    dataset_bias: dict
+    class_drops: list[dict]
+    runs: dict[str, dict]
+    data: dict
+    timings_s: dict[str, float]
+    config: dict
 
 
-def aggregate(rows: dict[str, dict], keys: list[str]) -> dict[str, dict]:
-    """Per variant: mean, standard deviation (sample, n - 1; 0 for one seed) and the values over seeds."""
-    out = {}
-    for name in VARIANTS:
-        mine = [r for r in rows.values() if r["variant"] == name]
-        entry: dict = {"lambda_scene": mine[0]["lambda_scene"], "lambda_mask": mine[0]["lambda_mask"],
-                       "seeds": [r["seed"] for r in mine]}
-        for k in keys:
-            values = [r[k] for r in mine if r.get(k) is not None]
-            entry[k] = statistics.fmean(values) if values else None
-            entry[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
-            entry[f"{k}_values"] = values
-        out[name] = entry
-    return out
+def write_demo(out: str, result: DemoResult) -> str:
+    path = storage.join(out, "summary.json")
+    fields = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("provenance", "variants")}
+    storage.write_json(path, {**result.provenance, **result.variants, **fields})
+    return path
 
 
-def separation(means: dict[str, dict], measures: dict[str, int]) -> dict[str, dict]:
-    """Per measure: the variants ordered from most to least scene-reliant by their means, and for each
-    pair of neighbours in that order and for baseline vs SDN whether the gap between the means exceeds
-    the sum of their standard deviations over seeds (mean +- std intervals apart)."""
-    out = {}
-    for k, sign in measures.items():
-        order = sorted(VARIANTS, key=lambda v: -sign * means[v][k])
-
-        def apart(a: str, b: str) -> dict:
-            gap = abs(means[a][k] - means[b][k])
-            spread = means[a][f"{k}_std"] + means[b][f"{k}_std"]
-            return {"pair": f"{a} > {b}", "gap": gap, "spread": spread, "separated": gap > spread}
-
-        base_sdn = apart("baseline", "sdn")
-        out[k] = {"order": order, "neighbours": [apart(a, b) for a, b in zip(order, order[1:])],
-                  "baseline_vs_sdn": {**base_sdn,
-                                      "baseline_more_reliant": sign * (means["baseline"][k] - means["sdn"][k]) > 0}}
-    return out
+def read_demo(path: str) -> DemoResult:
+    """The demo at DIR (its folder, or its summary.json); a file that lacks a part names it."""
+    path = path if path.endswith(".json") else storage.join(path, "summary.json")
+    data = storage.read_json(path)
+    parts = [f.name for f in dataclasses.fields(DemoResult) if f.name not in ("provenance", "variants")]
+    missing = [k for k in [*parts, *VARIANTS, "date", "commit", "machine", "command"] if k not in data]
+    if missing:
+        raise ValueError(f"{path}: not a demo summary (missing {missing}); was it written by this version of debias?")
+    return DemoResult(provenance={k: data[k] for k in ("date", "commit", "worktree_clean", "machine", "command") if k in data},
+                      variants={v: data[v] for v in VARIANTS}, **{k: data[k] for k in parts})
 
 
-def claim(means: dict[str, dict], rows: dict[str, dict], cfg: DemoConfig) -> dict:
-    """The demo's claim on the means over seeds, the spread beside it, and on how many seeds it holds alone."""
-    gain = means["sdn"]["ood_acc"] - means["baseline"]["ood_acc"]
-    drop = means["baseline"]["val_acc"] - means["sdn"]["val_acc"]
-    per_seed = []
-    for seed in cfg.seeds:
-        s, b = rows[f"sdn_seed{seed}"], rows[f"baseline_seed{seed}"]
-        per_seed.append(s["ood_acc"] - b["ood_acc"] >= cfg.min_ood_gain and b["val_acc"] - s["val_acc"] <= cfg.max_val_drop)
-    return {"ood_gain": gain, "val_drop": drop, "min_ood_gain": cfg.min_ood_gain, "max_val_drop": cfg.max_val_drop,
-            "holds": gain >= cfg.min_ood_gain and drop <= cfg.max_val_drop,
-            "ood_acc_std": {v: means[v]["ood_acc_std"] for v in ("baseline", "sdn")},
-            "val_acc_std": {v: means[v]["val_acc_std"] for v in ("baseline", "sdn")},
-            "holds_on_seeds": sum(per_seed), "seeds": len(per_seed)}
+def summarize(cfg: DemoConfig, curated: dict, results: dict, data_bias: dict, timings: dict) -> DemoResult:
+    """The ablation's statistics over the finished runs (debias/experiments/ablation.py)."""
+    rows = per_model(results, variants(cfg.pretrain.loss.lambda_scene, cfg.pretrain.loss.lambda_mask))
+    means = aggregate(rows, [*TRAINER_FIGURES, *MEASURES])
+    return DemoResult(
+        provenance=provenance(), variants=means,
+        claim=claim(means, rows, cfg.seeds, cfg.min_ood_gain, cfg.max_val_drop),
+        separation=separation(means, MEASURES), dataset_bias=data_bias,
+        class_drops=class_drops_over_seeds(results, ("baseline", "sdn")), runs=rows,
+        data={k: curated[k] for k in ("videos_ok", "videos_failed", "ok_by_split")},
+        timings_s={k: round(v, 1) for k, v in timings.items()}, config=to_dict(cfg))
 
 
-def mean_histories(results: dict) -> dict[str, list[dict]]:
-    """Per variant, the per-epoch metrics averaged over its seeds (the numeric ones every seed has)."""
-    out = {}
-    for name in VARIANTS:
-        histories = [r["history"] for (v, _), r in results.items() if v == name]
-        epochs = min(len(h) for h in histories)
-        out[name] = [{k: statistics.fmean(h[e][k] for h in histories) for k, v in histories[0][e].items()
-                      if isinstance(v, (int, float)) and all(k in h[e] for h in histories)} for e in range(epochs)]
-    return out
-
-
-def class_drops(results: dict, variants: tuple[str, ...]) -> list[dict]:
-    """Per action class, each variant's accuracy drop from in-distribution to out-of-context (the runs'
-    per_class.json: `drop_SPLIT` for each eval split after the first), mean over seeds; sorted by the
-    first variant's drop, largest first (the actions that lean on their scene most)."""
-    drops: dict[tuple[str, str], list[float]] = {}
-    for (variant, _seed), r in results.items():
-        for row in r["per_class"] if variant in variants else []:
-            for key, v in row.items():
-                if key.startswith("drop_") and v is not None:
-                    drops.setdefault((row["class"], f"{variant}_{key}"), []).append(v)
-    classes = list(dict.fromkeys(c for c, _ in drops))
-    # columns in the order of `variants` (the runs finish in any order)
-    keys = [k for v in variants for k in sorted({k for _, k in drops if k.startswith(f"{v}_")})]
-    rows = [{"class": c, **{k: statistics.fmean(drops[c, k]) for k in keys if (c, k) in drops}} for c in classes]
-    return sorted(rows, key=lambda r: -r.get(keys[0], 0.0)) if keys else rows
-
-
-def fmt(entry: dict, key: str) -> str:
-    """mean +- std over seeds, or n/a."""
-    return "n/a" if entry[key] is None else f"{entry[key]:.3f} ± {entry[f'{key}_std']:.3f}"
-
-
-def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_bias: dict, num_actions: int,
-                 scenes: int, timings: dict) -> dict:
-    rows = per_model(results, cfg)
-    measures = BIAS_MEASURES | scene_reliance(cfg.field_bias.backgrounds)  # the project's and the field's
-    means = aggregate(rows, list(TRAINER_FIGURES) + ["scene_mdl_compression", *measures])
-    verdict = claim(means, rows, cfg)
-    apart = separation(means, measures)
-    drops = class_drops(results, ("baseline", "sdn"))
-    summary = {**provenance(), **means, "claim": verdict, "separation": apart, "dataset_bias": data_bias,
-               "class_drops": drops,
-               "runs": rows, "data": {k: curated[k] for k in ("videos_ok", "videos_failed", "ok_by_split")},
-               "timings_s": {k: round(v, 1) for k, v in timings.items()}, "config": to_dict(cfg)}
-    storage.write_json(storage.join(out, "summary.json"), summary)
-
-    plot_seeds(rows, "variant", list(VARIANTS), ["val_acc", "ood_acc", *measures], storage.join(out, "bias.png"),
-               chance={"ood_acc": 1 / num_actions, "val_acc": 1 / num_actions, "masked_action_acc": 1 / num_actions,
-                       "masked_action_prob": 1 / num_actions,
-                       "scene_probe_acc": 1 / scenes})
-    plot_curves(mean_histories(results), ["train_acc", "val_acc", "ood_acc", "val_masked_entropy"],
-                storage.join(out, "curves.png"))
-    n = len(cfg.seeds)
+def report_markdown(cfg: DemoConfig, result: DemoResult, num_actions: int, scenes: int) -> str:
+    """report.md: the ablation table, the claim, the bias measures, the separation table, class drops."""
+    means, verdict, drops, n = result.variants, result.claim, result.class_drops, len(cfg.seeds)
     main_rows = [{"variant": v, **{k: fmt(means[v], k) for k in TRAINER_FIGURES}} for v in VARIANTS]
-    bias_rows = [{"variant": v, **{k: fmt(means[v], k) for k in ["scene_mdl_compression", *measures]}}
-                 for v in VARIANTS]
+    bias_rows = [{"variant": v, **{k: fmt(means[v], k) for k in MEASURES}} for v in VARIANTS]
     apart_rows = [{"measure": k, "order (most scene-reliant first)": " > ".join(a["order"]),
                    "baseline vs SDN: gap / spread": f"{a['baseline_vs_sdn']['gap']:.3f} / {a['baseline_vs_sdn']['spread']:.3f}",
                    "separates baseline from SDN": "yes" if a["baseline_vs_sdn"]["separated"]
                    and a["baseline_vs_sdn"]["baseline_more_reliant"] else "no",
-                   "neighbours apart": f"{sum(p['separated'] for p in a['neighbours'])} of 3"} for k, a in apart.items()]
+                   "neighbours apart": f"{sum(p['separated'] for p in a['neighbours'])} of 3"}
+                  for k, a in result.separation.items()]
     word = "holds" if verdict["holds"] else "does NOT hold"
-    report = "\n".join([
+    data_bias = result.dataset_bias
+    first_run = result.runs[next(iter(result.runs))]
+    return "\n".join([
         "# debias demo: scene-debiased training on the synthetic scene-bias benchmark", "",
-        f"{summary['date']}, commit {summary['commit']}; {summary['machine']}.", "",
+        f"{result.provenance['date']}, commit {result.provenance['commit']}; {result.provenance['machine']}.", "",
         f"Benchmark: bias={cfg.synth.bias} (share of train/val videos shown in their action's home scene); "
-        f"`ood` draws scenes independently of the action. Videos: {curated['ok_by_split']}. Each variant "
+        f"`ood` draws scenes independently of the action. Videos: {result.data['ok_by_split']}. Each variant "
         f"trained with seeds {cfg.seeds}: mean ± standard deviation over the {n} seeds.", "",
         table(main_rows, ["variant", *TRAINER_FIGURES]), "",
         f"Claim on the means (SDN ood_acc >= baseline + {cfg.min_ood_gain:.2f}, val_acc drop <= "
@@ -304,22 +229,22 @@ def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_b
         f"{verdict['ood_acc_std']['sdn']:.3f}); it holds on {verdict['holds_on_seeds']} of {n} seeds alone.", "",
         "![val and ood accuracy and the bias measures per variant: mean, std and every seed](bias.png)", "",
         "## Scene-bias measures", "",
-        table(bias_rows, ["variant", "scene_mdl_compression", *measures]), "",
+        table(bias_rows, ["variant", *MEASURES]), "",
         f"`scene_probe_acc`: a fresh linear probe reading the scene from the frozen features on "
         f"`{cfg.bias.scene_split}` (chance {1 / scenes:.3f}). `scene_mdl_bits`: the online codelength of those "
         f"scene labels given the features (Voita & Titov, 2020; uniform code "
-        f"{rows[next(iter(rows))]['scene_mdl_uniform_bits']:.1f} bits; compression = uniform / codelength). "
+        f"{first_run['scene_mdl_uniform_bits']:.1f} bits; compression = uniform / codelength). "
         f"`masked_action_acc`: the model's own action accuracy on `{cfg.bias.test_split}` clips with the people "
         f"removed, `masked_action_prob` the mean probability it gives the true action there (chance "
         f"{1 / num_actions:.3f} for both). `counterfactual_*`: the people pasted onto the background of "
         f"another action's clip; `follows_background` is the share predicted as that clip's action. "
         f"`representation_bias`: log(accuracy / chance) of a linear probe reading the action from the features "
         f"of scene-only clips (fitted on `{cfg.bias.fit_split}`). The field's protocols on "
-        f"`{cfg.field_bias.split}` (docs/bias-eval.md): `scuba_top1_*` the people on a static background, "
-        f"`contrasted_acc_*` right on it and wrong on its still copy (Li et al., ICCV 2023); "
+        f"`{cfg.field_bias.split}` (docs/bias-eval.md): `scuba_top1` the people on a static background, "
+        f"`contrasted_acc` right on it and wrong on its still copy (Li et al., ICCV 2023); "
         f"`background_only_top1`, `human_only_top1` and `action_swap_background_acc`, the people on another "
-        f"action's moving background predicted as that action (Chung et al., NeurIPS 2022); each summary "
-        f"row holds its bootstrap interval over videos (`_low`, `_high`).", "",
+        f"action's moving background predicted as that action (Chung et al., NeurIPS 2022); each run's row "
+        f"in summary.json holds their bootstrap intervals over videos (`_low`, `_high`).", "",
         f"The data's own scene bias (the same for every model): the action guessed from the true scene label "
         f"alone is right for {data_bias['scene_label_action_acc']:.3f} of `{cfg.bias.test_split}` "
         f"(log(acc / chance) = {data_bias['scene_label_bias']:.3f}); a model's representation bias reaches it "
@@ -332,13 +257,29 @@ def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_b
         "over seeds (each run's per_class.json and confusion_SPLIT.png hold the details):", "",
         table(drops, list(drops[0])) if drops else "(no per-class figures)", "",
         "![training curves, mean over seeds](curves.png)", "",
-        "Timings (s): " + ", ".join(f"{k}={v:.1f}" for k, v in timings.items()), "",
+        "Timings (s): " + ", ".join(f"{k}={v:.1f}" for k, v in result.timings_s.items()), "",
     ])
-    storage.write_text(storage.join(out, "report.md"), report)
-    print("\n" + table(main_rows, ["variant", *TRAINER_FIGURES]))
-    print("\n" + table(bias_rows, ["variant", "scene_mdl_compression", *measures]))
-    print(f"\nclaim {word} on the means over {n} seeds: SDN ood gain {verdict['ood_gain']:+.3f}, "
-          f"val drop {verdict['val_drop']:+.3f} (holds on {verdict['holds_on_seeds']} of {n} seeds alone)")
+
+
+def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_bias: dict, num_actions: int,
+                 scenes: int, timings: dict) -> DemoResult:
+    """summary.json, report.md, bias.png and curves.png; the tables and the claim on the console."""
+    result = summarize(cfg, curated, results, data_bias, timings)
+    write_demo(out, result)
+    plot_seeds(result.runs, "variant", list(VARIANTS), ["val_acc", "ood_acc", *MEASURES], storage.join(out, "bias.png"),
+               chance={"ood_acc": 1 / num_actions, "val_acc": 1 / num_actions, "masked_action_acc": 1 / num_actions,
+                       "masked_action_prob": 1 / num_actions, "scene_probe_acc": 1 / scenes})
+    plot_curves(mean_histories(results), ["train_acc", "val_acc", "ood_acc", "val_masked_entropy"],
+                storage.join(out, "curves.png"))
+    storage.write_text(storage.join(out, "report.md"), report_markdown(cfg, result, num_actions, scenes))
+    means, verdict, n = result.variants, result.claim, len(cfg.seeds)
+    print("\n" + table([{"variant": v, **{k: fmt(means[v], k) for k in TRAINER_FIGURES}} for v in VARIANTS],
+                       ["variant", *TRAINER_FIGURES]))
+    print("\n" + table([{"variant": v, **{k: fmt(means[v], k) for k in MEASURES}} for v in VARIANTS],
+                       ["variant", *MEASURES]))
+    print(f"\nclaim {'holds' if verdict['holds'] else 'does NOT hold'} on the means over {n} seeds: SDN ood gain "
+          f"{verdict['ood_gain']:+.3f}, val drop {verdict['val_drop']:+.3f} (holds on {verdict['holds_on_seeds']} of "
+          f"{n} seeds alone)")
     print(f"summary: {storage.join(out, 'summary.json')}  report: {storage.join(out, 'report.md')}  "
           f"plots: {storage.join(out, 'bias.png')}, {storage.join(out, 'curves.png')}  ({timings['total_s']:.0f} s)")
-    return summary
+    return result

@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 from debias import storage
@@ -29,9 +30,10 @@ from debias.curation.curate import PreprocessConfig
 from debias.curation.preprocess import run_preprocess
 from debias.training.pretrain import run_pretrain
 from debias.report import plot_bars, plot_curves, table
-from debias.experiments.sweep import SWEPT, SweepConfig, run_sweep
+from debias.experiments.sweep import SWEPT, SweepConfig, SweepResult, run_sweep
 from debias.curation.synth import SynthConfig, run_synth
-from debias.experiments.transfer import BIAS_COLUMNS, SCRATCH, FoldConfig, TargetConfig, TransferConfig, run_transfer
+from debias.experiments.transfer import (BIAS_COLUMNS, SCRATCH, FoldConfig, TargetConfig, TransferConfig,
+                                         TransferResult, run_transfer)
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,11 @@ class Stages:
     def __init__(self, out: str) -> None:
         self.out, self.timings_s, self.skipped, self.hashes = out, {}, [], {}
 
-    def run(self, name: str, config: dict, inputs: list[str], work: Callable[[], dict]) -> dict:
+    def run(self, name: str, config: dict, inputs: list[str], work: Callable[[], Any], record: type | None = None) -> Any:
+        """The stage's result: `work()`'s, or the saved one when the stage is up to date. `record`: the
+        result's record type (saved and read back through its owner's layout), else a plain JSON value."""
         folder = storage.join(self.out, name)
+        result_file = storage.join(folder, "result.json")
         digest = hashlib.sha256(json.dumps({"config": config, "inputs": [self.hashes[i] for i in inputs]},
                                            sort_keys=True).encode()).hexdigest()[:16]
         self.hashes[name] = digest
@@ -98,7 +103,7 @@ class Stages:
         if state and state["hash"] == digest and state["done"]:
             log.info("pipeline: %s is up to date (%s), skipped", name, folder)
             self.skipped.append(name)
-            return storage.read_json(storage.join(folder, "result.json"))
+            return storage.read_record(record, result_file) if record else storage.read_json(result_file)
         if state and state["hash"] != digest:
             log.info("pipeline: %s changed (config or inputs), running it afresh", name)
             storage.delete(folder)
@@ -108,7 +113,10 @@ class Stages:
         t0 = time.perf_counter()
         result = work()
         self.timings_s[name] = round(time.perf_counter() - t0, 1)
-        storage.write_json(storage.join(folder, "result.json"), result)
+        if record:
+            storage.write_record(result_file, result)
+        else:
+            storage.write_json(result_file, result)
         storage.write_json(state_file, {"hash": digest, "done": True, "config": config})
         return result
 
@@ -125,7 +133,7 @@ def curate(stages: Stages, cfg: PipelineConfig, name: str, task: str, pre: Prepr
     return pre.out
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
+def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     t0 = time.perf_counter()
     out = storage.absolute(cfg.out)
     storage.check_storage(out, "out")
@@ -158,8 +166,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     # 4. the loss-weight sweep (Ray Tune, ASHA).
     sweep_cfg = dataclasses.replace(cfg.sweep, storage=out, name="sweep", pretrain=base)
-    sweep = stages.run("sweep", to_dict(sweep_cfg), ["data_source"], lambda: run_sweep(sweep_cfg))
-    best = sweep["best"]
+    sweep = stages.run("sweep", to_dict(sweep_cfg), ["data_source"], lambda: run_sweep(sweep_cfg), SweepResult)
+    best = sweep.best
     checkpoints[BEST] = best["checkpoint"]
     histories[f"{BEST} ({best['trial']})"] = runs.read_metrics(best["run"])
 
@@ -172,55 +180,72 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     data_stages = [f"data_{n}_split{k}" for n, t in cfg.targets.items() for k in t.splits]
     transfer = stages.run("transfer", to_dict(transfer_cfg), ["sweep", *[f"pretrain_{n}" for n in cfg.references],
                                                               *data_stages],
-                          lambda: run_transfer(transfer_cfg))
+                          lambda: run_transfer(transfer_cfg), TransferResult)
 
     # 6. report.
     return write_report(cfg, out, stages, sweep, transfer, histories, time.perf_counter() - t0)
 
 
-def write_report(cfg: PipelineConfig, out: str, stages: Stages, sweep: dict, transfer: dict, histories: dict,
-                 wall_s: float) -> dict:
+@dataclass
+class PipelineResult:
+    """The pipeline's summary, as DIR/summary.json holds it (`write_record` / `read_record`)."""
+
+    sweep: dict  # the sweep's result without its per-trial run paths' config (debias.experiments.sweep)
+    transfer: list[dict]  # per (pretrain, target, split) rows (debias.experiments.transfer)
+    transfer_table: list[dict]
+    bias: dict[str, dict]
+    dataset_bias: dict
+    timings_s: dict[str, float]
+    skipped: list[str]  # stages that were up to date
+    config: dict
+
+
+def read_pipeline(path: str) -> PipelineResult:
+    """The pipeline at DIR (its folder, or its summary.json)."""
+    return storage.read_record(PipelineResult, path if path.endswith(".json") else storage.join(path, "summary.json"))
+
+
+def write_report(cfg: PipelineConfig, out: str, stages: Stages, sweep: SweepResult, transfer: TransferResult,
+                 histories: dict, wall_s: float) -> PipelineResult:
     targets = list(cfg.targets)
-    summary = {
-        "sweep": {"metric": sweep["metric"], "mode": sweep["mode"], "trials": sweep["trials"], "best": sweep["best"],
-                  "by_weights": sweep["by_weights"], "seeds": sweep["seeds"]},
-        "transfer": transfer["transfer"], "transfer_table": transfer["table"], "bias": transfer["bias"],
-        "dataset_bias": transfer["dataset_bias"],
-        "timings_s": {**stages.timings_s, "total": round(wall_s, 1)}, "skipped": stages.skipped,
-        "config": to_dict(cfg),
-    }
-    storage.write_json(storage.join(out, "summary.json"), summary)
-    plot_bars(transfer["table"], "pretrain", targets, storage.join(out, "transfer.png"), ylabel="top-1 (mean over splits)")
-    metric = sweep["metric"]
+    summary = PipelineResult(
+        sweep={"metric": sweep.metric, "mode": sweep.mode, "trials": sweep.trials, "best": sweep.best,
+               "by_weights": sweep.by_weights, "seeds": sweep.seeds},
+        transfer=transfer.transfer, transfer_table=transfer.table, bias=transfer.bias,
+        dataset_bias=transfer.dataset_bias, timings_s={**stages.timings_s, "total": round(wall_s, 1)},
+        skipped=stages.skipped, config=to_dict(cfg))
+    storage.write_record(storage.join(out, "summary.json"), summary)
+    plot_bars(transfer.table, "pretrain", targets, storage.join(out, "transfer.png"), ylabel="top-1 (mean over splits)")
+    metric = sweep.metric
     plot_curves(histories, sorted({"train_acc", metric, *[f"{s}_acc" for s in cfg.sweep.pretrain.eval_splits]}),
                 storage.join(out, "pretrain_curves.png"))
     storage.write_bytes(storage.join(out, "transfer_curves.png"),
                         storage.read_bytes(storage.join(out, "transfer", "curves.png")))
-    bias_rows = [{"pretrain": n, **{k: v for k, v in b.items() if k != "videos"}} for n, b in transfer["bias"].items()]
-    best = sweep["best"]
+    bias_rows = [{"pretrain": n, **{k: v for k, v in b.items() if k != "videos"}} for n, b in transfer.bias.items()]
+    best = sweep.best
     report = "\n".join([
         "# debias pipeline", "",
-        f"## Sweep: {len(sweep['trials'])} trials, best by `{metric}` ({sweep['mode']})", "",
-        table(sweep["trials"], ["trial", *SWEPT, "seed", metric, "epochs", "stopped_early", "status"]), "",
-        *([f"Over the seeds {sweep['seeds']}:", "",
-           table(sweep["by_weights"], [*SWEPT, "seeds", f"{metric}_mean", f"{metric}_std"]), ""]
-          if len(sweep["seeds"]) > 1 else []),
+        f"## Sweep: {len(sweep.trials)} trials, best by `{metric}` ({sweep.mode})", "",
+        table(sweep.trials, ["trial", *SWEPT, "seed", metric, "epochs", "stopped_early", "status"]), "",
+        *([f"Over the seeds {sweep.seeds}:", "",
+           table(sweep.by_weights, [*SWEPT, "seeds", f"{metric}_mean", f"{metric}_std"]), ""]
+          if len(sweep.seeds) > 1 else []),
         (f"Best: lambda_scene={best['lambda_scene']:g}, lambda_mask={best['lambda_mask']:g}, {metric}="
          f"{best[f'{metric}_mean']:.3f} (mean over {best['seeds']} seeds, std {best[f'{metric}_std']:.3f}); its "
          f"seed-{best['seed']} trial {best['trial']} is transferred as `{BEST}`."), "",
         "![pretraining curves](pretrain_curves.png)", "",
         "## Transfer: top-1 after fine-tuning (mean over splits)", "",
-        table(transfer["table"], ["pretrain", *targets]), "",
+        table(transfer.table, ["pretrain", *targets]), "",
         "![transfer](transfer.png)", "",
-        table(transfer["transfer"], ["pretrain", "target", "split", "top1", "epochs"]), "",
+        table(transfer.transfer, ["pretrain", "target", "split", "top1", "epochs"]), "",
         "![fine-tuning curves](transfer_curves.png)", "",
         "## Scene bias of each pretrained model (details: transfer/report.md)", "",
         table(bias_rows, BIAS_COLUMNS), "",
-        ("Timings (s): " + ", ".join(f"{k}={v}" for k, v in summary["timings_s"].items())
+        ("Timings (s): " + ", ".join(f"{k}={v}" for k, v in summary.timings_s.items())
          + (f"; skipped (up to date): {', '.join(stages.skipped)}" if stages.skipped else "")), "",
     ])
     storage.write_text(storage.join(out, "report.md"), report)
-    log.info("transfer top-1:\n%s", table(transfer["table"], ["pretrain", *targets]))
+    log.info("transfer top-1:\n%s", table(transfer.table, ["pretrain", *targets]))
     log.info("scene bias:\n%s", table(bias_rows, BIAS_COLUMNS))
     log.info("pipeline: %.0f s; summary: %s  report: %s", wall_s, storage.join(out, "summary.json"),
              storage.join(out, "report.md"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,6 +27,7 @@ from debias.cluster import init_ray
 from debias.config import check, from_dict, to_dict
 from debias.training.metrics import higher_is_better
 from debias.training.metrics import mode as metric_mode
+from debias.experiments.stats import mean_std
 from debias.training.pretrain import run_pretrain
 from debias.report import plot_curves, plot_sweep, table
 from debias.training.tracking import TrackingConfig, tune_callbacks
@@ -100,6 +100,33 @@ class SweepConfig:
               f"got {self.metric!r}")
         check(split == "train" or self.pretrain.eval_every_epochs == 1, "pretrain.eval_every_epochs",
               f"must be 1 for metric={self.metric!r}: Tune and ASHA read the metric in every epoch's report")
+
+
+@dataclass
+class SweepResult:
+    """A finished sweep, as STORAGE/NAME/summary.json holds it (`write_record` / `read_record`)."""
+
+    metric: str  # the trainer metric the best pair was chosen by
+    mode: str  # its direction (debias.training.metrics)
+    path: str  # STORAGE/NAME
+    trials: list[dict]  # one row per trial (trial_rows)
+    best: dict  # the best pair's trial row with METRIC_mean, METRIC_std, seeds (best_trial)
+    by_weights: list[dict]  # one row per weight pair over its seeds (weight_rows)
+    seeds: list[int]
+    errors: list[str]
+    wall_s: float
+    config: dict
+
+
+def write_sweep(result: SweepResult) -> str:
+    path = storage.join(result.path, "summary.json")
+    storage.write_record(path, result)
+    return path
+
+
+def read_sweep(path: str) -> SweepResult:
+    """The sweep at STORAGE/NAME (its folder, or its summary.json)."""
+    return storage.read_record(SweepResult, path if path.endswith(".json") else storage.join(path, "summary.json"))
 
 
 def domain(space: SpaceConfig) -> Any:
@@ -196,9 +223,8 @@ def weight_rows(rows: list[dict], metric: str) -> list[dict]:
     out = []
     for pair, trials in pairs.items():
         values = [r[metric] for r in trials if r.get(metric) is not None]
-        out.append({**dict(zip(SWEPT, pair)), "seeds": len(values),
-                    f"{metric}_mean": statistics.fmean(values) if values else None,
-                    f"{metric}_std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
+        mean, std = mean_std(values)
+        out.append({**dict(zip(SWEPT, pair)), "seeds": len(values), f"{metric}_mean": mean, f"{metric}_std": std,
                     "trials": [r["trial"] for r in trials]})
     return out
 
@@ -278,8 +304,8 @@ def state_api_error() -> str | None:
     return None
 
 
-def run_sweep(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -> dict:
-    """Run (or resume) the sweep; returns {"trials": [...], "best": {...}, "metric", "mode", "path"}."""
+def run_sweep(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -> SweepResult:
+    """Run (or resume) the sweep; returns the result also written to STORAGE/NAME/summary.json."""
     # Trial drivers run in their own working directories: make the data path absolute.
     cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain,
                                                                 shards=storage.absolute(cfg.pretrain.shards)))
@@ -310,11 +336,10 @@ def run_sweep(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -
                   key=lambda r: (r["lambda_scene"], r["lambda_mask"], r["seed"]))
     best = best_trial(rows, cfg.metric)
     by_weights = weight_rows(rows, cfg.metric)
-    summary = {"metric": cfg.metric, "mode": metric_mode(cfg.metric), "path": str(path), "trials": rows, "best": best,
-               "by_weights": by_weights, "seeds": cfg.seeds,
-               "errors": [str(r.error) for r in grid if r.error], "wall_s": round(time.perf_counter() - t0, 1),
-               "config": to_dict(cfg)}
-    storage.write_json(storage.join(path, "summary.json"), summary)
+    summary = SweepResult(metric=cfg.metric, mode=metric_mode(cfg.metric), path=str(path), trials=rows, best=best,
+                          by_weights=by_weights, seeds=cfg.seeds, errors=[str(r.error) for r in grid if r.error],
+                          wall_s=round(time.perf_counter() - t0, 1), config=to_dict(cfg))
+    write_sweep(summary)
     plot_sweep(rows, cfg.metric, best["trial"], storage.join(path, "sweep.png"))
     histories = {r["trial"]: runs.read_metrics(r["run"]) for r in rows}
     plot_curves(histories, list(dict.fromkeys(["train_loss", "train_acc", cfg.metric])), storage.join(path, "curves.png"))
@@ -325,6 +350,6 @@ def run_sweep(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -
              "%d errored; summary: %s  plots: %s, %s",
              cfg.metric, best[f"{cfg.metric}_mean"], best["seeds"], best[f"{cfg.metric}_std"], best["lambda_scene"],
              best["lambda_mask"], best["trial"],
-             len(summary["errors"]), storage.join(path, "summary.json"), storage.join(path, "sweep.png"),
+             len(summary.errors), storage.join(path, "summary.json"), storage.join(path, "sweep.png"),
              storage.join(path, "curves.png"))
     return summary

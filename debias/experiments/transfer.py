@@ -20,8 +20,8 @@ from tqdm import tqdm
 from debias import storage
 
 from debias.training import runs
-from debias.evaluation.bias import BiasConfig, dataset_bias, load_bias_data, measure_bias
-from debias.evaluation.field_bias import BackgroundConfig, FieldMeasuresConfig, field_bias_measures, scene_reliance
+from debias.evaluation.bias import MEASURES, BiasConfig, dataset_bias, load_bias_data, measure_bias
+from debias.evaluation.field_bias import FIELD_MEASURES, FieldMeasuresConfig, field_bias_measures
 from debias.cluster import bounded, init_ray
 from debias.config import check, from_dict, to_dict
 from debias.training.pretrain import run_pretrain
@@ -116,9 +116,30 @@ def transfer_table(rows: list[dict], targets: list[str]) -> list[dict]:
 
 log = logging.getLogger(__name__)
 
-BIAS_COLUMNS = ["pretrain", "scene_probe_acc", "scene_mdl_bits", "scene_mdl_compression", "masked_action_acc",
-                "masked_action_prob", "representation_bias", "counterfactual_drop", "counterfactual_follows_background",
-                *scene_reliance(BackgroundConfig())]  # the field's measures, with the default backgrounds
+BIAS_COLUMNS = ["pretrain", *MEASURES, *FIELD_MEASURES]  # the scene-bias table: one row per pretrained model
+
+
+@dataclass
+class TransferResult:
+    """A finished transfer, as OUT/summary.json holds it (`write_record` / `read_record`)."""
+
+    transfer: list[dict]  # one row per (pretrain, target, split): top1, epochs, splits
+    table: list[dict]  # one row per pretrained model: its top-1 per target, mean over the splits
+    bias: dict[str, dict]  # pretrained model -> its scene-bias measures (debias.evaluation.bias)
+    dataset_bias: dict  # the pretraining data's own scene bias
+    wall_s: float
+    config: dict
+
+
+def write_transfer(out: str, result: TransferResult) -> str:
+    path = storage.join(out, "summary.json")
+    storage.write_record(path, result)
+    return path
+
+
+def read_transfer(path: str) -> TransferResult:
+    """The transfer at OUT (its folder, or its summary.json)."""
+    return storage.read_record(TransferResult, path if path.endswith(".json") else storage.join(path, "summary.json"))
 
 
 @ray.remote
@@ -144,7 +165,7 @@ def bias_of(checkpoint: str, shards: str, bias: dict, field_bias: dict) -> dict:
             | field_bias_measures(model, shards, clip.clip_len, clip.crop_px, from_dict(FieldMeasuresConfig, field_bias)))
 
 
-def run_transfer(cfg: TransferConfig) -> dict:
+def run_transfer(cfg: TransferConfig) -> TransferResult:
     """All fine-tuning runs and bias measurements; returns the summary also written to OUT/summary.json."""
     t0 = time.perf_counter()
     out = storage.absolute(cfg.out)
@@ -191,13 +212,13 @@ def run_transfer(cfg: TransferConfig) -> dict:
 
 
 def write_report(cfg: TransferConfig, out: str, rows: list[dict], histories: dict, bias: dict, data_bias: dict,
-                 wall_s: float) -> dict:
+                 wall_s: float) -> TransferResult:
     targets = list(cfg.targets)
     summary_table = transfer_table(rows, targets)
     bias_rows = [{"pretrain": name, **{k: v for k, v in b.items() if k != "videos"}} for name, b in bias.items()]
-    summary = {"transfer": rows, "table": summary_table, "bias": bias, "dataset_bias": data_bias, "wall_s": round(wall_s, 1),
-               "config": to_dict(cfg)}
-    storage.write_json(storage.join(out, "summary.json"), summary)
+    summary = TransferResult(transfer=rows, table=summary_table, bias=bias, dataset_bias=data_bias,
+                             wall_s=round(wall_s, 1), config=to_dict(cfg))
+    write_transfer(out, summary)
     plot_bars(summary_table, "pretrain", targets, storage.join(out, "transfer.png"), ylabel="top-1 (mean over splits)")
     test_metrics = sorted({f"{r['test_split']}_acc" for r in rows})
     plot_curves(histories, ["train_acc", *test_metrics], storage.join(out, "curves.png"))
@@ -216,8 +237,8 @@ def write_report(cfg: TransferConfig, out: str, rows: list[dict], histories: dic
          "(chance = none from the background); `representation_bias` = log(scene-only probe accuracy / chance); "
          f"`counterfactual_*`: the model on `{cfg.bias.test_split}` clips whose people were pasted onto another "
          "action's background (`follows_background`: share predicted as the background's action). The field's "
-         f"protocols on `{cfg.field_bias.split}` (docs/bias-eval.md): `scuba_top1_*` and `contrasted_acc_*` (Li "
-         "et al., ICCV 2023), `background_only_top1`, `human_only_top1`, `action_swap_background_acc` (Chung et al., "
+         f"protocols on `{cfg.field_bias.split}` (docs/bias-eval.md): `scuba_top1` and `contrasted_acc` (Li et al., "
+         "ICCV 2023), `background_only_top1`, `human_only_top1`, `action_swap_background_acc` (Chung et al., "
          "NeurIPS 2022); their bootstrap intervals and dropped clips are in summary.json."), "",
         (f"The data itself (once, not per model): the true scene label alone gives the action at "
          f"{data_bias['scene_label_action_acc']:.3f} (chance {data_bias['action_chance']:.3f}), "

@@ -33,7 +33,7 @@ import torch
 
 from debias import storage
 from debias.config import ConfigError, from_dict, to_dict
-from debias.evaluation.confusion import class_drops, plot_confusion
+from debias.training.confusion import class_drops, plot_confusion
 from debias.training.metrics import higher_is_better
 from debias.training.models import KINETICS_MEAN, KINETICS_STD, SDN, ModelConfig, load_backbone
 

@@ -25,11 +25,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from debias.training.clips import fill_people_torch
+from debias.curation.labels.fill import fill_people_torch
 from debias.curation.curate import PreprocessConfig, apply_per_row, make_decode_fn
-from debias.labels.models import PlacesClassifier, label_device, load_categories, load_places365
-from debias.labels.config import LabelsConfig
-from debias.labels.masks import decode_rows, decode_rows_on, run_by_size, with_columns
+from debias.curation.labels.models import PlacesClassifier, label_device, load_categories, load_places365
+from debias.curation.labels.config import LabelsConfig
+from debias.curation.labels.masks import decode_rows, decode_rows_on, run_by_size, with_columns
 from debias.curation.shards import unpack_masks_on
 from debias.curation.sources import Row, read_annotated_scene_names, read_annotation
 from debias.curation.video import MEDIAN_FRAMES, temporal_median, thread_stream

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Callable
 
 from tqdm import tqdm
 
-from debias.labels.models import load_categories, load_detector, load_places365, load_sam
-from debias.labels.config import LabelsConfig
+from debias.curation.labels.models import load_categories, load_detector, load_places365, load_sam
+from debias.curation.labels.config import LabelsConfig
 
 if TYPE_CHECKING:
     from debias.curation.curate import PreprocessConfig

@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 
 from debias.curation.curate import DecodeConfig, PreprocessConfig, apply_per_row
-from debias.labels.models import BoxSegmenter, PersonDetector, label_device, load_detector, load_sam
-from debias.labels.config import LabelsConfig
+from debias.curation.labels.models import BoxSegmenter, PersonDetector, label_device, load_detector, load_sam
+from debias.curation.labels.config import LabelsConfig
 from debias.curation.shards import ERROR_COLUMNS, decode_jpeg, decode_jpegs_on, pack_masks
 from debias.curation.sources import read_annotation
 from debias.curation.video import VideoError, resize_crop, sample_uniform, temporal_median, thread_stream

@@ -1,7 +1,7 @@
 """The label models alone: loaders for the released checkpoints and batched, device-side cores.
 
-No Ray, no video decoding (so the GPU benchmark runs where PyAV is absent): `debias/labels/masks.py` and
-`debias/labels/scenes.py` wrap these cores as Ray Data stages, `debias/labels/weights.py` uses the loaders as load
+No Ray, no video decoding (so the GPU benchmark runs where PyAV is absent): `debias/curation/labels/masks.py` and
+`debias/curation/labels/scenes.py` wrap these cores as Ray Data stages, `debias/curation/labels/weights.py` uses the loaders as load
 checks, `benchmarks/bench_labels.py` times the cores in a plain loop against those stages. The cores
 take (N, 3, H, W) uint8 tensors, as `debias.curation.video.decode_jpegs_on` decodes them: the stages decode
 straight onto the model's device, so the frames never cross to the GPU as pixels.
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from debias.labels.config import LabelsConfig
+from debias.curation.labels.config import LabelsConfig
 
 COCO_PERSON = 1  # the person class id in torchvision's COCO detectors
 NUM_PLACES = 365
