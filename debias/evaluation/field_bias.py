@@ -104,7 +104,8 @@ class FieldBiasConfig:
     measures: FieldMeasuresConfig = field(default_factory=FieldMeasuresConfig)
     build_cpus: float = 1.0  # per clip-building task
     actors: int = 1  # model actors
-    cpus_per_actor: float = 1.0  # also the torch thread count of an actor
+    gpus_per_actor: float = 1.0  # where the cluster has GPUs; on a CPU-only cluster the actors use CPUs
+    cpus_per_actor: float = 1.0  # also the torch thread count of a CPU actor
     examples: int = 0  # write the counterfactual clips of this many rows as PNG strips to OUT/examples
     # The project's own measures (debias/evaluation/bias.py) beside them, on own.{scene,fit,test}_split of
     # the same shards, at the model's clip_len and crop_px; they need scene labels and those splits, and
@@ -117,6 +118,7 @@ class FieldBiasConfig:
               "needs exactly one model: a training run (--run RUN) or an exported backbone (export=DIR)")
         check(bool(self.shards), "shards", "needs curated data with person masks (--shards DIR)")
         check(self.actors >= 1, "actors", "must be >= 1")
+        check(self.gpus_per_actor >= 0, "gpus_per_actor", "must be >= 0")
         check(self.build_cpus > 0 and self.cpus_per_actor > 0, "build_cpus", "CPUs must be > 0")
         check(self.examples >= 0, "examples", "must be >= 0")
 
@@ -269,11 +271,12 @@ def make_build_fn(clip_len: int, crop_px: int, cfg: FieldMeasuresConfig):
 
 
 @torch.no_grad()
-def predict_built(net: nn.Module, clips: np.ndarray, built: np.ndarray, batch_clips: int = 16) -> np.ndarray:
-    """(N, K, T, H, W, 3) clips, (N, K) built -> (N, K) top-1 class, -1 where not built."""
+def predict_built(net: nn.Module, clips: np.ndarray, built: np.ndarray, batch_clips: int = 16,
+                  device: torch.device = torch.device("cpu")) -> np.ndarray:
+    """(N, K, T, H, W, 3) clips, (N, K) built -> (N, K) top-1 class, -1 where not built. `net` is on `device`."""
     pred = np.full(built.shape, -1, np.int64)
     flat = clips[built]
-    out = [net(torch.from_numpy(np.ascontiguousarray(flat[s:s + batch_clips])))[0].argmax(1)
+    out = [net(torch.from_numpy(np.ascontiguousarray(flat[s:s + batch_clips])).to(device))[0].argmax(1).cpu()
            for s in range(0, len(flat), batch_clips)]
     if out:
         pred[built] = torch.cat(out).numpy()
@@ -284,12 +287,14 @@ class Scorer:
     """The model step as a Ray Data actor: loads the model once, returns per row the top-1 of every
     clip (`pred`, (N, K)) with REASONS and PASS_COLUMNS; the clips themselves go no further."""
 
-    def __init__(self, run: str, checkpoint: str, export: str, threads: int) -> None:
-        torch.set_num_threads(threads)
-        self.net = load_eval_model(run, checkpoint, export).net
+    def __init__(self, run: str, checkpoint: str, export: str, device: str, threads: int) -> None:
+        self.device = torch.device(device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads)
+        self.net = load_eval_model(run, checkpoint, export).net.to(self.device)
 
     def __call__(self, batch: dict) -> dict:
-        pred = predict_built(self.net, batch["clips"], batch["built"])
+        pred = predict_built(self.net, batch["clips"], batch["built"], device=self.device)
         return {"pred": pred, **{k: batch[k] for k in REASONS + PASS_COLUMNS}}
 
 
@@ -432,8 +437,10 @@ def run_bias_eval(cfg: FieldBiasConfig) -> dict:
     ds = ray.data.from_arrow(plan).repartition(max(1, -(-plan.num_rows // m.batch_size)))
     ds = ds.map_batches(make_build_fn(model.clip_len, model.crop_px, m), batch_format="pyarrow",
                         batch_size=m.batch_size, num_cpus=cfg.build_cpus)
-    ds = ds.map_batches(Scorer, fn_constructor_args=(cfg.run, cfg.checkpoint, cfg.export, max(1, int(cfg.cpus_per_actor))),
-                        batch_format="numpy", batch_size=m.batch_size, num_cpus=cfg.cpus_per_actor,
+    gpus = cfg.gpus_per_actor if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    ds = ds.map_batches(Scorer, fn_constructor_args=(cfg.run, cfg.checkpoint, cfg.export, "cuda" if gpus else "cpu",
+                                                     max(1, int(cfg.cpus_per_actor))),
+                        batch_format="numpy", batch_size=m.batch_size, num_cpus=cfg.cpus_per_actor, num_gpus=gpus,
                         compute=ActorPoolStrategy(size=cfg.actors))
     results = _concat([{k: np.asarray(v) for k, v in b.items()} for b in ds.iter_batches(batch_format="numpy",
                                                                                           batch_size=None)])
@@ -443,7 +450,7 @@ def run_bias_eval(cfg: FieldBiasConfig) -> dict:
     summary = {**provenance(), "model": model.source, "shards": storage.absolute(cfg.shards), "split": m.split,
                "clips": len(results["video_id"]), "videos": len(set(results["video_id"].tolist())),
                "chance": 1 / len(classes), "metrics": metrics(results, m), "dropped": dropped(results),
-               "own_measures": own_measures(model, cfg), "eval_s": round(eval_s, 1),
+               "own_measures": own_measures(model, cfg), "gpus_per_actor": gpus, "eval_s": round(eval_s, 1),
                "total_s": round(time.perf_counter() - t0, 1), "config": to_dict(cfg)}
     write_outputs(cfg, out, summary, results, plan, model)
     log.info("bias: %d clips of %d videos -> %s in %.0f s", summary["clips"], summary["videos"], out, summary["total_s"])
