@@ -136,3 +136,18 @@ def test_a_model_of_other_classes_and_a_missing_export_fail_clearly(shards, tmp_
     write_run(tmp_path / "run", SDN(cfg.model, 2, 2).eval(), cfg, ["a", "b"], {"val": [[1, 0], [0, 1]]}, {"val_acc": 1.0})
     with pytest.raises(SystemExit, match="classes .* are not the model's"):
         main(["--run", str(tmp_path / "run"), "--shards", shards, "--out", str(tmp_path / "o")])
+
+
+def test_a_corrupt_row_becomes_a_row_with_its_error_not_a_lost_block(shards):
+    import pyarrow as pa
+
+    from debias.evaluation.field_bias import make_build_fn
+
+    cfg = FieldMeasuresConfig()
+    plan = plan_rows(shards, cfg).slice(0, 3)
+    frames = plan["frames"].to_pylist()
+    frames[1] = [b"not a jpeg"] * len(frames[1])
+    plan = plan.set_column(plan.schema.get_field_index("frames"), "frames", pa.array(frames, pa.list_(pa.binary())))
+    out = make_build_fn(8, 32, cfg)(plan)
+    assert out["built"][[0, 2], 0].all() and not out["built"][1].any()
+    assert out["error"][1].startswith(f"{out['video_id'][1]}: VideoError") and out["error"][0] == out["error"][2] == ""

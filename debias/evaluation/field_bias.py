@@ -161,7 +161,7 @@ def load_eval_model(run: str = "", checkpoint: str = "latest", export: str = "")
 
 
 def clip_kinds(backgrounds: BackgroundConfig) -> list[str]:
-    """The clips built per row, in the order of `build_clips`' second axis."""
+    """The clips built per row, in the order of the second axis of `make_build_fn`'s clips."""
     per_background = [f"{p}_{k}_{c}" for k in backgrounds.kinds for c in range(backgrounds.copies) for p in ("scuba", "scufo")]
     return ["clean", *per_background, "background_only", "human_only", "action_swap"]
 
