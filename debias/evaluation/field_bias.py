@@ -481,7 +481,7 @@ def plot_metrics(summary: dict, path: str) -> None:
     ax.barh(y, [m["value"] for m in values], color="C0", alpha=0.6,
             xerr=[[m["value"] - m["ci_low"] for m in values], [m["ci_high"] - m["value"] for m in values]], capsize=3)
     ax.axvline(summary["chance"], color="grey", linestyle="--", linewidth=1, label="chance")
-    ax.set_yticks(y, names, fontsize=8)
+    ax.set_yticks(y, [f"{k} ({m['videos']} videos)" for k, m in zip(names, values)], fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_title(f"{summary['split']}: top-1 with {summary['config']['measures']['ci_level']:.0%} bootstrap intervals over videos",
                  fontsize=9)
@@ -526,7 +526,7 @@ def report_markdown(summary: dict, kinds: list[str], examples: list[str]) -> str
              "## Clips dropped by a rule (each a row of clips.parquet with its reason)", "",
              table([{"reason": k, "clips": n} for k, n in sorted(summary["dropped"].items())], ["reason", "clips"])
              if summary["dropped"] else "(none)", "",
-             "## The project's own measures (debias/bias.py)", "",
+             "## The project's own measures (debias/evaluation/bias.py)", "",
              table(own_rows, ["measure", "value"]) if own_rows else f"skipped: {own.get('skipped', '')}", ""]
     if examples:
         lines += ["## Example clips", "", f"Rows, top to bottom: {', '.join(kinds)} (black: dropped).", ""]
