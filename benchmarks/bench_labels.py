@@ -53,8 +53,8 @@ import torch
 
 from debias.curation.labels.config import LabelsConfig
 from debias.curation.labels.models import NUM_PLACES, BoxSegmenter, PersonDetector, PlacesClassifier, build_detector, tiny_sam
-from debias.curation.labels.masks import decode_rows_on, run_by_size
-from debias.curation.shards import decode_jpegs_on, encode_jpeg
+from debias.curation.labels.rows import decode_rows_on, run_by_size
+from debias.curation.codecs import decode_jpegs_on, encode_jpeg
 from debias.curation.video import thread_stream
 from gpu_busy import GpuBusy  # benchmarks/, beside this script
 

@@ -1,7 +1,7 @@
 """Dataset-sized rehearsal: the real preprocess job on a real dataset's video tree, at its real size.
 
     python benchmarks/bench_scale.py [--dataset hmdb51|ucf101] [--work DIR] [--small 0.1] [--repeats 3]
-                                     [--resume-size small|full]
+                                     [--resume-size small|full] [--full 1.0] [--quick]
 
 It builds the dataset's video tree from its published split files (../shared/data/real_meta: UCF101
 13,320 videos, HMDB51 6,766), each video a symbolic link to one of the real clips in
@@ -210,9 +210,15 @@ def main() -> None:
                              "part of the run and a kill at half time may come before any file is written) the small one")
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of each small job for the throughput and label-cost ratios (each ratio takes each job's fastest)")
+    parser.add_argument("--full", type=float, default=1.0, help="share of the split's videos in the full run")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of every job (--small 0.005 --full 0.02 --repeats 1 --resume-size small): "
+                             "its figures say nothing about scale")
     parser.add_argument("--meta", default=str(SHARED / "real_meta"))
     parser.add_argument("--clips", default=str(SHARED / "real_clips"))
     args = parser.parse_args()
+    if args.quick:
+        args.small, args.full, args.repeats, args.resume_size = 0.005, 0.02, 1, "small"
     meta, clips, work = Path(args.meta), Path(args.clips), Path(args.work)
     for need in (meta, clips):
         if not need.is_dir():
@@ -222,6 +228,8 @@ def main() -> None:
     tree_videos = build_tree(args.dataset, meta, clips, root)
     _videos, full_lists = dataset_videos(args.dataset, meta)
     small = small_lists(args.dataset, meta, work / "lists_small", round(1 / args.small))
+    if args.full < 1:
+        full_lists = small_lists(args.dataset, meta, work / "lists_full", round(1 / args.full))
     print(f"tree: {tree_videos} videos under {root} (links to {clips})", flush=True)
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -287,7 +295,7 @@ def main() -> None:
     }
     print(json.dumps({"benchmark": "bench_scale", "dataset": args.dataset, "split_index": 1,
                       "tree_videos": tree_videos, "sampling": runs["small"]["sampling"],
-                      "small_share": args.small, "resume_size": args.resume_size, "cores": cores,
+                      "small_share": args.small, "full_share": args.full, "resume_size": args.resume_size, "cores": cores,
                       "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), **figures, "bars_met": bars,
                       "runs": runs}))
 

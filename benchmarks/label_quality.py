@@ -26,12 +26,13 @@ import pandas as pd
 
 from debias.curation.curate import DecodeConfig, PreprocessConfig, make_decode_fn
 from debias.curation.labels.config import LabelsConfig
-from debias.curation.labels.masks import AnnotationMasks, MotionMasks, decode_rows
+from debias.curation.labels.masks import AnnotationMasks, MotionMasks
+from debias.curation.labels.rows import decode_rows
 from debias.curation.labels.scenes import cluster_probs, fit_scene_clusters, background_features
 from debias.curation.sources import InputConfig, read_source
 from debias.curation.sources import read_annotation
 from debias.curation.synth import SynthConfig, generate
-from debias.curation.shards import unpack_mask
+from debias.curation.codecs import unpack_mask
 
 
 def nmi(a: np.ndarray, b: np.ndarray) -> float:

@@ -74,7 +74,7 @@ def init_ray(local_num_cpus: int = 0) -> None:
     # Registered before ray.init, so that it runs after Ray's own atexit shutdown (atexit is LIFO).
     atexit.register(reap, token)
     # A job stopped with SIGTERM (kill, a scheduler, `timeout`) dies without atexit by default, and its
-    # private Ray then lives on (seen here: 29 processes of a demo stopped so). Exiting runs both hooks.
+    # private Ray, every process of it, lives on. Exiting runs both hooks.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # address="local": a private instance even when another Ray runs on this machine (`ray start`, another

@@ -146,7 +146,6 @@ def render_block(spec: dict, doc: Path, root: Path) -> str:
             return value() + "\n"
         return markdown_table(["column", "type"], [[f"`{f.name}`", f"`{f.type}`"] for f in value]) + "\n"
     name = spec["result"]
-    where = f"{doc.relative_to(root)} block '{name}'"
     path = results_dir(root) / f"{name}.json"
     if not path.exists():
         return (f"*Not measured at this checkout: `python docs/render.py record {name} {spec['record']}` "

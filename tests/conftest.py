@@ -11,6 +11,21 @@ import pytest
 # missed poll is only an error after 10 min, so the faster cadence changes no outcome.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--all", action="store_true",
+                     help="the whole suite, as CI runs it: also the tests marked slow (without: the fast tier)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fast tier by default: tests marked slow run with --all (or when -m picks them)."""
+    if config.getoption("--all") or config.option.markexpr:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 REAL_CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_clips"
 
 # configs/pipeline/quick.yaml shrunk to seconds per stage: the pipeline tests (local disk and S3) run it.
@@ -81,3 +96,13 @@ def epoch_lines(run: Path) -> dict[int, str]:
     """metrics.jsonl as written: epoch -> its line. A line carries the epoch's timings, so an epoch trained
     again after a restart (the writer keeps one line per epoch) has another line."""
     return {json.loads(x)["epoch"]: x for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()}
+
+
+def docs_render():
+    """docs/render.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render", Path(__file__).resolve().parents[1] / "docs" / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

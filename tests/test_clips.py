@@ -18,8 +18,9 @@ from debias.training.clips import (
     render_clips,
     write_pattern_shards,
 )
-from debias.curation import shards
-from debias.curation.shards import encode_jpeg, shard_files
+from debias.curation import codecs
+from debias.curation.shards import shard_files
+from debias.curation.codecs import encode_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,8 @@ def _both(cfg: ClipConfig, train: bool, batch: dict, device: str, monkeypatch) -
     is compared is the rendering: crops, resizes, flips, masks, fills, batching."""
     plans = plan_clips(cfg, train, batch, np.random.default_rng(3))
     cpu = render_clips(cfg, batch, plans, True, np.random.default_rng(0)) | clip_targets(cfg, batch, plans)
-    decode_on = shards.decode_jpegs_on
-    monkeypatch.setattr(shards, "decode_jpegs_on",
+    decode_on = codecs.decode_jpegs_on
+    monkeypatch.setattr(codecs, "decode_jpegs_on",
                         lambda dev, jpegs: [f.to(dev) for f in decode_on(torch.device("cpu"), jpegs)])
     out = ClipCollate(cfg, torch.device(device))(pack_clips(batch, plans, True) | clip_targets(cfg, batch, plans))
     return cpu, {k: v.cpu().numpy() for k, v in out.items()}
@@ -83,8 +84,8 @@ def test_nvjpeg_decodes_like_libjpeg_turbo(batch):
     """Same pixels up to the decoders' IDCT and chroma upsampling: on these noisy frames about 2 levels
     on average (measured on an H200: 2.2), the same colours (no channel swap or shift)."""
     jpegs = [f for row in batch["frames"][:4] for f in row]  # rows of one frame size
-    gpu = torch.stack(shards.decode_jpegs_on(torch.device("cuda"), jpegs)).cpu()
-    cpu = torch.stack(shards.decode_jpegs_on(torch.device("cpu"), jpegs))
+    gpu = torch.stack(codecs.decode_jpegs_on(torch.device("cuda"), jpegs)).cpu()
+    cpu = torch.stack(codecs.decode_jpegs_on(torch.device("cpu"), jpegs))
     assert gpu.shape == cpu.shape == (len(jpegs), 3, 48, 48) and gpu.dtype == torch.uint8
     diff = (gpu.int() - cpu.int()).abs().float()
     assert diff.mean() < 4

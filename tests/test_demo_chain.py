@@ -1,13 +1,18 @@
 """The whole chain on Ray, on a tiny benchmark: synth -> preprocess -> 4 variants x 2 seeds of pretrain
 (as many runs at a time as the CPUs hold) -> bias measures -> report. (Resuming a run: tests/test_train.py.)"""
 
+import pytest
 import json
+
+from conftest import docs_render
 
 from debias import storage
 from debias.config import load_config
 from debias.training.pretrain import run_pretrain
 from debias.training.runs import checkpoint_path, read_metrics, read_run
 from debias.experiments.demo import VARIANTS, DemoConfig, read_demo, run_configs, run_demo
+
+pytestmark = pytest.mark.slow  # the whole demo, 8 training runs
 
 TINY = ["synth.train_per_class=4", "synth.val_per_class=2", "synth.ood_per_class=2",
         "synth.target_train_per_class=1", "synth.target_test_per_class=1", "synth.frame_size_px=32",
@@ -65,6 +70,8 @@ def test_demo_runs_every_variant_and_seed_and_reports_means_and_bias(tmp_path, r
     assert len(drops) == 6 and all(set(r) == {"class", "baseline_drop_ood", "sdn_drop_ood"} for r in drops)
     assert all(-1.0 <= r["sdn_drop_ood"] <= 1.0 for r in drops)
     assert [r["baseline_drop_ood"] for r in drops] == sorted((r["baseline_drop_ood"] for r in drops), reverse=True)
+    # every README / docs block the demo records renders from what the demo writes now
+    assert all(block for block in docs_render().render_recorded_by("debias demo", on_disk))
     report = (out / "report.md").read_text()
     assert "sdn" in report and "±" in report and "scene_mdl_bits" in report and "Which actions lean on the scene" in report
     assert "contrasted_acc" in report and "Chung et al." in report

@@ -204,6 +204,7 @@ def test_classify_yt_dlp_messages(message, reason):
     assert classify(message) == reason
 
 
+@pytest.mark.slow
 def test_preprocess_job_downloads_decodes_and_a_rerun_asks_again_only_for_retryable_ids(server, tmp_path, ray_local):
     from debias.config import load_config
     from debias.curation.curate import PreprocessConfig

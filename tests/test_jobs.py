@@ -17,6 +17,8 @@ from debias.curation.synth import SynthConfig
 from debias.cluster import free_port
 from debias.curation.synth import run_synth
 
+pytestmark = pytest.mark.slow  # a `ray start` head and submitted jobs
+
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 

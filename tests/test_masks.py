@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,11 +15,11 @@ import torch
 from debias.curation.curate import DecodeConfig, Decoder, make_decode_fn
 from debias.curation.labels.config import LabelsConfig
 from debias.curation.labels.models import BoxSegmenter, PersonDetector, load_detector, load_sam, tiny_sam
-from debias.curation.labels.masks import (MOTION_MODEL_FRAMES, MotionMasks, SamMasks, decode_rows, decode_rows_on, motion_masks,
-                          open_3x3)
+from debias.curation.labels.masks import MOTION_MODEL_FRAMES, MotionMasks, SamMasks, motion_masks, open_3x3
+from debias.curation.labels.rows import decode_rows, decode_rows_on
 from debias.curation.sources import InputConfig, read_annotation, read_source
 from debias.curation.synth import SynthConfig, generate
-from debias.curation.shards import decode_jpeg, encode_jpeg, unpack_mask
+from debias.curation.codecs import decode_jpeg, encode_jpeg, unpack_mask
 from debias.curation.video import MEDIAN_FRAMES, resize_crop, sample_uniform, temporal_median
 from debias.curation.labels.weights import WeightsError, catalog, resolve_providers
 
@@ -341,3 +342,39 @@ def test_detector_is_found_in_the_torch_hub_cache(tmp_path, weights, monkeypatch
     masks, _, paths = resolve_providers(LabelsConfig(mask_provider="sam", scene_provider="none", detector=DETECTOR,
                                                      weights_dir=str(tmp_path / "weights")))
     assert masks == "sam" and paths["detector"] == hub / detector
+
+
+def test_sam_stage_matches_segment_anythings_own_predictor_on_the_same_weights(weights):
+    """Golden test against the reference code: segment-anything's `SamPredictor` (its own resize, padding,
+    normalisation and box transform) with box prompts, on the same random weights. A preprocessing
+    mistake (channel order, a missing normalisation, boxes not rescaled) changes the masks here, which the
+    comparisons with our own core alone cannot show."""
+    from segment_anything import SamPredictor
+
+    d, labels = weights
+    paths = {wf.role: d / wf.filename for wf in catalog(labels)}
+    sam = load_sam(paths["sam"])
+    segment = BoxSegmenter(sam, labels, torch.device("cpu"))
+    predictor = SamPredictor(sam)
+    rng = np.random.default_rng(0)
+    for h, w in ((96, 128), (120, 80)):  # landscape and portrait: the longest side is resized to 256
+        image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (9, 9), 3)  # RGB, as frames are
+        image[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = (220, 40, 40)  # a block the boxes hold
+        boxes = np.array([[w / 3 - 4, h / 4 - 4, 2 * w / 3 + 4, 3 * h / 4 + 4], [2, 2, w / 2, h / 2]], np.float32)
+        ours = segment(to_chw(image)[None], [torch.from_numpy(boxes)])[0]
+        predictor.set_image(image, image_format="RGB")
+        theirs = np.zeros((h, w), bool)
+        for box in boxes:
+            masks, _scores, _logits = predictor.predict(box=box, multimask_output=False)
+            theirs |= masks[0]
+        assert theirs.any() and (~theirs).any(), "a degenerate reference mask cannot tell the two apart"
+        # the resize before the encoder differs only in its rounding (PIL uint8 against float antialias)
+        assert (ours == theirs).mean() > 0.99, (h, w, (ours == theirs).mean())
+        # a plain mistake is far outside that: the frames in BGR order (or boxes at half scale: ~0.95)
+        bgr = segment(to_chw(np.ascontiguousarray(image[..., ::-1]))[None], [torch.from_numpy(boxes)])[0]
+        assert (bgr == theirs).mean() < 0.97
+
+
+def to_chw(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W), as the model cores take frames."""
+    return torch.from_numpy(image).permute(2, 0, 1).contiguous()

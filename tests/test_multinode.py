@@ -18,6 +18,8 @@ from debias.curation.preprocess import run_preprocess
 from debias.training.pretrain import run_pretrain
 from conftest import epoch_lines
 
+pytestmark = pytest.mark.slow  # a Ray cluster of three nodes
+
 
 @pytest.fixture(scope="module")
 def cluster():

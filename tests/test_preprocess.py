@@ -14,9 +14,8 @@ import pytest
 from debias.curation.curate import DecodeConfig, InputConfig, PreprocessConfig, make_decode_fn
 from debias.curation.download import find_ffmpeg
 from debias.curation.labels.config import LabelsConfig
-from debias.curation.shards import (SHARD_SCHEMA, committed_run, decode_jpeg, num_scenes, read_classes, read_errors,
-                           read_parquet, read_scene_names, read_summary, shard_files, shard_schema_markdown,
-                           summary_digest, unpack_mask)
+from debias.curation.shards import SHARD_SCHEMA, committed_run, num_scenes, read_classes, read_errors, read_parquet, read_scene_names, read_summary, shard_files, shard_schema_markdown, summary_digest
+from debias.curation.codecs import decode_jpeg, unpack_mask
 from debias.curation.synth import SynthConfig, generate
 from debias.curation.video import decode_clips, decode_window, pick_uniform, write_mp4
 from debias.curation.preprocess import run_preprocess

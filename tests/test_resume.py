@@ -21,6 +21,8 @@ from debias.curation.sources import read_source
 from debias.curation.synth import SynthConfig, generate
 from debias.curation.preprocess import run_preprocess
 
+pytestmark = pytest.mark.slow  # preprocess jobs killed and resumed
+
 ROOT = Path(__file__).resolve().parents[1]
 # Two clips a video, so that a video is two rows which a kill may split between a written file and a lost
 # one; two rows a file, so that files are written (and a kill lands) while most videos are still to do.

@@ -2,13 +2,16 @@
 
 The whole pipeline runs as a job (`python -m ray_jobs.pipeline`, a subprocess) with `out=s3://...`:
 synth -> preprocess (its manifest, videos and annotations read back from the bucket) -> reference
-pretraining -> a 2-trial sweep (Tune storage in the bucket) -> transfer -> summary. Every artifact must
-be in the bucket, nothing in a local folder named after the URI, and no process of the job may outlive
-it. Then a pretraining run on s3:// is killed mid-run and resumed from its checkpoint in the bucket.
+pretraining -> a 2-trial sweep (Tune storage in the bucket) -> transfer -> summary; the suite's only run
+of the whole chain, so its results are checked here too. Every artifact must be in the bucket, nothing
+in a local folder named after the URI, and no process of the job may outlive it; the same command again
+skips every stage. Then a pretraining run on s3:// is killed mid-run and resumed from its checkpoint in
+the bucket.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -19,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import JOB_MARKER, PIPELINE_TINY, left_behind
+from conftest import JOB_MARKER, PIPELINE_TINY, docs_render, left_behind
+from debias import storage
+from debias.experiments.pipeline import read_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "debias-test"
@@ -72,15 +77,24 @@ def _keys(prefix: str) -> set[str]:
     return {o["Key"] for page in pages for o in page.get("Contents", [])}
 
 
-def test_pipeline_job_on_s3_writes_only_to_the_bucket_and_leaves_no_process(s3, tmp_path):
+def pipeline_job(out: str, cwd: Path, marker: str) -> subprocess.CompletedProcess:
+    """The quick pipeline, shrunk to seconds per stage, as a job of its own (`python -m ray_jobs.pipeline`)."""
+    return subprocess.run([sys.executable, "-m", "ray_jobs.pipeline", "--config", str(ROOT / "configs/pipeline/quick.yaml"),
+                           *PIPELINE_TINY, f"out={out}"], cwd=cwd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, JOB_MARKER: marker})
+
+
+@pytest.mark.slow
+def test_pipeline_job_on_s3_then_a_rerun_skips_every_stage(s3, tmp_path):
+    """The suite's one run of the whole chain: synth -> preprocess (its manifest, videos and annotations
+    read back from the bucket) -> reference pretraining -> a 2-trial sweep (Tune storage in the bucket) ->
+    transfer -> summary, all on s3://; then the same command again, every stage skipped."""
     out = f"{s3}/pipe"
-    job = subprocess.run([sys.executable, "-m", "ray_jobs.pipeline", "--config", str(ROOT / "configs/pipeline/quick.yaml"),
-                          *PIPELINE_TINY, f"out={out}"], cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                         env={**os.environ, JOB_MARKER: "pipeline-s3"})
+    job = pipeline_job(out, tmp_path, "pipeline-s3")
     assert job.returncode == 0, job.stderr[-4000:]
     keys = _keys("pipe/")
     for key in ("pipe/summary.json", "pipe/report.md", "pipe/transfer.png", "pipe/pretrain_curves.png",
-                "pipe/synth/source/manifest.csv", "pipe/data_source/_committed.json",
+                "pipe/transfer_curves.png", "pipe/synth/source/manifest.csv", "pipe/data_source/_committed.json",
                 "pipe/pretrain_baseline/baseline/config.json", "pipe/pretrain_baseline/baseline/metrics.jsonl",
                 "pipe/sweep/summary.json", "pipe/sweep/sweep_config.json", "pipe/transfer/summary.json",
                 "pipe/transfer/report.md", "pipe/transfer/runs/baseline__target__split1/config.json"):
@@ -92,17 +106,51 @@ def test_pipeline_job_on_s3_writes_only_to_the_bucket_and_leaves_no_process(s3, 
     assert any(k.startswith("pipe/sweep/runs/") and "/tensorboard/events.out.tfevents" in k for k in keys)
     local = [str(p) for p in tmp_path.rglob("*") if "s3:" in str(p) or BUCKET in str(p)]
     assert not local and not (ROOT / "s3:").exists(), local
-    import json
-
-    import boto3
-
-    summary = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key="pipe/summary.json")["Body"].read())
-    assert {r["pretrain"] for r in summary["transfer"]} == {"baseline", "sweep_best"}
-    assert summary["sweep"]["best"]["run"].startswith(f"{out}/sweep/runs/")
     left = left_behind("pipeline-s3")
     assert not left, f"processes of the job outlived it: {left}"
 
+    summary = read_pipeline(out)  # the record, read back from the bucket through its owner
+    trials = summary.sweep["trials"]
+    assert sorted(t["lambda_scene"] for t in trials) == [0.2, 0.5] and all(t["lambda_mask"] == 1.0 for t in trials)
+    metric = summary.sweep["metric"]
+    assert summary.sweep["best"][metric] == max(t[metric] for t in trials)
+    assert summary.sweep["best"]["run"].startswith(f"{out}/sweep/runs/")
+    rows = summary.transfer
+    assert {(r["pretrain"], r["target"], r["split"]) for r in rows} == {("baseline", "target", 1),
+                                                                       ("sweep_best", "target", 1)}
+    test_videos = 2 * 6  # synth.target_test_per_class=2, 6 actions
+    assert all(r["epochs"] == 2 and r["top1"] * test_videos == pytest.approx(round(r["top1"] * test_videos))
+               for r in rows)  # a share of the test videos, after both epochs
+    # the fine-tuning started from the pretrained backbone
+    run_cfg = storage.read_json(f"{out}/transfer/runs/baseline__target__split1/config.json")["config"]
+    assert run_cfg["model"]["init_from"].startswith(f"{out}/pretrain_baseline/baseline/checkpoint_epoch_")
+    for name in ("baseline", "sweep_best"):
+        bias = summary.bias[name]
+        # the measures are the ones their definitions give from the reported parts (docs/pipeline.md)
+        chance = bias["action_chance"]
+        assert bias["representation_bias"] == pytest.approx(math.log(max(bias["scene_only_probe_acc"], chance) / chance))
+        assert bias["counterfactual_drop"] == pytest.approx(bias["counterfactual_clean_acc"] - bias["counterfactual_acc"])
+        assert bias["scene_mdl_compression"] == pytest.approx(bias["scene_mdl_uniform_bits"] / bias["scene_mdl_bits"])
+        n = bias["videos"]["test"]
+        for key in ("masked_action_acc", "counterfactual_acc", "counterfactual_follows_background"):
+            assert bias[key] * n == pytest.approx(round(bias[key] * n)), key  # a share of videos
+        # the field's measures beside them (SCUBA, HAT): the clean clips are the same pixels as the project's own
+        assert bias["clean_top1"] == pytest.approx(bias["counterfactual_clean_acc"])
+        assert bias["scuba_top1_stripes_low"] <= bias["scuba_top1_stripes"] <= bias["scuba_top1_stripes_high"]
+    assert 0.0 < summary.dataset_bias["scene_label_action_acc"] <= 1.0  # once per dataset, not per model
+    assert "sweep_best" in storage.read_text(f"{out}/report.md")
+    assert "scuba_top1" in storage.read_text(f"{out}/report.md")  # the bias table has the field's columns
+    # every README / docs block the pipeline records renders from what the pipeline writes now
+    assert all(block for block in docs_render().render_recorded_by("debias pipeline", storage.read_json(f"{out}/summary.json")))
 
+    again = pipeline_job(out, tmp_path, "pipeline-s3-again")
+    assert again.returncode == 0, again.stderr[-4000:]
+    rerun = read_pipeline(out)
+    assert set(rerun.skipped) == {"synth", "data_source", "data_target_split1", "pretrain_baseline", "sweep", "transfer"}
+    assert rerun.transfer == summary.transfer and rerun.sweep == summary.sweep
+
+
+@pytest.mark.slow
 def test_pretrain_on_s3_killed_mid_run_resumes_from_its_checkpoint_in_the_bucket(s3, ray_local):
     from debias.training import runs
     from debias.training.clips import write_pattern_shards

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -22,8 +23,8 @@ from debias.curation.labels.scenes import ClusterScenes, Places365Scenes, cluste
 from debias.curation.sources import InputConfig, read_source
 from debias.curation.sources import read_annotation
 from debias.curation.synth import SynthConfig, generate
-from debias.curation.shards import decode_jpeg, encode_jpeg, pack_mask, unpack_mask
-from debias.curation.labels.weights import WeightsError, resolve_providers
+from debias.curation.codecs import decode_jpeg, encode_jpeg, pack_mask, unpack_mask
+from debias.curation.labels.weights import WeightsError, catalog, resolve_providers
 
 DECODE = DecodeConfig(num_frames=4, short_side_px=32, crop_px=32)
 
@@ -250,3 +251,30 @@ def test_scene_names_say_what_each_id_means(synth, places):
     with pytest.raises(ValueError, match=r"fitted K.*scene_step\(...\).names"):
         scene_names(cfg, "clusters", paths)  # labels.scene_clusters may not be the K fitted
     assert len(scene_names(cfg, "annotations", paths)) == 6 and scene_names(cfg, "none", paths) == []
+
+
+def test_places365_stage_matches_the_csail_release_transform_on_the_same_weights(places):
+    """Golden test against the reference preprocessing of the CSAIL Places365 release (run_placesCNN_basic.py:
+    PIL image -> Resize((224, 224)) -> ToTensor -> Normalize(ImageNet mean, std)) on the same random
+    weights: channel order, scaling or normalisation mistakes change the probabilities here."""
+    from PIL import Image
+    from torchvision import transforms as trn
+
+    paths = {wf.role: Path(places.weights_dir) / wf.filename for wf in catalog(places)}
+    model = load_places365(paths["places365"], "resnet18")
+    classifier = PlacesClassifier(model, places, torch.device("cpu"))
+    centre_crop = trn.Compose([trn.Resize((224, 224)), trn.ToTensor(),
+                               trn.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for h, w in ((112, 112), (96, 160), (256, 200)):
+            image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (7, 7), 2)
+            image[h // 4: h // 2, : w // 2] = (230, 30, 30)  # a red block: colour order matters
+            ours = np.log(classifier(torch.from_numpy(image).permute(2, 0, 1)[None])[0])
+            reference = torch.log_softmax(model(centre_crop(Image.fromarray(image))[None]), 1)[0].numpy()
+            # random weights give near-uniform probabilities: compare log-probabilities, on their own spread
+            spread = reference.std()
+            assert np.abs(ours - reference).max() < 0.05 * spread  # PIL resizes in uint8, we in float
+            # a plain mistake is far outside that: the frames in BGR order
+            bgr = np.log(classifier(torch.from_numpy(image[..., ::-1].copy()).permute(2, 0, 1)[None])[0])
+            assert np.abs(bgr - reference).max() > 0.5 * spread

@@ -147,6 +147,7 @@ def _live_placement_groups() -> list:
     return [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
 
 
+@pytest.mark.slow
 def test_asha_stops_the_weak_trial_the_next_trial_still_runs_and_the_best_is_picked(tmp_path, shards):
     """One trial at a time, best by train_loss (min). The mask term of the loss is -lambda_mask x the
     masked clips' entropy (~ -1.7 x lambda_mask here), so the weights order the trials for sure: the
@@ -175,6 +176,7 @@ def test_asha_stops_the_weak_trial_the_next_trial_still_runs_and_the_best_is_pic
     assert not _live_placement_groups()
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, shards):
     starts = tmp_path / "starts.txt"
 

@@ -9,7 +9,7 @@ import pytest
 
 from debias.curation.sources import read_annotation
 from debias.curation.synth import SynthConfig, generate
-from debias.curation.shards import pack_mask, unpack_mask
+from debias.curation.codecs import pack_mask, unpack_mask
 from debias.curation.video import VideoError, decode_window, resize_crop, sample_uniform
 
 TINY = dict(train_per_class=3, val_per_class=1, ood_per_class=2, target_train_per_class=1, target_test_per_class=1)

@@ -78,6 +78,7 @@ def _trial(config: dict) -> None:
         tune.report({"score": config["x"] * (step + 1)})
 
 
+@pytest.mark.slow
 def test_a_tune_run_logs_every_trial_to_mlflow(tmp_path, ray_local):
     from ray import tune
 

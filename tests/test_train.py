@@ -81,6 +81,7 @@ def _ddp_worker(rank: int, port: int, batches: list[dict], out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_with_two_gloo_workers_matches_one_worker_on_the_same_global_batch(shards, tmp_path):
     # Frozen backbone BatchNorm (model.freeze_bn) and no BatchNorm in the scene head: with batch
     # statistics, two half batches are normalised differently from one whole batch, DDP or not.
@@ -288,6 +289,7 @@ def test_each_split_reads_its_own_rows_cached_or_not(shards, tmp_path, ray_local
         assert got == sorted(table.video_id[table.split == split]), split
 
 
+@pytest.mark.slow
 def test_stopped_run_resumes_at_the_right_epoch_with_the_same_optimizer_state(shards, tmp_path, ray_local):
     from debias.training.pretrain import run_pretrain
 
@@ -316,6 +318,7 @@ def test_stopped_run_resumes_at_the_right_epoch_with_the_same_optimizer_state(sh
     assert list((tmp_path / "stopped" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_local_mode_trains_the_same_model_and_keeps_the_checkpoints_ray_keeps(shards, tmp_path, ray_local):
     """scaling.num_workers=0 (Ray Train's local mode, the demo's): the loop runs in this process, the same
     numbers as one worker; Ray keeps no checkpoint there, so the run folder keeps what Ray's
@@ -338,6 +341,7 @@ def test_local_mode_trains_the_same_model_and_keeps_the_checkpoints_ray_keeps(sh
         _cfg(shards, tmp_path, "x", "scaling.num_workers=0", "scaling.max_failures=1")
 
 
+@pytest.mark.slow
 def test_killed_worker_is_recovered_from_the_last_checkpoint(shards, tmp_path, ray_local):
     # decode_on=device: the workers render their clips themselves (ClipCollate, here on CPU), as on GPUs
     cfg = _cfg(shards, tmp_path, "killed", "scaling.num_workers=2", "scaling.max_failures=1",
@@ -367,6 +371,7 @@ def test_repro_configs_follow_the_papers_recipe(path):
     assert cfg.optim.batch_size * cfg.scaling.num_workers == 32  # the paper's (global) batch
 
 
+@pytest.mark.slow
 def test_a_failed_pretrain_job_says_why_and_leaves_no_process(shards, tmp_path):
     """The run fails inside its Train worker (the plateau schedule reads a metric no epoch reports): the
     job exits non-zero naming the key, and none of its processes (Ray's included) outlives it."""
@@ -386,6 +391,7 @@ def test_a_failed_pretrain_job_says_why_and_leaves_no_process(shards, tmp_path):
     assert not left, f"processes of the failed job outlived it: {left}"
 
 
+@pytest.mark.slow
 def test_a_pretrain_job_stopped_with_sigterm_leaves_no_process(shards, tmp_path):
     """SIGTERM (kill, `timeout`, a scheduler) once the job's Ray is up: Python's default would exit without
     atexit and leave the private Ray running (seen: 29 processes of a demo); the job exits through it."""

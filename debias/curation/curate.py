@@ -28,7 +28,8 @@ from debias.curation import shards
 from debias.config import check, to_dict
 from debias.curation.download import DownloadConfig
 from debias.curation.labels.config import LabelsConfig
-from debias.curation.shards import ERROR_COLUMNS, ERROR_SCHEMA, SCHEMA_VERSION, Attempt, Resumed, encode_jpeg_bgr
+from debias.curation.shards import ERROR_COLUMNS, ERROR_SCHEMA, SCHEMA_VERSION, Attempt, Resumed
+from debias.curation.codecs import encode_jpeg_bgr
 from debias.curation.sources import InputConfig, Row, ids_in_several_windows
 from debias.curation.video import FramePicker, VideoError, bgr_to_rgb, decode_clips, pick_all, pick_at_rate, pick_clips, pick_uniform
 

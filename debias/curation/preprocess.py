@@ -1,16 +1,7 @@
-"""Preprocess: dataset source -> [yt-dlp download] -> decode + sample + resize/crop + JPEG -> human masks
--> scene labels -> Parquet shards, an error table and a summary.
-
-    python -m ray_jobs.preprocess ROOT --out OUT            # any folder ROOT/<class>/<video>
-    python -m ray_jobs.preprocess --config configs/preprocess/kinetics400.yaml [key=value ...]
-
-Sources (input.source): folder, kinetics, minikinetics, ucf101, hmdb51, diving48; sampling policies
-(decode.sampling): uniform, paper, seed, clips. OUT is a local path or a URI (s3://, gs://). Every input
-video ends in the shards or in the error table with a reason; the run becomes visible at its end, whole,
-through OUT/_committed.json (`debias.curation.shards` reads it). A run killed at any point resumes when started
-again with the same config and inputs: the videos it wrote are not curated again. Downloads skip files
-on disk and known-dead videos (OUT/downloads.parquet).
-"""
+"""The `preprocess` job: a dataset's videos into committed Parquet shards, as one Ray Data chain
+(download, decode and sample with the label steps that need no model, SAM masks, Places365 labels,
+finalize, write), resumable from a killed attempt. `run_preprocess(cfg)` is the job; the driver is
+ray_jobs/preprocess.py, the shard layout debias/curation/shards.py."""
 
 from __future__ import annotations
 
@@ -70,7 +61,79 @@ def _scene_step(cfg: PreprocessConfig, provider: str, weights: dict, rows: list[
     return scene_step(cfg, provider, weights, rows)  # clusters: k-means fitted here, on a sample
 
 
+def curation_chain(todo: list[Row], cfg: PreprocessConfig, in_decode: tuple, model_steps: dict[str, tuple],
+                   decoders: int, gpus: float, attempt: shards.Attempt) -> None:
+    """The Ray Data chain from the videos to this attempt's Parquet shards, run to its end.
+
+    `in_decode`: the label steps without a model, run inside the decode actors on the rows each has just
+    decoded (so they scale with the decoders on any node, and no row crosses the object store for them);
+    `model_steps`: "masks" / "scenes" -> (class, constructor args) of the model providers, each a stage
+    of its own. `gpus`: each model actor's GPU share (0 on a CPU cluster)."""
+    res = cfg.resources
+
+    def label_pool() -> ActorPoolStrategy:
+        """A model actor on a GPU runs label_calls_per_actor batches at once, each thread on its own
+        CUDA stream, so that one batch's JPEG decode overlaps another's forward pass."""
+        calls = res.label_calls_per_actor if gpus else 1
+        return ActorPoolStrategy(size=res.label_actors, max_concurrent_calls_per_actor=calls,
+                                 enable_true_multi_threading=calls > 1)
+
+    # Blocks of <= ~32 videos once there are many (from_items stops at 200 blocks, which would cap the
+    # decode tasks of a big cluster at 200); one block a video for a small run.
+    ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), max(200, len(todo) // 32))))
+    ds.context.execution_options.preserve_order = cfg.preserve_order  # this dataset's option, not the process's
+    # 1. decode + sample + resize/crop + JPEG (+ the label steps without a model), 1:N (N =
+    #    decode.clips_per_video under sampling=clips, else 1; a failure is one error row, not a lost
+    #    row). CPU-bound, decode_cpus per actor (PyAV decodes a stream on ~one core with
+    #    decode.threads=1). An actor pool: Ray Data's task scheduler kept ~1 decode task busy
+    #    (Decoder's docstring). `decoders` actors; a shared cluster sets decode_workers lower to keep
+    #    cores for training.
+    ds = ds.flat_map(Decoder, fn_constructor_args=(cfg.decode, in_decode), num_cpus=res.decode_cpus,
+                     compute=ActorPoolStrategy(size=decoders))
+    if "masks" in model_steps:
+        # 2. human masks (detector + SAM), 1:1. An actor so the models load once per worker; half a
+        #    CPU so that it never starves the decoders; a GPU share where the cluster has GPUs.
+        step, args = model_steps["masks"]
+        ds = ds.map_batches(step, fn_constructor_args=args, batch_format="pandas", batch_size=res.label_batch_size,
+                            num_cpus=0.5, num_gpus=gpus, compute=label_pool())
+    if "scenes" in model_steps:
+        # 3. Places365 scene labels, 1:1, same resources and reasons as the masks.
+        step, args = model_steps["scenes"]
+        ds = ds.map_batches(step, fn_constructor_args=args, batch_format="pandas", batch_size=res.label_batch_size,
+                            num_cpus=0.5, num_gpus=gpus, compute=label_pool())
+    # 4. finalize, 1:(0 or 1): error rows go to the attempt's error parts, good rows are cast to the
+    #    shard schema. Arrow-only work: a quarter CPU.
+    ds = ds.map_batches(make_finalize_fn(attempt), batch_format="pyarrow", num_cpus=0.25)
+    # 5. size-targeted Parquet shards into this attempt's folder: each file, once whole, is what a
+    #    resumed run keeps (a kill loses at most the files being filled). A quarter CPU a write task: at
+    #    one CPU a write waits for a whole free CPU beside the decoders, so the files are written late and
+    #    the rows pile up in the object store meanwhile (docs/benchmarks.md: memory, what a kill loses).
+    fs, path = storage.filesystem(attempt.folder("shards"))
+    ds.write_parquet(path, filesystem=fs, min_rows_per_file=res.rows_per_shard, max_rows_per_file=res.rows_per_shard,
+                     ray_remote_args={"num_cpus": 0.25})
+
+
+def start_run(cfg: PreprocessConfig, out: str, digest: str, run_id: str | None, videos: int,
+              scenes_step: SceneStep) -> tuple[shards.Attempt, shards.Resumed]:
+    """This run's attempt: the killed run `run_id` of the same rows resumed (what it took over, said
+    first), or a new run. The first write to OUT."""
+    others = shards.other_unfinished_runs(out, run_id)
+    attempt, resumed = shards.start_attempt(out, digest, run_id, rows_per_video(cfg.decode))
+    if run_id:
+        log.info("preprocess: resuming run %s: %d of %d videos taken over from its killed attempts", run_id,
+                 len(resumed.video_ids), videos)
+        for note in resumed.notes:
+            log.info("  %s", note)
+    else:
+        storage.write_bytes(storage.join(attempt.run_dir, "scene_step.pkl"), pickle.dumps(scenes_step))
+        log.info("preprocess: run %s starts afresh%s", attempt.run_id,
+                 f" (killed runs {others} in {out}/runs hold other rows: another config or other inputs; kept "
+                 "for a run of theirs to resume, delete them to free the space)" if others else "")
+    return attempt, resumed
+
+
 def run_preprocess(cfg: PreprocessConfig) -> dict:
+    """The job: every input video into the committed shards or the error table; returns the summary."""
     out = storage.absolute(cfg.out)
     storage.check_storage(out, "out")
     t0 = time.perf_counter()
@@ -85,22 +148,10 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     masks_step = mask_step(cfg, mask_provider, weights)
     scenes_step = _scene_step(cfg, scene_provider, weights, rows, run_id, out)
     scenes_step[0](*scenes_step[1])  # a provider that cannot load fails here, before any video is decoded
-    names = scenes_step.names  # what each scene_id means (K fitted clusters, ...); [] without scenes
     timings["labels_setup"] = time.perf_counter() - t
 
     # Nothing is written to OUT before this point: a bad input or provider leaves it untouched.
-    others = shards.other_unfinished_runs(out, run_id)
-    attempt, resumed = shards.start_attempt(out, digest, run_id, rows_per_video(cfg.decode))
-    if run_id:
-        log.info("preprocess: resuming run %s: %d of %d videos taken over from its killed attempts", run_id,
-                 len(resumed.video_ids), len(rows))
-        for note in resumed.notes:
-            log.info("  %s", note)
-    else:
-        storage.write_bytes(storage.join(attempt.run_dir, "scene_step.pkl"), pickle.dumps(scenes_step))
-        log.info("preprocess: run %s starts afresh%s", attempt.run_id,
-                 f" (killed runs {others} in {out}/runs hold other rows: another config or other inputs; kept "
-                 "for a run of theirs to resume, delete them to free the space)" if others else "")
+    attempt, resumed = start_run(cfg, out, digest, run_id, len(rows), scenes_step)
     todo = [r for r in rows if r["video_id"] not in resumed.video_ids]
     downloads = None
     if cfg.download.enabled:
@@ -108,69 +159,26 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         todo, downloads = download_videos(todo, cfg.download, str(cfg.input.videos_dir()), out)
         timings["download"] = time.perf_counter() - t
     random.Random(cfg.seed).shuffle(todo)  # shards come out class-mixed, which a streaming reader needs
-    res = cfg.resources
 
     t = time.perf_counter()
     init_ray()
     timings["ray_start"] = time.perf_counter() - t
+    res, cluster = cfg.resources, ray.cluster_resources()
     # The model providers take label_gpus GPUs per actor where the cluster has GPUs (they autocast there).
-    cluster = ray.cluster_resources()
     gpus = res.label_gpus if cluster.get("GPU", 0) > 0 else 0
     # Decode actors: decode_workers, or one per decode_cpus of the CPUs beside 2 for the model label
     # actors and the finalize tasks.
     decoders = res.decode_workers or max(1, int((cluster.get("CPU", 1) - 2) // res.decode_cpus))
-    # Label steps without a model (motion, clusters, annotations, none) run inside the decode actors,
-    # on the rows each has just decoded: so they scale with the decoders on any node, and no row crosses
-    # the object store for them. The model providers are stages of their own.
-    in_decode = tuple(step[:2] for step, model in ((masks_step, mask_provider == "sam"),
-                                                   (scenes_step, scene_provider == "places365")) if not model)
-
-    def label_pool() -> ActorPoolStrategy:
-        """A model actor on a GPU runs label_calls_per_actor batches at once, each thread on its own
-        CUDA stream, so that one batch's JPEG decode overlaps another's forward pass."""
-        calls = res.label_calls_per_actor if gpus else 1
-        return ActorPoolStrategy(size=res.label_actors, max_concurrent_calls_per_actor=calls,
-                                 enable_true_multi_threading=calls > 1)
-
+    models = {"masks": mask_provider == "sam", "scenes": scene_provider == "places365"}
+    steps = {"masks": masks_step[:2], "scenes": scenes_step[:2]}
     t = time.perf_counter()
     if todo:  # empty when a killed attempt had written every video but not committed
-        # Blocks of <= ~32 videos once there are many (from_items stops at 200 blocks, which would cap the
-        # decode tasks of a big cluster at 200); one block a video for a small run.
-        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), max(200, len(todo) // 32))))
-        ds.context.execution_options.preserve_order = cfg.preserve_order  # this dataset's option, not the process's
-        # 1. decode + sample + resize/crop + JPEG (+ the label steps without a model), 1:N (N =
-        #    decode.clips_per_video under sampling=clips, else 1; a failure is one error row, not a lost
-        #    row). CPU-bound, decode_cpus per actor (PyAV decodes a stream on ~one core with
-        #    decode.threads=1). An actor pool: Ray Data's task scheduler kept ~1 decode task busy
-        #    (Decoder's docstring). `decoders` actors (above); a shared cluster sets decode_workers lower
-        #    to keep cores for training.
-        ds = ds.flat_map(Decoder, fn_constructor_args=(cfg.decode, in_decode), num_cpus=res.decode_cpus,
-                         compute=ActorPoolStrategy(size=decoders))
-        if mask_provider == "sam":
-            # 2. human masks (detector + SAM), 1:1. An actor so the models load once per worker; half a
-            #    CPU so that it never starves the decoders; a GPU share where the cluster has GPUs.
-            ds = ds.map_batches(masks_step[0], fn_constructor_args=masks_step[1], batch_format="pandas",
-                                batch_size=res.label_batch_size, num_cpus=0.5, num_gpus=gpus, compute=label_pool())
-        if scene_provider == "places365":
-            # 3. Places365 scene labels, 1:1, same resources and reasons as the masks.
-            ds = ds.map_batches(scenes_step[0], fn_constructor_args=scenes_step[1], batch_format="pandas",
-                                batch_size=res.label_batch_size, num_cpus=0.5, num_gpus=gpus, compute=label_pool())
-        # 4. finalize, 1:(0 or 1): error rows go to the attempt's error parts, good rows are cast to the
-        #    shard schema. Arrow-only work: a quarter CPU.
-        ds = ds.map_batches(make_finalize_fn(attempt), batch_format="pyarrow", num_cpus=0.25)
-        # 5. size-targeted Parquet shards into this attempt's folder: each file, once whole, is what a
-        #    resumed run keeps (a kill loses at most the files being filled).
-        fs, path = storage.filesystem(attempt.folder("shards"))
-        #    A quarter CPU a write task: at Ray's default of one CPU a write waited for a whole free CPU
-        #    beside the decoders, most files were written only late in the run, and the rows piled up
-        #    in the object store meanwhile (benchmarks/bench_scale.py: memory, and what a kill loses).
-        ds.write_parquet(path, filesystem=fs, min_rows_per_file=res.rows_per_shard, max_rows_per_file=res.rows_per_shard,
-                         ray_remote_args={"num_cpus": 0.25})
+        curation_chain(todo, cfg, tuple(steps[k] for k in steps if not models[k]),
+                       {k: steps[k] for k in steps if models[k]}, decoders, gpus, attempt)
     timings["pipeline"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    actors = {"decode": decoders, "masks": res.label_actors if mask_provider == "sam" else "in decode",
-              "scenes": res.label_actors if scene_provider == "places365" else "in decode"}
-    summary = publish_run(attempt, resumed, rows, classes, names, timings, to_dict(cfg), downloads, actors)
+    actors = {"decode": decoders, **{k: res.label_actors if models[k] else "in decode" for k in steps}}
+    summary = publish_run(attempt, resumed, rows, classes, scenes_step.names, timings, to_dict(cfg), downloads, actors)
     log.info("preprocess: %d videos (%d rows) -> %s, %d failed %s; %d taken over, %d curated now",
              summary["videos_ok"], summary["rows"], attempt.run_dir, summary["videos_failed"],
              summary["failures_by_reason"] or "", summary["videos_resumed"], summary["videos_processed"])

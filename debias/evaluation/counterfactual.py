@@ -30,7 +30,7 @@ from debias.curation.labels.fill import Fill, fill_people
 from debias.training.clips import video_key
 from debias.config import check
 from debias.training.models import KINETICS_MEAN
-from debias.curation.shards import decode_jpeg, unpack_mask
+from debias.curation.codecs import decode_jpeg, unpack_mask
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Human-only fills with the colour the model normalises to zero (its input mean), as HAT fills with the

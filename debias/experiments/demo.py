@@ -1,13 +1,7 @@
-"""Demo: the whole method, end to end, on a freshly generated synthetic scene-bias benchmark.
-
-    python -m ray_jobs.demo [--out DIR] [--config FILE] [key=value ...]
-
-synth -> preprocess (Ray Data) -> pretrain (Ray Train): baseline, scene loss only, mask loss only and
-both (SDN), each once per seed in `seeds`, several runs at once as Ray tasks -> per model: `val` (scenes
-as in training) and `ood` (scenes shuffled) accuracy and the scene-bias measures (debias/evaluation/bias.py) ->
-DIR/summary.json, DIR/report.md, DIR/bias.png (the measures per variant, mean and every seed) and
-DIR/curves.png (the training curves, mean over seeds).
-"""
+"""The `demo` job: a fresh synthetic benchmark, curated, the four ablation variants trained once per
+seed (several runs at once), each measured, the statistics over seeds (debias/experiments/ablation.py)
+and the report; `run_demo` and the summary it owns (`DemoResult`, `read_demo`). The driver is
+ray_jobs/demo.py."""
 
 from __future__ import annotations
 
@@ -49,10 +43,10 @@ class DemoConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     # 8 epochs, evaluated every 2nd (the cosine schedule anneals over them; curves.png). Ray Train's
-    # local mode (num_workers 0): each run trains in the task that fits it. A worker group's start-up (a
-    # dozen fresh actor processes, each importing torch) took longer than a model's training here. One
-    # torch thread a run, three runs at once (debias.experiments.sweep.concurrent_runs): tiny convolutions use two
-    # cores better as runs than as threads. Where the time goes: docs/benchmarks.md.
+    # local mode (num_workers 0): each run trains in the task that fits it, since a worker group's
+    # start-up (a dozen fresh actor processes, each importing torch) costs more than a tiny model's
+    # training. Runs at once rather than threads a run (debias.experiments.sweep.concurrent_runs): tiny
+    # convolutions use the cores better so. Where the time goes: docs/benchmarks.md.
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
         eval_every_epochs=2, optim=OptimConfig(epochs=8), scaling=ScalingConfig(num_workers=0, cpus_per_worker=0.5)))
     bias: BiasConfig = field(default_factory=BiasConfig)

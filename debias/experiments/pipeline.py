@@ -1,15 +1,6 @@
-"""Pipeline: the whole chain in one command, each stage skipped when its outputs match its config.
-
-    python -m ray_jobs.pipeline --config configs/pipeline/quick.yaml [--out DIR] [key=value ...]
-
-[synth] -> preprocess (source and every target) -> reference pretraining (the baseline) -> sweep of the
-loss weights (Ray Tune) -> transfer of every pretrained backbone (baseline, the sweep's best, from
-scratch) + scene-bias measurements -> report: DIR/summary.json, DIR/report.md and plots.
-
-Each stage writes DIR/STAGE/stage.json with a hash of its config and of the stages it reads. On a rerun
-a finished stage with the same hash is skipped, an interrupted one resumes (the sweep through
-Tuner.restore, training runs from their checkpoints), and one whose hash changed is run afresh.
-"""
+"""The `pipeline` job: every stage of the study in order, each in DIR/STAGE with a hash of its config
+and inputs, so a rerun skips what is done and resumes what was interrupted (`Stages`); `run_pipeline`
+and the summary it owns (`PipelineResult`, `read_pipeline`). The driver is ray_jobs/pipeline.py."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""Loss-weight sweeps: the config, the Tune search space, trial sizing and picking the best trial.
-
-Everything here is plain Python (no cluster): `ray_jobs/sweep.py` turns it into a `tune.Tuner` whose
-trials each run one `run_pretrain` with the trial's `lambda_scene` and `lambda_mask`.
-"""
+"""Loss-weight sweeps with Ray Tune: the config, the search space, trial sizing, picking the best pair
+over seeds, the Tuner (each trial one `run_pretrain` with its weights, a new Tuner or the interrupted
+one restored) and the result it owns (`SweepResult`, `read_sweep`). The driver is ray_jobs/sweep.py."""
 
 from __future__ import annotations
 
@@ -316,7 +314,7 @@ def run_sweep(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -
     # A trial that ASHA stops (also at its last epoch) is killed mid-fit; Ray Train then removes its
     # workers' placement group from a watcher that asks the State API whether the run's controller
     # is alive. Without that API the group, and its CPUs/GPUs, stay reserved until the sweep ends,
-    # and a later trial waits forever for them (measured: 3 trials on 4 CPUs left 3 groups behind).
+    # and a later trial waits forever for them (docs/ray-notes.md).
     if cfg.asha.enabled and (reason := state_api_error()):
         raise SystemExit(f"sweep: asha.enabled=true needs Ray's State API, which the dashboard serves ({reason}): "
                          "Ray Train frees the workers of a trial that ASHA stops through it. Start Ray with its "

@@ -23,8 +23,8 @@ import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from debias.config import check
-from debias.curation.labels.fill import Fill, fill_people
-from debias.curation.shards import decode_jpeg, unpack_mask
+from debias.curation.labels.fill import Fill, fill_people, fill_people_torch
+from debias.curation.codecs import decode_jpeg, unpack_mask
 
 
 # The shard columns a training clip needs (everything else stays on disk).
@@ -40,8 +40,8 @@ class ClipConfig:
     crop_px: int = 32  # random crop when training, centre crop when evaluating
     flip: bool = False  # horizontal flip; off when left/right is part of the label (walk_left vs walk_right)
     mask_fill: Fill = "mean"  # how people are removed: per-frame mean colour (paper), zero, noise, blur
-    # true: fill the union of the clip's masks in every frame, so no moving silhouette is left. The
-    # paper fills per frame (false); measured on the demo, per frame is better (README, findings).
+    # true: fill the union of the clip's masks in every frame, so no moving silhouette is left; false:
+    # each frame's own mask, as the paper does (the comparison: docs/findings.md).
     mask_tube: bool = False
     min_person_frac: float = 0.0  # clip used by the mask loss only if this share of frames shows a person (paper: 0.7)
     # Multi-scale crop when training: a square of side scale x the shorter frame side, at a random
@@ -234,7 +234,7 @@ class ClipCollate(NumpyBatchCollateFn):
         import torch
         from torchvision.ops import roi_align
 
-        from debias.curation.shards import decode_jpegs_on, unpack_masks_on
+        from debias.curation.codecs import decode_jpegs_on, unpack_masks_on
 
         cfg, dev = self.cfg, self.device
         n, t, px = len(batch["jpegs"]), cfg.clip_len, cfg.crop_px
@@ -291,7 +291,7 @@ def write_pattern_shards(out: str | Path, splits: dict[str, int], num_classes: i
     from debias import storage
 
     from debias.curation import shards
-    from debias.curation.shards import encode_jpeg, pack_mask
+    from debias.curation.codecs import encode_jpeg, pack_mask
 
     out = storage.absolute(str(out))
     rng = np.random.default_rng(seed)
@@ -332,5 +332,9 @@ def write_pattern_shards(out: str | Path, splits: dict[str, int], num_classes: i
         shards.write_parquet(storage.join(attempt.folder("shards"), f"part-{start // rows_per_file:05d}.parquet"), table)
     shards.commit(attempt, resumed, shards.ERROR_SCHEMA.empty_table(), [f"class_{k}" for k in range(num_classes)],
                   [f"scene_{k}" for k in range(num_classes)],
-                  {"videos_in": len(rows), "videos_ok": len(rows), "ok_by_split": splits, "source": "pattern"})
+                  {"videos_in": len(rows), "videos_ok": len(rows), "ok_by_split": splits, "source": "pattern",
+                   # what a preprocess summary's config says of the frames (runs.preprocessing reads decode)
+                   "config": {"decode": {"sampling": "uniform", "num_frames": num_frames, "short_side_px": size_px,
+                                         "crop_px": size_px, "jpeg_quality": 90},
+                              "pattern": {"num_classes": num_classes, "bias": bias, "seed": seed}}})
     return out
