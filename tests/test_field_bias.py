@@ -112,7 +112,7 @@ def test_bias_job_on_a_run_and_its_export_matches_the_in_process_measures(shards
     assert (tmp_path / "out" / "bias_eval.png").stat().st_size > 0
     assert len(list((tmp_path / "out" / "examples").glob("*.png"))) == 2
 
-    main(["export=" + str(tmp_path / "export"), "--shards", shards, "--out", str(tmp_path / "out_export"),
+    main(["--export", str(tmp_path / "export"), "--shards", shards, "--out", str(tmp_path / "out_export"),
           *JOB_SMALL_PEOPLE, "measures.backgrounds.copies=2", "own_measures=false"])
     exported = json.loads((tmp_path / "out_export" / "summary.json").read_text())
     assert {k: m["value"] for k, m in exported["metrics"].items()} == {k: m["value"] for k, m in summary["metrics"].items()}
