@@ -18,6 +18,7 @@ JOBS = {
     "predict": "top-K actions of video files with a trained run (its own preprocessing; --json for scripts)",
     "embed": "backbone features and logits of shards or a video folder with Ray Data batch inference (Parquet)",
     "export": "a run's backbone as torchvision-loadable weights (.pth, safetensors) with a model card",
+    "bias": "scene bias of a model in the field's terms: SCUBA, SCUFO, contrasted, HAT's background/human-only, swap",
 }
 
 USAGE = "usage: debias JOB [--config FILE] [key=value ...]   (debias JOB --help for a job's options)\n\njobs:\n" + \

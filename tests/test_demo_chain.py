@@ -56,6 +56,14 @@ def test_demo_runs_every_variant_and_seed_and_reports_means_and_bias(tmp_path, r
     for variant, weights in expected_weights.items():
         assert (on_disk[variant]["lambda_scene"], on_disk[variant]["lambda_mask"]) == weights
     assert set(on_disk["separation"]) >= {"scene_mdl_bits", "masked_action_acc", "counterfactual_follows_background"}
+    # the field's measures per model (SCUBA, HAT), with intervals, in the separation table too; their clean
+    # clips are the pixels the project's own counterfactual test starts from
+    assert {"scuba_top1", "contrasted_acc", "background_only_top1", "action_swap_background_acc"} <= set(
+        on_disk["separation"])
+    for run in on_disk["runs"].values():
+        assert run["clean_top1"] == run["counterfactual_clean_acc"]
+        assert run["scuba_top1_stripes_low"] <= run["scuba_top1_stripes"] <= run["scuba_top1_stripes_high"]
+        assert not any(k.startswith("dropped_") for k in run)  # the demo's gates keep the small synthetic figure
     assert 0.0 < on_disk["dataset_bias"]["scene_label_action_acc"] <= 1.0
     # per action: baseline's and SDN's val -> ood drop, mean over seeds, one row per class
     drops = on_disk["class_drops"]
@@ -66,6 +74,7 @@ def test_demo_runs_every_variant_and_seed_and_reports_means_and_bias(tmp_path, r
     assert all(block for block in docs_render().render_recorded_by("debias demo", on_disk))
     report = (out / "report.md").read_text()
     assert "sdn" in report and "±" in report and "scene_mdl_bits" in report and "Which actions lean on the scene" in report
+    assert "contrasted_acc" in report and "Chung et al." in report
     assert (out / "curves.png").stat().st_size > 1000 and (out / "bias.png").stat().st_size > 1000
     # SDN trains its mask branch: the masked-clip entropy is measured and in [0, log 6].
     assert 0.0 <= on_disk["sdn"]["val_masked_entropy"] <= 1.7918

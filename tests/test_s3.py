@@ -134,8 +134,12 @@ def test_pipeline_job_on_s3_then_a_rerun_skips_every_stage(s3, tmp_path):
         n = bias["videos"]["test"]
         for key in ("masked_action_acc", "counterfactual_acc", "counterfactual_follows_background"):
             assert bias[key] * n == pytest.approx(round(bias[key] * n)), key  # a share of videos
+        # the field's measures beside them (SCUBA, HAT): the clean clips are the same pixels as the project's own
+        assert bias["clean_top1"] == pytest.approx(bias["counterfactual_clean_acc"])
+        assert bias["scuba_top1_stripes_low"] <= bias["scuba_top1_stripes"] <= bias["scuba_top1_stripes_high"]
     assert 0.0 < summary.dataset_bias["scene_label_action_acc"] <= 1.0  # once per dataset, not per model
     assert "sweep_best" in storage.read_text(f"{out}/report.md")
+    assert "scuba_top1" in storage.read_text(f"{out}/report.md")  # the bias table has the field's columns
     # every README / docs block the pipeline records renders from what the pipeline writes now
     assert all(block for block in docs_render().render_recorded_by("debias pipeline", storage.read_json(f"{out}/summary.json")))
 

@@ -44,10 +44,9 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from debias.curation.labels.fill import fill_people
 from debias.config import check
 from debias.curation.shards import read_parquet, shard_files
-from debias.curation.codecs import decode_jpeg, unpack_mask
+from debias.evaluation.counterfactual import background_only, centre_clip
 
 # The online code's block ends as shares of the data (Voita & Titov, 2020, section 3.2).
 MDL_PORTIONS = [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0]
@@ -130,13 +129,10 @@ def load_clips(shards_dir: str, split: str, cfg: BiasConfig) -> Clips:
     keep = np.sort(np.random.default_rng(cfg.seed).permutation(n)[:cfg.max_videos])
     frames, masks = [], []
     for i in keep:
-        h, w, jpegs, packed = data["height"][i], data["width"][i], data["frames"][i], data["human_masks"][i]
-        start = max(0, (len(jpegs) - cfg.clip_len) // 2)
-        idx = np.minimum(np.arange(start, start + cfg.clip_len), len(jpegs) - 1)  # repeat the last frame when short
-        top, left = max(0, (h - cfg.crop_px) // 2), max(0, (w - cfg.crop_px) // 2)
-        window = (slice(None), slice(top, top + cfg.crop_px), slice(left, left + cfg.crop_px))
-        frames.append(np.stack([decode_jpeg(jpegs[j]) for j in idx])[window])
-        masks.append(np.stack([unpack_mask(packed[j], h, w) for j in idx])[window])
+        f, m = centre_clip(data["frames"][i], data["human_masks"][i], data["height"][i], data["width"][i],
+                           cfg.clip_len, cfg.crop_px)
+        frames.append(f)
+        masks.append(m)
     return Clips(np.stack(frames), np.stack(masks), np.asarray(data["label_id"])[keep].astype(np.int64),
                  np.asarray(data["scene_id"])[keep].astype(np.int64))
 
@@ -144,8 +140,7 @@ def load_clips(shards_dir: str, split: str, cfg: BiasConfig) -> Clips:
 def scene_only(clips: Clips, fill: str, seed: int = 0) -> np.ndarray:
     """The clips with the union of each clip's masks filled in every frame: background, no motion cue."""
     rng = np.random.default_rng(seed)
-    tubes = np.broadcast_to(clips.masks.any(axis=1, keepdims=True), clips.masks.shape)
-    return np.stack([fill_people(f, m, fill, rng) for f, m in zip(clips.frames, tubes)])
+    return np.stack([background_only(f, m, fill, rng) for f, m in zip(clips.frames, clips.masks)])
 
 
 def counterfactual(clips: Clips, fill: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,8 @@ import torch
 
 from debias import storage
 from debias.evaluation.bias import MEASURES, BiasConfig, BiasData, dataset_bias, load_bias_data, measure_bias
+from debias.evaluation.counterfactual import GateConfig
+from debias.evaluation.field_bias import FIELD_MEASURES, FieldMeasuresConfig, field_bias_measures
 from debias.experiments.ablation import (TRAINER_FIGURES, VARIANTS, aggregate, claim, class_drops_over_seeds, fmt, mean_histories,
                                          per_model, separation, variants)
 from debias.cluster import bounded, init_ray
@@ -29,6 +31,7 @@ from debias.experiments.sweep import concurrent_runs, run_task_cpus
 from debias.curation.synth import SynthConfig, run_synth
 from debias.training.train import OptimConfig, PretrainConfig, ScalingConfig
 
+MEASURES = {**MEASURES, **FIELD_MEASURES}  # the project's scene-bias measures and the field's (SCUBA, HAT)
 
 
 @dataclass
@@ -47,6 +50,11 @@ class DemoConfig:
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
         eval_every_epochs=2, optim=OptimConfig(epochs=8), scaling=ScalingConfig(num_workers=0, cpus_per_worker=0.5)))
     bias: BiasConfig = field(default_factory=BiasConfig)
+    # The field's measures (SCUBA, SCUFO, HAT; debias/evaluation/field_bias.py) on `val`. The synthetic
+    # figure covers a few percent of the frame, below the Kinetics SCUBA rule's 10 % and HAT's 5 % swap
+    # band, which would drop every clip: the gates keep figures of 1 % and 0.5 %.
+    field_bias: FieldMeasuresConfig = field(default_factory=lambda: FieldMeasuresConfig(
+        gates=GateConfig(scuba_min_coverage=0.01, swap_min_coverage=0.005)))
     # Every variant is trained once per seed (pretrain.seed: initial weights, data order, the eval
     # clips); the synthetic benchmark stays the same (synth.seed). One run cannot tell a gap from noise.
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -121,6 +129,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         bias_data = bias_data or load_bias_data(pre.out, cfg.bias)
         model, _ = load_model(result["run"])
         result["bias"] = measure_bias(model, pre.out, num_actions, scenes, cfg.bias, bias_data)
+        clip = configs[key].clip
+        result["bias"] |= field_bias_measures(model, pre.out, clip.clip_len, clip.crop_px, cfg.field_bias)
         bias_s += time.perf_counter() - tb
         results[key] = result
         print(f"demo: {configs[key].name} done ({len(results)}/{len(configs)})", flush=True)
@@ -224,7 +234,12 @@ def report_markdown(cfg: DemoConfig, result: DemoResult, num_actions: int, scene
         f"{1 / num_actions:.3f} for both). `counterfactual_*`: the people pasted onto the background of "
         f"another action's clip; `follows_background` is the share predicted as that clip's action. "
         f"`representation_bias`: log(accuracy / chance) of a linear probe reading the action from the features "
-        f"of scene-only clips (fitted on `{cfg.bias.fit_split}`).", "",
+        f"of scene-only clips (fitted on `{cfg.bias.fit_split}`). The field's protocols on "
+        f"`{cfg.field_bias.split}` (docs/bias-eval.md): `scuba_top1` the people on a static background, "
+        f"`contrasted_acc` right on it and wrong on its still copy (Li et al., ICCV 2023); "
+        f"`background_only_top1`, `human_only_top1` and `action_swap_background_acc`, the people on another "
+        f"action's moving background predicted as that action (Chung et al., NeurIPS 2022); each run's row "
+        f"in summary.json holds their bootstrap intervals over videos (`_low`, `_high`).", "",
         f"The data's own scene bias (the same for every model): the action guessed from the true scene label "
         f"alone is right for {data_bias['scene_label_action_acc']:.3f} of `{cfg.bias.test_split}` "
         f"(log(acc / chance) = {data_bias['scene_label_bias']:.3f}); a model's representation bias reaches it "

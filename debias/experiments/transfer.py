@@ -21,6 +21,7 @@ from debias import storage
 
 from debias.training import runs
 from debias.evaluation.bias import MEASURES, BiasConfig, dataset_bias, load_bias_data, measure_bias
+from debias.evaluation.field_bias import FIELD_MEASURES, FieldMeasuresConfig, field_bias_measures
 from debias.cluster import bounded, init_ray
 from debias.config import PathStr, check, from_dict, to_dict
 from debias.training.pretrain import run_pretrain
@@ -65,6 +66,7 @@ class TransferConfig:
     # shards, name, out, splits, the loss weights and model.init_from are set per run.
     finetune: PretrainConfig = field(default_factory=PretrainConfig)
     bias: BiasConfig = field(default_factory=BiasConfig)
+    field_bias: FieldMeasuresConfig = field(default_factory=FieldMeasuresConfig)  # the field's measures (SCUBA, HAT)
     max_parallel: int = 0  # fine-tuning runs at once; 0: as many as the cluster holds
     run_cpus: float = 0.25  # each run's driver task (it waits on its Train run)
     bias_cpus: float = 1.0  # a bias measurement: in-process torch on one core
@@ -115,7 +117,7 @@ def transfer_table(rows: list[dict], targets: list[str]) -> list[dict]:
 
 log = logging.getLogger(__name__)
 
-BIAS_COLUMNS = ["pretrain", *MEASURES]  # the scene-bias table: one row per pretrained model
+BIAS_COLUMNS = ["pretrain", *MEASURES, *FIELD_MEASURES]  # the scene-bias table: one row per pretrained model
 
 
 @dataclass
@@ -155,10 +157,13 @@ def dataset_bias_of(shards: str, bias: dict) -> dict:
 
 
 @ray.remote
-def bias_of(checkpoint: str, shards: str, bias: dict) -> dict:
-    """The scene-bias measurements of one pretrained model on its pretraining data."""
+def bias_of(checkpoint: str, shards: str, bias: dict, field_bias: dict) -> dict:
+    """The scene-bias measurements of one pretrained model on its pretraining data: the project's own
+    and the field's (SCUBA, SCUFO, HAT)."""
     model, info = runs.load_model(checkpoint)
-    return measure_bias(model, shards, info.num_actions, info.num_scenes, from_dict(BiasConfig, bias))
+    clip = info.config.clip
+    return (measure_bias(model, shards, info.num_actions, info.num_scenes, from_dict(BiasConfig, bias))
+            | field_bias_measures(model, shards, clip.clip_len, clip.crop_px, from_dict(FieldMeasuresConfig, field_bias)))
 
 
 def run_transfer(cfg: TransferConfig) -> TransferResult:
@@ -177,7 +182,7 @@ def run_transfer(cfg: TransferConfig) -> TransferResult:
     # Bias measurements, 1 task per pretrained model: in-process torch on `bias_cpus` cores, started
     # first so they overlap the fine-tuning (they need no Train workers).
     bias_refs = {name: bias_of.options(num_cpus=cfg.bias_cpus).remote(
-        storage.absolute(ckpt), storage.absolute(cfg.source_shards), to_dict(cfg.bias))
+        storage.absolute(ckpt), storage.absolute(cfg.source_shards), to_dict(cfg.bias), to_dict(cfg.field_bias))
         for name, ckpt in cfg.pretrained.items() if name != SCRATCH}
     data_bias_ref = dataset_bias_of.options(num_cpus=cfg.bias_cpus).remote(storage.absolute(cfg.source_shards),
                                                                            to_dict(cfg.bias))
@@ -232,7 +237,10 @@ def write_report(cfg: TransferConfig, out: str, rows: list[dict], histories: dic
          f"action accuracy and true-class probability on `{cfg.bias.test_split}` clips with the people removed "
          "(chance = none from the background); `representation_bias` = log(scene-only probe accuracy / chance); "
          f"`counterfactual_*`: the model on `{cfg.bias.test_split}` clips whose people were pasted onto another "
-         "action's background (`follows_background`: share predicted as the background's action)."), "",
+         "action's background (`follows_background`: share predicted as the background's action). The field's "
+         f"protocols on `{cfg.field_bias.split}` (docs/bias-eval.md): `scuba_top1` and `contrasted_acc` (Li et al., "
+         "ICCV 2023), `background_only_top1`, `human_only_top1`, `action_swap_background_acc` (Chung et al., "
+         "NeurIPS 2022); their bootstrap intervals and dropped clips are in summary.json."), "",
         (f"The data itself (once, not per model): the true scene label alone gives the action at "
          f"{data_bias['scene_label_action_acc']:.3f} (chance {data_bias['action_chance']:.3f}), "
          f"log ratio {data_bias['scene_label_bias']:.3f}: the ceiling of any model's `representation_bias`."), "",
