@@ -39,7 +39,7 @@ from torch import nn
 from debias import storage
 from debias.evaluation.bias import BiasConfig, measure_bias
 from debias.curation.labels.fill import Fill
-from debias.config import check, to_dict
+from debias.config import PathStr, check, to_dict
 from debias.evaluation.counterfactual import (GateConfig, action_swap, background_only, background_rng, centre_clip,
                                    choose_image, human_only, list_images, person_gate, read_image, scuba,
                                    scuba_gate, scufo, stripes, swap_gate)
@@ -61,7 +61,7 @@ class BackgroundConfig:
     kinds: list[BackgroundKind] = field(default_factory=lambda: ["stripes"])
     # images: every image below this folder (local or a URI), e.g. Places365 test_256; images in a
     # subfolder named as an action class are never the background of a clip of that action
-    images_dir: str = ""
+    images_dir: PathStr = ""
     copies: int = 1  # backgrounds per clip and kind (StillMix: 5 for UCF101 and HMDB51, 1 for Kinetics)
 
     def __post_init__(self) -> None:
@@ -96,11 +96,11 @@ class FieldMeasuresConfig:
 class FieldBiasConfig:
     """`debias bias`: one model, one curated split."""
 
-    run: str = ""  # a training run folder (OUT/NAME), local or a URI ...
+    run: PathStr = ""  # a training run folder (OUT/NAME), local or a URI ...
     checkpoint: str = "latest"  # ... and its checkpoint: latest, best or a checkpoint folder
-    export: str = ""  # ... or a `debias export` folder (backbone, fc and model_card.json) instead of run
-    shards: str = ""  # a `debias preprocess` output with person masks
-    out: str = "out/bias"  # summary.json, report.md, bias_eval.png, clips.parquet (one row per clip)
+    export: PathStr = ""  # ... or a `debias export` folder (backbone, fc and model_card.json) instead of run
+    shards: PathStr = ""  # a `debias preprocess` output with person masks
+    out: PathStr = "out/bias"  # summary.json, report.md, bias_eval.png, clips.parquet (one row per clip)
     measures: FieldMeasuresConfig = field(default_factory=FieldMeasuresConfig)
     build_cpus: float = 1.0  # per clip-building task
     actors: int = 1  # model actors
