@@ -24,6 +24,7 @@ import pytest
 
 from conftest import JOB_MARKER, PIPELINE_TINY, docs_render, left_behind
 from debias import storage
+from debias.curation.shards import read_summary
 from debias.experiments.pipeline import read_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ def test_pipeline_job_on_s3_then_a_rerun_skips_every_stage(s3, tmp_path):
     rows = summary.transfer
     assert {(r["pretrain"], r["target"], r["split"]) for r in rows} == {("baseline", "target", 1),
                                                                        ("sweep_best", "target", 1)}
-    test_videos = 2 * 6  # synth.target_test_per_class=2, 6 actions
+    test_videos = read_summary(f"{out}/data_target_split1")["ok_by_split"]["test"]
     assert all(r["epochs"] == 2 and r["top1"] * test_videos == pytest.approx(round(r["top1"] * test_videos))
                for r in rows)  # a share of the test videos, after both epochs
     # the fine-tuning started from the pretrained backbone
