@@ -34,7 +34,10 @@ from debias.tracking import TrackingConfig
 
 @dataclass
 class LossConfig:
-    lambda_scene: float = 0.2  # weight of the adversarial scene loss (0 = no scene adversary)
+    # Weight of the adversarial scene loss, as the official code applies it: the scene head always learns
+    # from L_scene with weight 1 (at its own rate), and the backbone gets -grl_alpha * lambda_scene *
+    # dL_scene through the reversal. 0 = no adversary: the head is then a probe the backbone never sees.
+    lambda_scene: float = 0.2
     lambda_mask: float = 1.0  # weight of the human-mask confusion loss (0 = none); both 0 = baseline
     grl_alpha: float = 1.0  # gradient reversal scale: the backbone gets -alpha * lambda_scene * dL_scene
     # constant: grl_alpha throughout; dann: grl_alpha * (2 / (1 + exp(-10 p)) - 1) with p = epoch / epochs
@@ -199,7 +202,9 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable[Batch], optimizer:
     """
     model.train()
     use_mask = loss_cfg.lambda_mask > 0
-    separate_head = getattr(model, "module", model).mask_head is not None
+    core = getattr(model, "module", model)
+    core.set_scene_weight(loss_cfg.lambda_scene)  # lambda_scene acts in the reversal, see LossConfig
+    separate_head = core.mask_head is not None
     mask_term = mask_head_loss if separate_head else mask_confusion_loss
     autocast = {"device_type": device.type, "dtype": torch.bfloat16, "enabled": device.type == "cuda"}
     # Running sums stay on the device: a per-step .item() would make the CPU wait for every step,
@@ -218,7 +223,7 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable[Batch], optimizer:
         action_logits, scene_logits = out.action[:b].float(), out.scene[:b].float()
         l_action = action_loss(action_logits, labels)
         l_scene = scene_loss(scene_logits, target)
-        loss = l_action + loss_cfg.lambda_scene * l_scene
+        loss = l_action + l_scene  # the head learns at weight 1; lambda_scene scales its reversed gradient
         if use_mask:
             if joint_masked:
                 masked_action, masked_head = out.action[b:].float(), out.mask[b:].float()
