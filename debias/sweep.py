@@ -16,6 +16,7 @@ from ray import tune
 
 from debias import runs
 from debias.config import check, from_dict
+from debias.selection import check_debiasing_selection, selection_record
 from debias.tracking import TrackingConfig
 from debias.train import PretrainConfig
 
@@ -59,13 +60,14 @@ class SweepConfig:
 
     name: str = "sweep"  # the sweep lives in STORAGE/NAME; running it again resumes it (Tuner.restore)
     storage: str = "out/sweeps"  # on a cluster: a path every node sees (NFS) or s3://...
-    lambda_scene: SpaceConfig = field(default_factory=lambda: SpaceConfig(values=[0.1, 0.2, 0.5]))
+    # the official code's reversal scales: 1.0 (scene-only stage) and 0.5 (full model)
+    lambda_scene: SpaceConfig = field(default_factory=lambda: SpaceConfig(values=[0.2, 0.5, 1.0]))
     lambda_mask: SpaceConfig = field(default_factory=lambda: SpaceConfig(values=[0.5, 1.0]))
     num_samples: int = 1  # grid: repeats of the whole grid; random kinds: trials drawn
     # Each weight pair trains once per seed, and the best pair is chosen on its mean over them: with one
     # seed a difference between two pairs may be noise (the spread is in the summary's by_weights).
     seeds: list[int] = field(default_factory=lambda: [0])
-    metric: str = "ood_acc"  # a per-epoch metric of the trainer (SPLIT_acc, SPLIT_masked_entropy, ...)
+    metric: str = "ood_val_acc"  # a per-epoch metric of the trainer on a selection split (debias/selection.py)
     mode: Literal["max", "min"] = "max"
     asha: AshaConfig = field(default_factory=AshaConfig)
     max_concurrent_trials: int = 0  # 0: as many as the cluster holds (GPUs, or CPUs on a CPU cluster)
@@ -80,12 +82,19 @@ class SweepConfig:
         check(self.trial_cpus > 0, "trial_cpus", "must be > 0")
         check(self.pretrain.scaling.num_workers > 0, "pretrain.scaling.num_workers",
               "a trial reports its epochs to Tune through Ray Train's callbacks, which local mode (0) does not run")
-        split, _, measure = self.metric.partition("_")
-        check(split in self.pretrain.eval_splits + ["train"] and bool(measure), "metric",
-              f"must be SPLIT_MEASURE with SPLIT in train or pretrain.eval_splits {self.pretrain.eval_splits}, "
-              f"got {self.metric!r}")
+        # Tune's best trial and ASHA's pruning both read `metric`: it must be able to reward debiasing
+        # and must not be read where the claims are (debias/selection.py).
+        split = check_debiasing_selection(self.metric, self.pretrain.eval_splits, self.pretrain.report_splits,
+                                          self.pretrain.selection_splits, "metric")
         check(split == "train" or self.pretrain.eval_every_epochs == 1, "pretrain.eval_every_epochs",
               f"must be 1 for metric={self.metric!r}: Tune and ASHA read the metric in every epoch's report")
+
+
+def selection(cfg: SweepConfig) -> dict:
+    """What the sweep's summary states: the metric and split that chose the weights, the claims' splits."""
+    split = check_debiasing_selection(cfg.metric, cfg.pretrain.eval_splits, cfg.pretrain.report_splits,
+                                      cfg.pretrain.selection_splits, "metric")
+    return selection_record(cfg.metric, split, cfg.pretrain.report_splits)
 
 
 def domain(space: SpaceConfig) -> Any:
