@@ -44,6 +44,9 @@ class ClipConfig:
     # true: fill the union of the clip's masks in every frame, so no moving silhouette is left. The
     # paper fills per frame (false); measured on the demo, per frame is better (README, findings).
     mask_tube: bool = False
+    # true: fill each frame's bounding box of its person pixels instead of the silhouette (the paper
+    # fills detector boxes); one box around all of a frame's people. With mask_tube: the box of the union.
+    mask_box: bool = False
     min_person_frac: float = 0.0  # clip used by the mask loss only if this share of frames shows a person (paper: 0.7)
     # Multi-scale crop when training: a square of side scale x the shorter frame side, at a random
     # corner or the centre, resized to crop_px (paper: PAPER_SCALES). Empty: a random crop_px square
@@ -67,6 +70,26 @@ def video_key(video_id: str) -> int:
 def _resize(frames: np.ndarray, size_px: int, interpolation: int) -> np.ndarray:
     """(T, h, w[, 3]) -> (T, size_px, size_px[, 3])."""
     return np.stack([cv2.resize(f, (size_px, size_px), interpolation=interpolation) for f in frames])
+
+
+def box_masks(masks: np.ndarray) -> np.ndarray:
+    """(T, H, W) bool -> (T, H, W) bool: each frame's bounding box of its true pixels (empty stays empty)."""
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+
+    def inside(x: np.ndarray) -> np.ndarray:  # between the first and the last true entry of each row
+        return np.maximum.accumulate(x, axis=1) & np.maximum.accumulate(x[:, ::-1], axis=1)[:, ::-1]
+
+    return inside(rows)[:, :, None] & inside(cols)[:, None, :]
+
+
+def box_masks_torch(masks: "torch.Tensor") -> "torch.Tensor":
+    """`box_masks` on tensors (any device): (..., H, W) bool -> (..., H, W) bool."""
+    rows, cols = masks.any(dim=-1).int(), masks.any(dim=-2).int()
+
+    def inside(x: "torch.Tensor") -> "torch.Tensor":  # as box_masks
+        return (x.cummax(dim=-1).values & x.flip(-1).cummax(dim=-1).values.flip(-1)).bool()
+
+    return inside(rows).unsqueeze(-1) & inside(cols).unsqueeze(-2)
 
 
 def fill_people(frames: np.ndarray, masks: np.ndarray, fill: Fill, rng: np.random.Generator) -> np.ndarray:
@@ -189,6 +212,8 @@ def render_clips(cfg: ClipConfig, batch: dict, plans: list[ClipPlan], with_maske
                 masks = _resize(masks.astype(np.uint8), cfg.crop_px, cv2.INTER_NEAREST).astype(bool)
             if p.flip:
                 masks = masks[:, :, ::-1]
+            if cfg.mask_box:
+                masks = box_masks(masks)
             if cfg.mask_tube:
                 masks = np.broadcast_to(masks.any(axis=0), masks.shape)
             masked[k] = fill_people(clips[k], masks, cfg.mask_fill, rng)
@@ -312,6 +337,8 @@ class ClipCollate(NumpyBatchCollateFn):
                ("mask_valid", "label_id", "scene_id", "scene_probs", "video_key")}
         if with_masked:
             masks = torch.where(flip.view(n, 1, 1, 1), masks.flip(-1), masks)
+            if cfg.mask_box:
+                masks = box_masks_torch(masks)
             if cfg.mask_tube:
                 masks = masks.any(dim=1, keepdim=True).expand_as(masks)
             out["masked"] = fill_people_torch(clips, masks, cfg.mask_fill).permute(0, 1, 3, 4, 2).contiguous()
