@@ -16,7 +16,7 @@ from ray import tune
 
 from debias import runs
 from debias.config import check, from_dict
-from debias.selection import check_debiasing_selection, selection_record
+from debias.selection import check_debiasing_selection, check_not_reporting, selection_record
 from debias.tracking import TrackingConfig
 from debias.train import PretrainConfig
 
@@ -69,6 +69,9 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     metric: str = "ood_val_acc"  # a per-epoch metric of the trainer on a selection split (debias/selection.py)
     mode: Literal["max", "min"] = "max"
+    # true: accept a metric that cannot reward debiasing (an in-distribution split's or the training
+    # objective's), for tests of the sweep's machinery; the reporting split stays refused either way
+    allow_in_distribution_metric: bool = False
     asha: AshaConfig = field(default_factory=AshaConfig)
     max_concurrent_trials: int = 0  # 0: as many as the cluster holds (GPUs, or CPUs on a CPU cluster)
     trial_cpus: float = 0.25  # the trial's own driver: it only waits on its Train run, so a fraction
@@ -84,17 +87,19 @@ class SweepConfig:
               "a trial reports its epochs to Tune through Ray Train's callbacks, which local mode (0) does not run")
         # Tune's best trial and ASHA's pruning both read `metric`: it must be able to reward debiasing
         # and must not be read where the claims are (debias/selection.py).
-        split = check_debiasing_selection(self.metric, self.pretrain.eval_splits, self.pretrain.report_splits,
-                                          self.pretrain.selection_splits, "metric")
+        split = selection(self)["selected_on"]
         check(split == "train" or self.pretrain.eval_every_epochs == 1, "pretrain.eval_every_epochs",
               f"must be 1 for metric={self.metric!r}: Tune and ASHA read the metric in every epoch's report")
 
 
 def selection(cfg: SweepConfig) -> dict:
     """What the sweep's summary states: the metric and split that chose the weights, the claims' splits."""
-    split = check_debiasing_selection(cfg.metric, cfg.pretrain.eval_splits, cfg.pretrain.report_splits,
-                                      cfg.pretrain.selection_splits, "metric")
-    return selection_record(cfg.metric, split, cfg.pretrain.report_splits)
+    p = cfg.pretrain
+    if cfg.allow_in_distribution_metric:
+        split = check_not_reporting(cfg.metric, p.eval_splits, p.report_splits, "metric")
+    else:
+        split = check_debiasing_selection(cfg.metric, p.eval_splits, p.report_splits, p.selection_splits, "metric")
+    return selection_record(cfg.metric, split, p.report_splits)
 
 
 def domain(space: SpaceConfig) -> Any:

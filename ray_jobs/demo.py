@@ -20,6 +20,8 @@ import ray
 import torch
 
 from debias import storage
+from debias.ablation import ablation, ablation_table
+from debias.ablation import claim as interval_claim
 from debias.bias import BiasConfig, BiasData, dataset_bias, load_bias_data, measure_bias
 from debias.cluster import init_ray
 from debias.config import check, from_dict, to_dict
@@ -167,10 +169,10 @@ def per_model(results: dict, cfg: DemoConfig) -> dict[str, dict]:
         final = r["final"]
         rows[f"{name}_seed{seed}"] = {
             "variant": name, "seed": seed, "lambda_scene": ls, "lambda_mask": lm,
-            "val_acc": final["val_acc"], "ood_acc": final["ood_acc"],
+            "val_acc": final["val_acc"], "ood_acc": final["ood_test_acc"],  # claims: ood_test (debias/selection.py)
             # On `ood` the scene is independent of the action, so the scene head's accuracy there is the
             # scene information its adversary still finds. Without the scene loss the head is untrained: n/a.
-            "ood_scene_head_acc": final["ood_scene_acc"] if ls > 0 else None,
+            "ood_scene_head_acc": final["ood_test_scene_acc"] if ls > 0 else None,
             "val_masked_entropy": final["val_masked_entropy"],
             **{k: v for k, v in r["bias"].items() if k != "videos"}}
     return rows
@@ -267,7 +269,10 @@ def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_b
     verdict = claim(means, rows, cfg)
     apart = separation(means, BIAS_MEASURES)
     drops = class_drops(results, ("baseline", "sdn"))
+    paired = ablation(rows, "ood_acc", cfg.min_ood_gain)  # per-seed differences on ood_test, 95 % intervals
     summary = {**provenance(), **means, "claim": verdict, "separation": apart, "dataset_bias": data_bias,
+               "ablation": paired, "interval_claim": interval_claim(rows, "ood_acc", "val_acc", cfg.min_ood_gain, cfg.max_val_drop),
+               "splits": {"reported_on": "ood_test", "chosen_on": "ood_val (weights from a sweep on it); last epoch's model"},
                "class_drops": drops,
                "runs": rows, "data": {k: curated[k] for k in ("videos_ok", "videos_failed", "ok_by_split")},
                "timings_s": {k: round(v, 1) for k, v in timings.items()}, "config": to_dict(cfg)}
@@ -277,7 +282,7 @@ def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_b
                chance={"ood_acc": 1 / num_actions, "val_acc": 1 / num_actions, "masked_action_acc": 1 / num_actions,
                        "masked_action_prob": 1 / num_actions,
                        "scene_probe_acc": 1 / scenes})
-    plot_curves(mean_histories(results), ["train_acc", "val_acc", "ood_acc", "val_masked_entropy"],
+    plot_curves(mean_histories(results), ["train_acc", "val_acc", "ood_val_acc", "ood_test_acc", "val_masked_entropy"],
                 storage.join(out, "curves.png"))
     n = len(cfg.seeds)
     main_rows = [{"variant": v, **{k: fmt(means[v], k) for k in TRAINER_FIGURES}} for v in VARIANTS]
@@ -300,6 +305,8 @@ def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_b
         f"{cfg.max_val_drop:.2f}): **{word}** (ood gain {verdict['ood_gain']:+.3f}, val drop "
         f"{verdict['val_drop']:+.3f}; ood_acc std baseline {verdict['ood_acc_std']['baseline']:.3f}, SDN "
         f"{verdict['ood_acc_std']['sdn']:.3f}); it holds on {verdict['holds_on_seeds']} of {n} seeds alone.", "",
+        "Paired per-seed differences of ood_test accuracy (95 % intervals; verdict on the paired t):", "",
+        ablation_table(paired), "",
         "![val and ood accuracy and the bias measures per variant: mean, std and every seed](bias.png)", "",
         "## Scene-bias measures", "",
         table(bias_rows, ["variant", "scene_mdl_compression", *BIAS_MEASURES]), "",

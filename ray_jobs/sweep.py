@@ -25,7 +25,7 @@ from debias.cluster import init_ray
 from debias.config import to_dict
 from debias.pretrain import run_pretrain
 from debias.report import plot_curves, plot_sweep, table
-from debias.sweep import (SWEPT, SweepConfig, best_trial, concurrent_trials, num_trials, param_space,
+from debias.sweep import (SWEPT, SweepConfig, best_trial, concurrent_trials, num_trials, param_space, selection,
                           trial_pretrain_config, trial_resources, trial_rows, weight_rows)
 from debias.tracking import tune_callbacks
 from ray_jobs.common import job_parser, load_job_config
@@ -123,7 +123,7 @@ def run_sweep(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -
                   key=lambda r: (r["lambda_scene"], r["lambda_mask"], r["seed"]))
     best = best_trial(rows, cfg.metric, cfg.mode)
     by_weights = weight_rows(rows, cfg.metric)
-    summary = {"metric": cfg.metric, "mode": cfg.mode, "path": str(path), "trials": rows, "best": best,
+    summary = {"metric": cfg.metric, "mode": cfg.mode, "selection": selection(cfg), "path": str(path), "trials": rows, "best": best,
                "by_weights": by_weights, "seeds": cfg.seeds,
                "errors": [str(r.error) for r in grid if r.error], "wall_s": round(time.perf_counter() - t0, 1),
                "config": to_dict(cfg)}

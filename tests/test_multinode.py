@@ -37,7 +37,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def shards(cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("multinode")
-    generate(SynthConfig(out=str(root / "synth"), train_per_class=3, val_per_class=1, ood_per_class=1,
+    generate(SynthConfig(out=str(root / "synth"), train_per_class=3, val_per_class=1, ood_val_per_class=1, ood_test_per_class=1,
                          target_train_per_class=0, target_test_per_class=0, frame_size_px=32, num_frames=8))
     cfg = load_config(PreprocessConfig, None, [f"out={root / 'data'}", "decode.num_frames=8",
                                                "labels.mask_provider=annotations", "labels.scene_provider=annotations",
