@@ -38,21 +38,21 @@ def metric_split(metric: str, splits: Iterable[str], key: str) -> str:
     raise ConfigError(f"{key}: {metric!r} is not SPLIT_MEASURE with SPLIT one of {sorted(known)}")
 
 
-def check_not_reporting(metric: str, splits: Iterable[str], report_splits: Iterable[str], key: str) -> str:
-    """Refuse a metric read from a reporting split (ConfigError naming `key`); returns its split."""
-    split = metric_split(metric, splits, key)
-    if split in set(report_splits):
-        raise ConfigError(f"{key}: {metric!r} is read from {split!r}, a reporting split (report_splits "
-                          f"{sorted(report_splits)}): a choice made on the split a claim is read from biases the "
-                          f"claim. Choose on a selection split (e.g. ood_val) instead")
-    return split
+def check_not_reporting(metric: str, report_splits: Iterable[str], key: str) -> None:
+    """Refuse a metric read from a reporting split (ConfigError naming `key`)."""
+    for split in report_splits:
+        if metric.startswith(f"{split}_"):
+            raise ConfigError(f"{key}: {metric!r} is read from {split!r}, a reporting split (report_splits "
+                              f"{sorted(report_splits)}): a choice made on the split a claim is read from biases "
+                              f"the claim. Choose on a selection split (e.g. ood_val) instead")
 
 
 def check_debiasing_selection(metric: str, splits: Iterable[str], report_splits: Iterable[str],
                               selection_splits: Iterable[str], key: str) -> str:
     """A metric that may choose loss weights: not from a reporting split, and from a selection split or a
     scene-balanced accuracy (ConfigError naming `key` otherwise); returns its split."""
-    split = check_not_reporting(metric, splits, report_splits, key)
+    check_not_reporting(metric, report_splits, key)
+    split = metric_split(metric, splits, key)
     if split not in set(selection_splits) and metric != f"{split}_{SCENE_BALANCED}":
         raise ConfigError(
             f"{key}: {metric!r} is read from {split!r}, which is not a selection split (selection_splits "

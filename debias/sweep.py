@@ -16,7 +16,7 @@ from ray import tune
 
 from debias import runs
 from debias.config import check, from_dict
-from debias.selection import check_debiasing_selection, check_not_reporting, selection_record
+from debias.selection import check_debiasing_selection, check_not_reporting, metric_split, selection_record
 from debias.tracking import TrackingConfig
 from debias.train import PretrainConfig
 
@@ -96,7 +96,8 @@ def selection(cfg: SweepConfig) -> dict:
     """What the sweep's summary states: the metric and split that chose the weights, the claims' splits."""
     p = cfg.pretrain
     if cfg.allow_in_distribution_metric:
-        split = check_not_reporting(cfg.metric, p.eval_splits, p.report_splits, "metric")
+        check_not_reporting(cfg.metric, p.report_splits, "metric")
+        split = metric_split(cfg.metric, p.eval_splits, "metric")
     else:
         split = check_debiasing_selection(cfg.metric, p.eval_splits, p.report_splits, p.selection_splits, "metric")
     return selection_record(cfg.metric, split, p.report_splits)

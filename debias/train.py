@@ -162,11 +162,15 @@ class PretrainConfig:
               "metric) drives the plateau schedule: it reads the metric every epoch")
         check(not set(self.report_splits) & set(self.selection_splits), "selection_splits",
               f"must not share a split with report_splits {self.report_splits}")
+        prefixes = ("train_", *(f"{s}_" for s in self.eval_splits))
+        check(not self.best_metric or self.best_metric.startswith(prefixes), "best_metric",
+              f"must be a per-epoch metric of train_split or an eval split (a name starting with {list(prefixes)}), "
+              f"got {self.best_metric!r}")
         # the default ("" = the first eval split's acc, debias.runs.best_metric) is a choice as well
         ranked_by = self.best_metric or (f"{self.eval_splits[0]}_acc" if self.eval_splits else "train_acc")
-        check_not_reporting(ranked_by, self.eval_splits, self.report_splits, "best_metric")
+        check_not_reporting(ranked_by, self.report_splits, "best_metric")
         if self.optim.schedule == "plateau":
-            check_not_reporting(self.optim.plateau_metric, self.eval_splits, self.report_splits, "optim.plateau_metric")
+            check_not_reporting(self.optim.plateau_metric, self.report_splits, "optim.plateau_metric")
 
 
 Batch = dict[str, torch.Tensor]
