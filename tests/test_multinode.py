@@ -47,7 +47,7 @@ def shards(cluster, tmp_path_factory):
 
 def test_preprocess_work_lands_on_more_than_one_node(cluster, shards):
     _root, summary = shards
-    assert summary["videos_ok"] == 6 * 5
+    assert summary["videos_ok"] == 6 * 6  # train 3, val, ood_val and ood_test 1 each, per action
     # the decode stage is an actor pool: its actors' calls are tasks named MapWorker(FlatMap(Decoder)).*
     decode_nodes = {t.node_id for t in list_tasks(limit=10000) if t.name.startswith("MapWorker(FlatMap(Decoder))")}
     worker_nodes = {n.node_id for n in cluster.worker_nodes}

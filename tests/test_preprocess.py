@@ -24,7 +24,7 @@ from debias.video import decode_clips, decode_window, pick_uniform, write_mp4
 from ray_jobs.preprocess import main, run_preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(train_per_class=2, val_per_class=1, ood_val_per_class=1, ood_test_per_class=1, target_train_per_class=0, target_test_per_class=0)
+TINY = dict(train_per_class=2, val_per_class=1, ood_val_per_class=0, ood_test_per_class=1, target_train_per_class=0, target_test_per_class=0)
 ANNOTATIONS = LabelsConfig(mask_provider="annotations", scene_provider="annotations")
 NO_LABELS = ["labels.mask_provider=none", "labels.scene_provider=none"]
 
