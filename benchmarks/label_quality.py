@@ -61,7 +61,7 @@ def main() -> None:
     quarter = max(1, args.per_class // 4)
     # the demo's: 48 px videos stored at 32; larger: rendered at 8/7 of the crop, as real videos at 128 -> 112
     short_px = 32 if args.size_px <= 32 else round(args.size_px * 8 / 7)
-    generate(SynthConfig(out=args.out, train_per_class=args.per_class, val_per_class=quarter, ood_per_class=quarter,
+    generate(SynthConfig(out=args.out, train_per_class=args.per_class, val_per_class=quarter, ood_val_per_class=quarter, ood_test_per_class=quarter,
                          target_train_per_class=0, target_test_per_class=0,
                          frame_size_px=SynthConfig().frame_size_px if args.size_px <= 32 else short_px))
     task = Path(args.out) / "source"

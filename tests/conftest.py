@@ -30,7 +30,7 @@ REAL_CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "r
 
 # configs/pipeline/quick.yaml shrunk to seconds per stage: the pipeline tests (local disk and S3) run it.
 PIPELINE_TINY = [
-    "synth.train_per_class=4", "synth.val_per_class=2", "synth.ood_per_class=2", "synth.target_train_per_class=3",
+    "synth.train_per_class=4", "synth.val_per_class=2", "synth.ood_val_per_class=2", "synth.ood_test_per_class=2", "synth.target_train_per_class=3",
     "synth.target_test_per_class=2", "synth.frame_size_px=32", "synth.num_frames=8",
     "source.decode.num_frames=8", "targets.target.preprocess.decode.num_frames=8",
     "sweep.lambda_scene.values=[0.2,0.5]", "sweep.lambda_mask.values=[1.0]", "sweep.asha.grace_period=1",

@@ -53,7 +53,8 @@ def shards(tmp_path_factory, ray_local):
     out = tmp_path_factory.mktemp("bench")
     # bias=1: every train/val video of an action is in the action's home scene (ood stays shuffled)
     run_synth(load_config(SynthConfig, None, [f"out={out / 'synth'}", "bias=1.0", "train_per_class=6",
-                                              "val_per_class=4", "ood_per_class=6", "target_train_per_class=0",
+                                              "val_per_class=4", "ood_val_per_class=2", "ood_test_per_class=6", "target_train_per_class=0",
+                                              "scenes_per_action=1",
                                               "target_test_per_class=0", "frame_size_px=32", "num_frames=8"]))
     pre = load_config(PreprocessConfig, None, [
         f"out={out / 'data'}", f"input.manifest={out / 'synth/source/manifest.csv'}", "decode.num_frames=8",

@@ -54,7 +54,8 @@ def _both(cfg: ClipConfig, train: bool, batch: dict, device: str, monkeypatch) -
 @pytest.mark.parametrize("fill", ["mean", "zero", "blur"])
 @pytest.mark.parametrize("train", [True, False])
 def test_device_rendering_equals_opencv_without_resize(batch, fill, train, device, monkeypatch):
-    cfg = ClipConfig(clip_len=8, crop_px=32, flip=True, mask_fill=fill, eval_clips=2, mask_tube=fill == "zero")
+    cfg = ClipConfig(clip_len=8, crop_px=32, flip=True, mask_fill=fill, eval_clips=2, mask_tube=fill == "zero",
+                     mask_box=fill != "blur")
     cpu, out = _both(cfg, train, batch, device, monkeypatch)
     assert out["clips"].shape == cpu["clips"].shape == (len(batch["label_id"]) * (1 if train else 2), 8, 32, 32, 3)
     assert out["clips"].dtype == np.uint8

@@ -1,8 +1,9 @@
 """The whole chain on Ray, on a tiny benchmark: synth -> preprocess -> 4 variants x 2 seeds of pretrain
 (as many runs at a time as the CPUs hold) -> bias measures -> report. (Resuming a run: tests/test_train.py.)"""
 
-import pytest
 import json
+
+import pytest
 
 from conftest import docs_render
 
@@ -14,7 +15,7 @@ from debias.experiments.demo import VARIANTS, DemoConfig, read_demo, run_configs
 
 pytestmark = pytest.mark.slow  # the whole demo, 8 training runs
 
-TINY = ["synth.train_per_class=4", "synth.val_per_class=2", "synth.ood_per_class=2",
+TINY = ["synth.train_per_class=4", "synth.val_per_class=2", "synth.ood_val_per_class=2", "synth.ood_test_per_class=2",
         "synth.target_train_per_class=1", "synth.target_test_per_class=1", "synth.frame_size_px=32",
         "synth.num_frames=8", "decode.num_frames=8", "pretrain.clip.clip_len=8", "pretrain.optim.epochs=2",
         "pretrain.optim.batch_size=8", "pretrain.model.width=4", "bias.clip_len=8", "bias.probe_steps=50",
@@ -28,7 +29,12 @@ def test_demo_runs_every_variant_and_seed_and_reports_means_and_bias(tmp_path, r
     on_disk = json.loads((out / "summary.json").read_text())
     assert read_demo(str(out)) == summary and on_disk["claim"]["seeds"] == 2  # the record on disk is the one returned
     assert {"date", "commit", "machine", "command"} <= set(on_disk)
-    assert on_disk["data"]["ok_by_split"] == {"train": 24, "val": 12, "ood": 12}
+    assert on_disk["data"]["ok_by_split"] == {"train": 24, "val": 12, "ood_val": 12, "ood_test": 12}
+    # claims on ood_test with paired intervals over the 2 seeds; the choice made on ood_val
+    assert [e["comparison"] for e in on_disk["ablation"]][:3] == ["scene_only - baseline", "mask_only - baseline",
+                                                                  "sdn - baseline"]
+    assert all(e["seeds"] == 2 and e["t_low"] <= e["mean"] <= e["t_high"] for e in on_disk["ablation"])
+    assert on_disk["splits"]["reported_on"] == "ood_test" and "sdn - mask_only" in (out / "report.md").read_text()
     assert len(on_disk["runs"]) == 8
     expected_weights = {"baseline": (0.0, 0.0), "scene_only": (cfg.pretrain.loss.lambda_scene, 0.0),
                         "mask_only": (0.0, cfg.pretrain.loss.lambda_mask),
@@ -40,10 +46,10 @@ def test_demo_runs_every_variant_and_seed_and_reports_means_and_bias(tmp_path, r
         assert (run["lambda_scene"], run["lambda_mask"]) == expected_weights[run["variant"]] and trained.seed == run["seed"]
         history = read_metrics(str(out / "runs" / name))
         # the summary's figures are the run's last evaluated epoch, and the adversary's only where it trained
-        assert (run["val_acc"], run["ood_acc"]) == (history[-1]["val_acc"], history[-1]["ood_acc"])
+        assert (run["val_acc"], run["ood_acc"]) == (history[-1]["val_acc"], history[-1]["ood_test_acc"])
         assert (run["ood_scene_head_acc"] is None) == (trained.loss.lambda_scene == 0)
-        # 12 ood videos, 6 scenes: the uniform code is 12 log2 6 bits
-        assert abs(run["scene_mdl_uniform_bits"] - 12 * 2.585) < 0.01
+        # 12 ood_test videos, 18 scenes (3 a home): the uniform code is 12 log2 18 bits
+        assert abs(run["scene_mdl_uniform_bits"] - 12 * 4.1699) < 0.01
         assert run["scene_mdl_compression"] == run["scene_mdl_uniform_bits"] / run["scene_mdl_bits"]
         # the demo evaluates every 2nd epoch: the first only trains, the last is evaluated and is the best
         assert len(history) == 2 and "val_acc" not in history[0] and "val_acc" in history[1]
@@ -67,9 +73,10 @@ def test_demo_runs_every_variant_and_seed_and_reports_means_and_bias(tmp_path, r
     assert 0.0 < on_disk["dataset_bias"]["scene_label_action_acc"] <= 1.0
     # per action: baseline's and SDN's val -> ood drop, mean over seeds, one row per class
     drops = on_disk["class_drops"]
-    assert len(drops) == 6 and all(set(r) == {"class", "baseline_drop_ood", "sdn_drop_ood"} for r in drops)
-    assert all(-1.0 <= r["sdn_drop_ood"] <= 1.0 for r in drops)
-    assert [r["baseline_drop_ood"] for r in drops] == sorted((r["baseline_drop_ood"] for r in drops), reverse=True)
+    assert len(drops) == 6 and all(set(r) == {"class", *(f"{v}_drop_ood_{s}" for v in ("baseline", "sdn")
+                                                         for s in ("val", "test"))} for r in drops)
+    assert all(-1.0 <= r["sdn_drop_ood_test"] <= 1.0 for r in drops)
+    assert [r["baseline_drop_ood_test"] for r in drops] == sorted((r["baseline_drop_ood_test"] for r in drops), reverse=True)
     # every README / docs block the demo records renders from what the demo writes now
     assert all(block for block in docs_render().render_recorded_by("debias demo", on_disk))
     report = (out / "report.md").read_text()

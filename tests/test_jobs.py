@@ -59,7 +59,7 @@ def test_job_submit_runs_a_driver_on_the_cluster_and_succeeds(ray_head, tmp_path
     on a tiny synthetic benchmark; the whole chain's drivers are tested in-process elsewhere."""
     env, address, temp_dir = ray_head
     run_synth(load_config(SynthConfig, None, [f"out={tmp_path / 'synth'}", "train_per_class=1", "val_per_class=1",
-                                              "ood_per_class=0", "target_train_per_class=0", "target_test_per_class=0",
+                                              "ood_val_per_class=0", "ood_test_per_class=0", "target_train_per_class=0", "target_test_per_class=0",
                                               "frame_size_px=32", "num_frames=8"]))
     out = tmp_path / "data"
     command = [RAY, "job", "submit", "--address", address, "--submission-id", "debias-job-test",

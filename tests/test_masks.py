@@ -51,7 +51,7 @@ def write_person_detector(path: Path) -> None:
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    generate(SynthConfig(out=str(out), train_per_class=2, val_per_class=0, ood_per_class=0,
+    generate(SynthConfig(out=str(out), train_per_class=2, val_per_class=0, ood_val_per_class=0, ood_test_per_class=0,
                          target_train_per_class=0, target_test_per_class=0))
     return out / "source"
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # a Ray cluster of three nodes
 @pytest.fixture(scope="module")
 def shards(cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("multinode")
-    generate(SynthConfig(out=str(root / "synth"), train_per_class=3, val_per_class=1, ood_per_class=1,
+    generate(SynthConfig(out=str(root / "synth"), train_per_class=3, val_per_class=1, ood_val_per_class=1, ood_test_per_class=1,
                          target_train_per_class=0, target_test_per_class=0, frame_size_px=32, num_frames=8))
     cfg = load_config(PreprocessConfig, None, [f"out={root / 'data'}", "decode.num_frames=8",
                                                "labels.mask_provider=annotations", "labels.scene_provider=annotations",
@@ -31,7 +31,7 @@ def shards(cluster, tmp_path_factory):
 
 def test_preprocess_work_lands_on_more_than_one_node(cluster, shards):
     _root, summary = shards
-    assert summary["videos_ok"] == 6 * 5
+    assert summary["videos_ok"] == 6 * 6  # train 3, val, ood_val and ood_test 1 each, per action
     # the decode stage is an actor pool: its actors' calls are tasks named MapWorker(FlatMap(Decoder)).*
     decode_nodes = {t.node_id for t in list_tasks(limit=10000) if t.name.startswith("MapWorker(FlatMap(Decoder))")}
     worker_nodes = {n.node_id for n in cluster.worker_nodes}

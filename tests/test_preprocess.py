@@ -22,7 +22,7 @@ from debias.curation.preprocess import run_preprocess
 from ray_jobs.preprocess import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(train_per_class=2, val_per_class=1, ood_per_class=1, target_train_per_class=0, target_test_per_class=0)
+TINY = dict(train_per_class=2, val_per_class=1, ood_val_per_class=0, ood_test_per_class=1, target_train_per_class=0, target_test_per_class=0)
 ANNOTATIONS = LabelsConfig(mask_provider="annotations", scene_provider="annotations")
 NO_LABELS = ["labels.mask_provider=none", "labels.scene_provider=none"]
 

@@ -66,7 +66,7 @@ def _kill_mid_run(manifest: Path, out: Path, ray_address: str, files_before_kill
 
 
 def test_killed_run_resumes_without_duplicates_or_losses(tmp_path, ray_local):
-    generate(SynthConfig(out=str(tmp_path / "synth"), train_per_class=1, val_per_class=1, ood_per_class=0,
+    generate(SynthConfig(out=str(tmp_path / "synth"), train_per_class=1, val_per_class=1, ood_val_per_class=0, ood_test_per_class=0,
                          target_train_per_class=0, target_test_per_class=0, num_frames=8))
     manifest = tmp_path / "synth" / "source" / "manifest.csv"
     out = tmp_path / "out"

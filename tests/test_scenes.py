@@ -47,8 +47,9 @@ def write_categories(path: Path) -> None:
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    generate(SynthConfig(out=str(out), train_per_class=4, val_per_class=0, ood_per_class=0,
-                         target_train_per_class=0, target_test_per_class=0))
+    # one scene per home: colour clusters can tell those apart (home groups share their colours)
+    generate(SynthConfig(out=str(out), train_per_class=4, val_per_class=0, ood_val_per_class=0, ood_test_per_class=0,
+                         target_train_per_class=0, target_test_per_class=0, scenes_per_action=1))
     return out / "source"
 
 

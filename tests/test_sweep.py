@@ -36,7 +36,7 @@ def test_search_spaces_and_their_checks():
         load_config(SweepConfig, None, ["lambda_mask.kind=loguniform", "lambda_mask.low=0"])
     with pytest.raises(ConfigError, match=r"lambda_scene\.values: loss weights must be >= 0"):
         load_config(SweepConfig, None, ["lambda_scene.values=[-1]"])
-    with pytest.raises(ConfigError, match=r"metric: must be SPLIT_MEASURE"):
+    with pytest.raises(ConfigError, match=r"metric: 'test_acc' is not SPLIT_MEASURE"):
         load_config(SweepConfig, None, ["metric=test_acc"])
 
 
@@ -122,7 +122,7 @@ def ray_local():
 def shards(tmp_path_factory, ray_local):
     out = tmp_path_factory.mktemp("bench")
     run_synth(load_config(SynthConfig, None, [f"out={out / 'synth'}", "train_per_class=4", "val_per_class=2",
-                                              "ood_per_class=2", "target_train_per_class=0", "target_test_per_class=0",
+                                              "ood_val_per_class=2", "ood_test_per_class=2", "target_train_per_class=0", "target_test_per_class=0",
                                               "frame_size_px=32", "num_frames=8"]))
     pre = load_config(PreprocessConfig, None, [
         f"out={out / 'data'}", f"input.manifest={out / 'synth/source/manifest.csv'}", "decode.num_frames=8",
@@ -156,7 +156,8 @@ def test_asha_stops_the_weak_trial_the_next_trial_still_runs_and_the_best_is_pic
     get its resources (a stopped trial's Train workers and placement group are released) and wins."""
     cfg = load_config(SweepConfig, None, TINY_TRAINING + [
         f"storage={tmp_path}", "lambda_scene.values=[0.0]", "lambda_mask.values=[1.0,0.0,2.0]", "asha.grace_period=1",
-        "asha.reduction_factor=2", "metric=train_loss", "max_concurrent_trials=1", f"pretrain.shards={shards}"])
+        "asha.reduction_factor=2", "metric=train_loss", "allow_in_distribution_metric=true",
+        "max_concurrent_trials=1", f"pretrain.shards={shards}"])
     summary = run_sweep(cfg)
     trials = {t["lambda_mask"]: t for t in summary.trials}
     assert all(t["status"] == "TERMINATED" and t["train_loss"] is not None for t in trials.values())

@@ -51,7 +51,7 @@ SHARD_SCHEMA = pa.schema([
     _f("clip_index", pa.int32(), "clip of the video (0; 0..N-1 with decode.sampling=clips): (video_id, clip_index) is unique"),
     _f("label", pa.string(), "action class name"),
     _f("label_id", pa.int32(), "index of `label` in OUT/classes.json"),
-    _f("split", pa.string(), "split from the manifest (train, val, ood, test, ...)"),
+    _f("split", pa.string(), "split from the manifest (train, val, ood_val, ood_test, test, ...)"),
     _f("source_path", pa.string(), "the video file the row was decoded from"),
     _f("fps", pa.float32(), "native frame rate of the source video"),
     _f("frame_indices", pa.list_(pa.int32()), "index of each stored frame among the decoded frames of the video's time window"),

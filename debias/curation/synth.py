@@ -2,9 +2,18 @@
 
 A stick figure performs an action that is visible only in its motion (every action starts from the
 same neutral pose, and the phase and speed are random); it stands in front of a textured scene with
-camera jitter. In the `train` and `val` splits an action appears in its "home" scene with probability
-`bias` (otherwise in a uniformly drawn scene); in the `ood` split the scene is drawn independently of the
-action, so a model that learned the scene instead of the motion falls to chance there.
+camera jitter. Each action has a home: a group of `scenes_per_action` scenes. In the `train` and `val`
+splits an action appears in one of its home scenes with probability `bias` (otherwise in a scene drawn
+uniformly from all); in the `ood_val` and `ood_test` splits the scene is drawn independently of the
+action, so a model that learned the scene instead of the motion falls to chance there. `ood_val` is for
+choices (weights, checkpoints, defaults), `ood_test` for claims (debias/training/selection.py).
+
+The scene carries detail the action does not imply: a scene is a layout (a horizon at its own height
+splitting two patterns, and a solid shape at its own place) and textures (pattern, period), and with
+`palette: group` the scenes of one home share their colours, the mean colour of each rescaled to the
+group's (colour-matched variants: only texture and layout tell them apart). A scene adversary then has
+to learn more than the action to name the scene, and a model can follow the scene shortcut by colour
+alone, by texture alone, or both.
 
 A second task (`target`: other actions, a bulkier figure, other scenes, no bias) is the transfer target.
 
@@ -12,7 +21,8 @@ Layout written under OUT, per task (`source`, `target`):
     manifest.csv          Kinetics-style: label,youtube_id,time_start,time_end,split
     videos/<id>.mp4       H.264, yuv420p
     annotations/<id>.npz  ground truth: masks (T, H, W/8) bit-packed per frame, scene_id, frame_size
-    annotations/scenes.json  scene names (index = scene id); actions.json: action names
+    annotations/scenes.json  scene names (index = scene id); scene_homes.json: each scene's home action
+    actions.json: action names
 and OUT/benchmark.json with the config and counts.
 """
 
@@ -26,7 +36,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import cv2
 import numpy as np
@@ -36,7 +46,7 @@ from debias import storage
 from debias.config import PathStr, check, to_dict
 from debias.curation.video import write_mp4
 
-SPLIT_IDS = {"train": 0, "val": 1, "ood": 2, "test": 3}
+SPLIT_IDS = {"train": 0, "val": 1, "ood_test": 2, "test": 3, "ood_val": 4}
 MANIFEST_COLUMNS = ["label", "youtube_id", "time_start", "time_end", "split"]
 
 
@@ -45,11 +55,16 @@ class SynthConfig:
     """What the benchmark looks like; sizes are per action class."""
 
     out: PathStr = "out/synth"
-    seed: int = 0
-    bias: float = 0.9  # P(action shown in its home scene) in train/val; ood draws scenes uniformly
+    seed: int = 0  # the draw: videos and the scenes' looks
+    bias: float = 0.9  # P(action shown in one of its home scenes) in train/val; ood_val/ood_test draw scenes uniformly
+    scenes_per_action: int = 3  # the size of each action's home group of scenes
+    # group: the scenes of one home share their palette and mean colour (they differ in texture and
+    # layout only); scene: every scene has colours of its own
+    palette: Literal["group", "scene"] = "group"
     train_per_class: int = 100
     val_per_class: int = 25
-    ood_per_class: int = 25
+    ood_val_per_class: int = 25  # unbiased split for every choice (sweeps, checkpoints, defaults)
+    ood_test_per_class: int = 25  # unbiased split the claims are read from
     target_train_per_class: int = 30
     target_test_per_class: int = 20
     frame_size_px: int = 48
@@ -60,11 +75,13 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         check(0.0 <= self.bias <= 1.0, "bias", f"must be in [0, 1], got {self.bias}")
+        check(self.scenes_per_action >= 1, "scenes_per_action", "must be >= 1")
         check(self.frame_size_px >= 32 and self.frame_size_px % 2 == 0, "frame_size_px", "must be even and >= 32")
         check(self.num_frames >= 4, "num_frames", "must be >= 4")
         check(self.fps > 0, "fps", "must be > 0")
         check(self.jitter_px >= 0, "jitter_px", "must be >= 0")
-        for name in ("train_per_class", "val_per_class", "ood_per_class", "target_train_per_class", "target_test_per_class"):
+        for name in ("train_per_class", "val_per_class", "ood_val_per_class", "ood_test_per_class",
+                     "target_train_per_class", "target_test_per_class"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
 
 
@@ -187,18 +204,35 @@ def draw_figure(image: np.ndarray, mask: np.ndarray, pose: Pose, anchor_xy: tupl
 
 
 # ---------------------------------------------------------------------------------------------
-# Scenes: a procedural texture per scene id (palette + pattern), larger than the frame so that the
+# Scenes: a procedural picture per scene (layout + textures), larger than the frame so that the
 # camera can shake over it.
 
 PATTERNS = ("h_stripes", "v_stripes", "diagonal", "checker", "dots", "blobs")
+SHAPES = ("rectangle", "disc")
 
 
-def scene_texture(scene_seed: int, size_px: int) -> np.ndarray:
-    rng = np.random.default_rng(scene_seed)
-    pattern = PATTERNS[scene_seed % len(PATTERNS)]
-    c1, c2 = rng.integers(30, 226, size=(2, 3))
+@dataclass(frozen=True)
+class SceneSpec:
+    """One scene's look. Colours are RGB 0-255; fractions are of the texture's side."""
+
+    colours: tuple[tuple[int, int, int], tuple[int, int, int]]  # the palette
+    mean_colour: tuple[float, float, float] | None  # rescale the picture to this mean (colour-matched groups)
+    upper: str  # pattern above the horizon
+    lower: str  # pattern below it (colours swapped)
+    period_px: float
+    horizon_frac: float
+    shape: str
+    shape_box: tuple[float, float, float, float]  # x0, y0, x1, y1
+    seed: int  # noise and blobs
+
+    @property
+    def name(self) -> str:
+        return f"{self.upper}-{self.lower}-{self.shape}"
+
+
+def _pattern(pattern: str, size_px: int, period: float, rng: np.random.Generator) -> np.ndarray:
+    """Weights in [0, 1] of the palette's second colour, (size, size) float32."""
     yy, xx = np.mgrid[0:size_px, 0:size_px].astype(np.float32)
-    period = rng.uniform(6, 12)
     if pattern == "h_stripes":
         w = np.sin(2 * np.pi * yy / period)
     elif pattern == "v_stripes":
@@ -212,9 +246,53 @@ def scene_texture(scene_seed: int, size_px: int) -> np.ndarray:
     else:
         noise = rng.standard_normal((size_px // 6 + 2, size_px // 6 + 2)).astype(np.float32)
         w = cv2.resize(noise, (size_px, size_px), interpolation=cv2.INTER_CUBIC)
-    w = (np.clip(w, -1, 1) + 1) / 2
+    return (np.clip(w, -1, 1) + 1) / 2
+
+
+def scene_texture(spec: SceneSpec, size_px: int) -> np.ndarray:
+    """The scene's picture, (size, size, 3) uint8 RGB."""
+    rng = np.random.default_rng(spec.seed)
+    c1, c2 = (np.array(c, np.float32) for c in spec.colours)
+    horizon = int(round(spec.horizon_frac * size_px))
+    w_up = _pattern(spec.upper, size_px, spec.period_px, rng)
+    w_low = 1 - _pattern(spec.lower, size_px, spec.period_px * 1.5, rng)  # the ground: colours swapped, coarser
+    w = np.where(np.arange(size_px)[:, None] < horizon, w_up, w_low)
     texture = (1 - w[..., None]) * c1 + w[..., None] * c2
+    x0, y0, x1, y1 = (int(round(v * size_px)) for v in spec.shape_box)
+    solid = tuple(float(v) for v in 0.25 * c1 + 0.75 * c2)
+    if spec.shape == "rectangle":
+        cv2.rectangle(texture, (x0, y0), (x1, y1), solid, -1)
+    else:
+        cv2.ellipse(texture, (((x0 + x1) / 2, (y0 + y1) / 2), (x1 - x0, y1 - y0), 0.0), solid, -1)
+    if spec.mean_colour is not None:
+        texture += np.array(spec.mean_colour, np.float32) - texture.mean(axis=(0, 1))
     return np.clip(texture + rng.normal(0, 6, texture.shape), 0, 255).astype(np.uint8)
+
+
+def scene_specs(seed: int, task_id: int, num_groups: int, per_group: int, palette: str) -> list[SceneSpec]:
+    """The scenes of a task: group g (home of action g) holds scene ids g * per_group ... + per_group - 1.
+    Within a group the patterns and shapes differ scene by scene (a permutation of them), so no two
+    scenes of a home share their texture and layout."""
+    specs = []
+    for g in range(num_groups):
+        group_rng = np.random.default_rng([seed, task_id, g])
+        group_colours = tuple(tuple(int(v) for v in c) for c in group_rng.integers(30, 226, size=(2, 3)))
+        uppers, lowers = group_rng.permutation(len(PATTERNS)), group_rng.permutation(len(PATTERNS))
+        for k in range(per_group):
+            rng = np.random.default_rng([seed, task_id, g, k])
+            own = tuple(tuple(int(v) for v in c) for c in rng.integers(30, 226, size=(2, 3)))
+            colours = group_colours if palette == "group" else own
+            x0, y0 = rng.uniform(0.05, 0.6, size=2)
+            side = rng.uniform(0.15, 0.35, size=2)
+            specs.append(SceneSpec(
+                colours=colours,
+                mean_colour=tuple(float(v) for v in (np.array(colours[0]) + np.array(colours[1])) / 2)
+                if palette == "group" else None,
+                upper=PATTERNS[uppers[k % len(PATTERNS)]], lower=PATTERNS[lowers[(k + 1) % len(PATTERNS)]],
+                period_px=float(rng.uniform(6, 12)), horizon_frac=float(rng.uniform(0.3, 0.7)),
+                shape=SHAPES[(g + k) % len(SHAPES)], shape_box=(x0, y0, x0 + side[0], y0 + side[1]),
+                seed=int(rng.integers(2**31))))
+    return specs
 
 
 @dataclass(frozen=True)
@@ -222,16 +300,15 @@ class TaskSpec:
     name: str
     actions: dict[str, Callable[[float, float], Pose]]
     style: FigureStyle
-    scene_seed_base: int
     splits: dict[str, int]  # split -> videos per class
     biased_splits: tuple[str, ...]  # splits where the home scene is preferred
 
 
-def render_video(action: Callable[[float, float], Pose], style: FigureStyle, scene_seed: int,
+def render_video(action: Callable[[float, float], Pose], style: FigureStyle, texture: np.ndarray,
                  cfg: SynthConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One clip: (T, S, S, 3) uint8 RGB frames and (T, S, S) bool human masks."""
+    """One clip: (T, S, S, 3) uint8 RGB frames and (T, S, S) bool human masks; `texture` is the scene's
+    picture (`scene_texture`, side frame_size_px + 2 jitter_px + 16)."""
     size, j = cfg.frame_size_px, cfg.jitter_px
-    texture = scene_texture(scene_seed, size + 2 * j + 16)
     # Per-video view into the texture, so two videos of one scene differ but share its look.
     ox, oy = rng.integers(0, 16, size=2)
     colour = tuple(int(c) for c in FIGURE_COLOURS[rng.integers(len(FIGURE_COLOURS))])
@@ -252,9 +329,10 @@ def render_video(action: Callable[[float, float], Pose], style: FigureStyle, sce
 
 def _task_specs(cfg: SynthConfig) -> list[TaskSpec]:
     return [
-        TaskSpec("source", SOURCE_ACTIONS, SOURCE_FIGURE, 1000,
-                 {"train": cfg.train_per_class, "val": cfg.val_per_class, "ood": cfg.ood_per_class}, ("train", "val")),
-        TaskSpec("target", TARGET_ACTIONS, TARGET_FIGURE, 2000,
+        TaskSpec("source", SOURCE_ACTIONS, SOURCE_FIGURE,
+                 {"train": cfg.train_per_class, "val": cfg.val_per_class, "ood_val": cfg.ood_val_per_class,
+                  "ood_test": cfg.ood_test_per_class}, ("train", "val")),
+        TaskSpec("target", TARGET_ACTIONS, TARGET_FIGURE,
                  {"train": cfg.target_train_per_class, "test": cfg.target_test_per_class}, ()),
     ]
 
@@ -270,18 +348,19 @@ def generate(cfg: SynthConfig, progress: Callable[[int, int], None] | None = Non
         (task_dir / "videos").mkdir(parents=True, exist_ok=True)
         (task_dir / "annotations").mkdir(parents=True, exist_ok=True)
         actions = list(spec.actions)
-        num_scenes = len(actions)  # one home scene per action
-        scene_names = [f"{spec.name}_scene{k}_{PATTERNS[(spec.scene_seed_base + k) % len(PATTERNS)]}"
-                       for k in range(num_scenes)]
+        group = cfg.scenes_per_action
+        scenes = scene_specs(cfg.seed, task_id, len(actions), group, cfg.palette)
+        # one picture per scene, drawn once: every video of the scene looks through its own window into it
+        textures = [scene_texture(sc, cfg.frame_size_px + 2 * cfg.jitter_px + 16) for sc in scenes]
+        scene_names = [f"{spec.name}_g{k // group}s{k % group}_{sc.name}" for k, sc in enumerate(scenes)]
         rows = []
         for split, per_class in spec.splits.items():
             for a, label in enumerate(actions):
                 for i in range(per_class):
                     rng = np.random.default_rng([cfg.seed, task_id, SPLIT_IDS[split], a, i])
                     home = split in spec.biased_splits and rng.random() < cfg.bias
-                    scene_id = a if home else int(rng.integers(num_scenes))
-                    frames, masks = render_video(spec.actions[label], spec.style,
-                                                 spec.scene_seed_base + scene_id, cfg, rng)
+                    scene_id = a * group + int(rng.integers(group)) if home else int(rng.integers(len(scenes)))
+                    frames, masks = render_video(spec.actions[label], spec.style, textures[scene_id], cfg, rng)
                     video_id = f"{split}_{label}_{i:04d}"
                     write_mp4(task_dir / "videos" / f"{video_id}.mp4", frames, cfg.fps, cfg.crf)
                     np.savez_compressed(task_dir / "annotations" / f"{video_id}.npz",
@@ -297,6 +376,8 @@ def generate(cfg: SynthConfig, progress: Callable[[int, int], None] | None = Non
             writer.writeheader()
             writer.writerows(rows)
         (task_dir / "annotations" / "scenes.json").write_text(json.dumps(scene_names, indent=1))
+        (task_dir / "annotations" / "scene_homes.json").write_text(
+            json.dumps([actions[k // group] for k in range(len(scenes))], indent=1))
         (task_dir / "actions.json").write_text(json.dumps(actions, indent=1))
         counts[spec.name] = {split: len(actions) * n for split, n in spec.splits.items()}
     summary = {"config": to_dict(cfg), "videos": counts}

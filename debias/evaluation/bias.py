@@ -2,7 +2,7 @@
 
 Per model, each on held-out videos (`measure_bias`, one flat dict):
 
-- **scene probe** on `scene_split`, whose scenes are drawn independently of the actions (`ood` in the
+- **scene probe** on `scene_split`, whose scenes are drawn independently of the actions (`ood_test` in the
   synthetic benchmark), so a probe cannot read the scene through the action:
   - `scene_probe_acc`: a linear classifier on the frozen backbone features predicting the scene label
     (`scene_id`), fitted on one half and scored on the other. It saturates (1.0) as soon as the scene
@@ -61,7 +61,7 @@ MEASURES = {"scene_probe_acc": +1, "scene_mdl_bits": -1, "scene_mdl_compression"
 
 @dataclass
 class BiasConfig:
-    scene_split: str = "ood"  # scene probe and online code: on this split (scene independent of action)
+    scene_split: str = "ood_test"  # scene probe and online code: on this split (scene independent of action)
     fit_split: str = "train"  # representation-bias probe: fitted here ...
     test_split: str = "val"  # ... and scored here; the masked-clip and counterfactual tests run here too
     max_videos: int = 2000  # per split (a seeded sample beyond that): the measurements run in memory

@@ -396,7 +396,7 @@ def field_bias_measures(net: nn.Module, shards: str, clip_len: int, crop_px: int
 # --- the job ------------------------------------------------------------------------------------------
 
 def own_measures(model: Model, cfg: FieldBiasConfig) -> dict:
-    """debias/bias.py's measures on the same shards, or {"skipped": why}."""
+    """debias/evaluation/bias.py's measures on the same shards, or {"skipped": why}."""
     from debias.curation.shards import num_scenes
 
     if not cfg.own_measures:

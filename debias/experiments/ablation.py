@@ -1,12 +1,17 @@
 """The demo's ablation as plain functions over finished runs: the variants, per-run rows, statistics over
-seeds, which measures separate the variants, the claim, the per-class drops. No Ray, no files: the demo
-(debias/experiments/demo.py) feeds them its runs' results, the tests fabricated ones."""
+seeds, which measures separate the variants, the per-class drops, and the claims on paired intervals:
+each variant against the baseline and SDN against each single loss, per seed on the reporting split,
+with a 95 % interval of the mean difference (debias/experiments/stats.py). A claim "A beats B by more
+than g" holds when the interval's lower end is above g, is reversed when its upper end is below -g, and
+is undecided otherwise; with one seed there is no interval and no claim. No Ray, no files: the demo
+(debias/experiments/demo.py) feeds these its runs' results, the tests fabricated ones."""
 
 from __future__ import annotations
 
 import statistics
 
-from debias.experiments.stats import mean_std
+from debias.experiments.stats import compare, mean_std
+from debias.report import table
 
 VARIANTS = ("baseline", "scene_only", "mask_only", "sdn")
 # Per model: the trainer's figures the report aggregates over seeds (the bias measures:
@@ -22,7 +27,8 @@ def variants(lambda_scene: float, lambda_mask: float) -> dict[str, tuple[float, 
 
 def per_model(results: dict, weights: dict[str, tuple[float, float]]) -> dict[str, dict]:
     """One entry per run: its variant, seed, loss weights, final trainer figures and bias measures.
-    `results`: (variant, seed) -> {"final": the run's last metrics, "bias": its measures};
+    `results`: (variant, seed) -> {"final": the run's last metrics, "bias": its measures}; `ood_acc` is
+    the reporting split's (ood_test) accuracy.
     `weights`: variant -> (lambda_scene, lambda_mask)."""
     rows = {}
     for (name, seed), r in results.items():
@@ -30,10 +36,11 @@ def per_model(results: dict, weights: dict[str, tuple[float, float]]) -> dict[st
         final = r["final"]
         rows[f"{name}_seed{seed}"] = {
             "variant": name, "seed": seed, "lambda_scene": ls, "lambda_mask": lm,
-            "val_acc": final["val_acc"], "ood_acc": final["ood_acc"],
-            # On `ood` the scene is independent of the action, so the scene head's accuracy there is the
-            # scene information its adversary still finds. Without the scene loss the head is untrained: n/a.
-            "ood_scene_head_acc": final["ood_scene_acc"] if ls > 0 else None,
+            # the claims' split: ood_test (debias/training/selection.py); ood_val chose the weights
+            "val_acc": final["val_acc"], "ood_acc": final["ood_test_acc"],
+            # On `ood_test` the scene is independent of the action, so the scene head's accuracy there is the
+            # scene information its adversary still finds. Without the scene loss nothing hides it: n/a.
+            "ood_scene_head_acc": final["ood_test_scene_acc"] if ls > 0 else None,
             "val_masked_entropy": final["val_masked_entropy"],
             **{k: v for k, v in r["bias"].items() if k != "videos"}}
     return rows
@@ -74,23 +81,6 @@ def separation(means: dict[str, dict], measures: dict[str, int]) -> dict[str, di
     return out
 
 
-def claim(means: dict[str, dict], rows: dict[str, dict], seeds: list[int], min_ood_gain: float,
-          max_val_drop: float) -> dict:
-    """The demo's claim on the means over seeds (SDN's ood_acc above the baseline's by `min_ood_gain`, its
-    val_acc at most `max_val_drop` lower), the spread beside it, and on how many seeds it holds alone."""
-    gain = means["sdn"]["ood_acc"] - means["baseline"]["ood_acc"]
-    drop = means["baseline"]["val_acc"] - means["sdn"]["val_acc"]
-    per_seed = []
-    for seed in seeds:
-        s, b = rows[f"sdn_seed{seed}"], rows[f"baseline_seed{seed}"]
-        per_seed.append(s["ood_acc"] - b["ood_acc"] >= min_ood_gain and b["val_acc"] - s["val_acc"] <= max_val_drop)
-    return {"ood_gain": gain, "val_drop": drop, "min_ood_gain": min_ood_gain, "max_val_drop": max_val_drop,
-            "holds": gain >= min_ood_gain and drop <= max_val_drop,
-            "ood_acc_std": {v: means[v]["ood_acc_std"] for v in ("baseline", "sdn")},
-            "val_acc_std": {v: means[v]["val_acc_std"] for v in ("baseline", "sdn")},
-            "holds_on_seeds": sum(per_seed), "seeds": len(per_seed)}
-
-
 def mean_histories(results: dict) -> dict[str, list[dict]]:
     """Per variant, the per-epoch metrics averaged over its seeds (the numeric ones every seed has)."""
     out = {}
@@ -122,3 +112,63 @@ def class_drops_over_seeds(results: dict, variants: tuple[str, ...]) -> list[dic
 def fmt(entry: dict, key: str) -> str:
     """mean +- std over seeds, or n/a."""
     return "n/a" if entry[key] is None else f"{entry[key]:.3f} ± {entry[f'{key}_std']:.3f}"
+
+
+# (better, worse) pairs the ablation compares: every loss against none, and both against each alone
+PAIRS = (("scene_only", "baseline"), ("mask_only", "baseline"), ("sdn", "baseline"), ("sdn", "scene_only"),
+         ("sdn", "mask_only"))
+COLUMNS = ["comparison", "metric", "seeds", "mean", "t_low", "t_high", "boot_low", "boot_high", "verdict"]
+
+
+def per_seed(rows: dict[str, dict], variant: str, metric: str) -> dict[int, float]:
+    """{seed: metric} of one variant's runs (rows as the demo's `per_model`: variant, seed, metrics)."""
+    return {r["seed"]: r[metric] for r in rows.values() if r["variant"] == variant and r.get(metric) is not None}
+
+
+def paired_ablation(rows: dict[str, dict], metric: str, min_gain: float = 0.0, level: float = 0.95,
+             pairs: tuple[tuple[str, str], ...] = PAIRS) -> list[dict]:
+    """One entry per pair: the per-seed differences of `metric` (first minus second), their mean, the
+    paired t and percentile bootstrap intervals, and the verdict on the t interval against `min_gain`."""
+    out = []
+    for a, b in pairs:
+        entry = {"comparison": f"{a} - {b}", "metric": metric, "min_gain": min_gain, "level": level}
+        mine, theirs = per_seed(rows, a, metric), per_seed(rows, b, metric)
+        if len(mine) < 2:
+            diffs = {s: mine[s] - theirs[s] for s in mine if s in theirs}
+            out.append({**entry, "seeds": len(diffs), "differences": diffs, "verdict": "no interval (one seed)"})
+            continue
+        result = compare(mine, theirs, level, min_gain, what=entry["comparison"])
+        t, boot = result["paired_t"], result["bootstrap"]
+        out.append({**entry, "seeds": t["n"], "differences": result["differences"], "mean": t["mean"],
+                    "t_low": t["low"], "t_high": t["high"], "boot_low": boot["low"], "boot_high": boot["high"],
+                    "verdict": result["verdict"]})
+    return out
+
+
+def claim(rows: dict[str, dict], reported: str, in_distribution: str, min_gain: float, max_drop: float,
+          level: float = 0.95) -> dict:
+    """The demo's claim on intervals: SDN beats the baseline on `reported` by more than `min_gain` (lower
+    end of the paired interval above it) while its `in_distribution` accuracy drops by less than
+    `max_drop` (upper end of the interval of baseline - SDN below it)."""
+    gain = paired_ablation(rows, reported, min_gain, level, (("sdn", "baseline"),))[0]
+    drop = paired_ablation(rows, in_distribution, 0.0, level, (("baseline", "sdn"),))[0]
+    holds = "t_low" in gain and "t_high" in drop and gain["t_low"] > min_gain and drop["t_high"] < max_drop
+    return {"gain": gain, "drop": drop, "min_gain": min_gain, "max_drop": max_drop, "holds": holds}
+
+
+def ablation_table(entries: list[dict]) -> str:
+    """The ablation entries as a markdown table."""
+    return table(entries, COLUMNS)
+
+
+def claim_text(verdict: dict) -> str:
+    """One sentence of the claim: SDN's gain on the reporting split and its in-distribution drop, each
+    with its paired interval, and whether the claim holds on them."""
+    gain, drop = verdict["gain"], verdict["drop"]
+    if "t_low" not in gain:
+        return f"no claim: {gain['verdict']}"
+    word = "holds" if verdict["holds"] else "does NOT hold"
+    return (f"SDN - baseline on ood_test {gain['mean']:+.3f} [{gain['t_low']:+.3f}, {gain['t_high']:+.3f}], "
+            f"val drop {drop['mean']:+.3f} [{drop['t_low']:+.3f}, {drop['t_high']:+.3f}] (95 % paired t over "
+            f"{gain['seeds']} seeds): the claim (gain above {verdict['min_gain']:.2f}, drop below "
+            f"{verdict['max_drop']:.2f}, on the intervals) {word}")

@@ -207,7 +207,7 @@ def write_report(cfg: PipelineConfig, out: str, stages: Stages, sweep: SweepResu
     targets = list(cfg.targets)
     summary = PipelineResult(
         sweep={"metric": sweep.metric, "mode": sweep.mode, "trials": sweep.trials, "best": sweep.best,
-               "by_weights": sweep.by_weights, "seeds": sweep.seeds},
+               "by_weights": sweep.by_weights, "seeds": sweep.seeds, "selection": sweep.selection},
         transfer=transfer.transfer, transfer_table=transfer.table, bias=transfer.bias,
         dataset_bias=transfer.dataset_bias, timings_s={**stages.timings_s, "total": round(wall_s, 1)},
         skipped=stages.skipped, config=to_dict(cfg))

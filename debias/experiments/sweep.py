@@ -24,6 +24,7 @@ from debias.training import runs
 from debias.cluster import init_ray
 from debias.config import PathStr, check, from_dict, to_dict
 from debias.training.metrics import higher_is_better
+from debias.training.selection import check_debiasing_selection, check_not_reporting, metric_split, selection_record
 from debias.training.metrics import mode as metric_mode
 from debias.experiments.stats import mean_std
 from debias.training.pretrain import run_pretrain
@@ -71,14 +72,19 @@ class SweepConfig:
 
     name: str = "sweep"  # the sweep lives in STORAGE/NAME; running it again resumes it (Tuner.restore)
     storage: PathStr = "out/sweeps"  # on a cluster: a path every node sees (NFS) or s3://...
-    lambda_scene: SpaceConfig = field(default_factory=lambda: SpaceConfig(values=[0.1, 0.2, 0.5]))
+    # the official code's reversal scales: 1.0 (scene-only stage) and 0.5 (full model)
+    lambda_scene: SpaceConfig = field(default_factory=lambda: SpaceConfig(values=[0.2, 0.5, 1.0]))
     lambda_mask: SpaceConfig = field(default_factory=lambda: SpaceConfig(values=[0.5, 1.0]))
     num_samples: int = 1  # grid: repeats of the whole grid; random kinds: trials drawn
     # Each weight pair trains once per seed, and the best pair is chosen on its mean over them: with one
     # seed a difference between two pairs may be noise (the spread is in the summary's by_weights).
     seeds: list[int] = field(default_factory=lambda: [0])
-    # a per-epoch metric of the trainer (SPLIT_acc, SPLIT_masked_entropy, ...), in its direction (debias.training.metrics)
-    metric: str = "ood_acc"
+    # a per-epoch metric of the trainer on a selection split (debias/training/selection.py), in its
+    # direction (debias/training/metrics.py)
+    metric: str = "ood_val_acc"
+    # true: accept a metric that cannot reward debiasing (an in-distribution split's or the training
+    # objective's), for tests of the sweep's machinery; the reporting split stays refused either way
+    allow_in_distribution_metric: bool = False
     asha: AshaConfig = field(default_factory=AshaConfig)
     max_concurrent_trials: int = 0  # 0: as many as the cluster holds (GPUs, or CPUs on a CPU cluster)
     trial_cpus: float = 0.25  # the trial's own driver: it only waits on its Train run, so a fraction
@@ -93,12 +99,22 @@ class SweepConfig:
         check(self.trial_cpus > 0, "trial_cpus", "must be > 0")
         check(self.pretrain.scaling.num_workers > 0, "pretrain.scaling.num_workers",
               "a trial reports its epochs to Tune through Ray Train's callbacks, which local mode (0) does not run")
-        split, _, measure = self.metric.partition("_")
-        check(split in self.pretrain.eval_splits + ["train"] and bool(measure), "metric",
-              f"must be SPLIT_MEASURE with SPLIT in train or pretrain.eval_splits {self.pretrain.eval_splits}, "
-              f"got {self.metric!r}")
+        # Tune's best trial and ASHA's pruning both read `metric`: it must be able to reward debiasing
+        # and must not be read where the claims are (debias/training/selection.py).
+        split = selection(self)["selected_on"]
         check(split == "train" or self.pretrain.eval_every_epochs == 1, "pretrain.eval_every_epochs",
               f"must be 1 for metric={self.metric!r}: Tune and ASHA read the metric in every epoch's report")
+
+
+def selection(cfg: SweepConfig) -> dict:
+    """What the sweep's summary states: the metric and split that chose the weights, the claims' splits."""
+    p = cfg.pretrain
+    if cfg.allow_in_distribution_metric:
+        check_not_reporting(cfg.metric, p.report_splits, "metric")
+        split = metric_split(cfg.metric, p.eval_splits, "metric")
+    else:
+        split = check_debiasing_selection(cfg.metric, p.eval_splits, p.report_splits, p.selection_splits, "metric")
+    return selection_record(cfg.metric, split, p.report_splits)
 
 
 @dataclass
@@ -107,6 +123,7 @@ class SweepResult:
 
     metric: str  # the trainer metric the best pair was chosen by
     mode: str  # its direction (debias.training.metrics)
+    selection: dict  # the metric and split that chose, and the splits the claims are read from
     path: str  # STORAGE/NAME
     trials: list[dict]  # one row per trial (trial_rows)
     best: dict  # the best pair's trial row with METRIC_mean, METRIC_std, seeds (best_trial)
@@ -336,7 +353,8 @@ def run_sweep(cfg: SweepConfig, trainable: Callable[..., None] = trial_driver) -
                   key=lambda r: (r["lambda_scene"], r["lambda_mask"], r["seed"]))
     best = best_trial(rows, cfg.metric)
     by_weights = weight_rows(rows, cfg.metric)
-    summary = SweepResult(metric=cfg.metric, mode=metric_mode(cfg.metric), path=str(path), trials=rows, best=best,
+    summary = SweepResult(metric=cfg.metric, mode=metric_mode(cfg.metric), selection=selection(cfg), path=str(path),
+                          trials=rows, best=best,
                           by_weights=by_weights, seeds=cfg.seeds, errors=[str(r.error) for r in grid if r.error],
                           wall_s=round(time.perf_counter() - t0, 1), config=to_dict(cfg))
     write_sweep(summary)

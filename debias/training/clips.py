@@ -23,7 +23,7 @@ import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from debias.config import check
-from debias.curation.labels.fill import Fill, fill_people, fill_people_torch
+from debias.curation.labels.fill import Fill, box_masks, box_masks_torch, fill_people, fill_people_torch
 from debias.curation.codecs import decode_jpeg, unpack_mask
 
 
@@ -43,6 +43,9 @@ class ClipConfig:
     # true: fill the union of the clip's masks in every frame, so no moving silhouette is left; false:
     # each frame's own mask, as the paper does (the comparison: docs/findings.md).
     mask_tube: bool = False
+    # true: fill each frame's bounding box of its person pixels instead of the silhouette (the paper
+    # fills detector boxes); one box around all of a frame's people. With mask_tube: the box of the union.
+    mask_box: bool = False
     min_person_frac: float = 0.0  # clip used by the mask loss only if this share of frames shows a person (paper: 0.7)
     # Multi-scale crop when training: a square of side scale x the shorter frame side, at a random
     # corner or the centre, resized to crop_px (paper: PAPER_SCALES). Empty: a random crop_px square
@@ -147,6 +150,8 @@ def render_clips(cfg: ClipConfig, batch: dict, plans: list[ClipPlan], with_maske
                 masks = _resize(masks.astype(np.uint8), cfg.crop_px, cv2.INTER_NEAREST).astype(bool)
             if p.flip:
                 masks = masks[:, :, ::-1]
+            if cfg.mask_box:
+                masks = box_masks(masks)
             if cfg.mask_tube:
                 masks = np.broadcast_to(masks.any(axis=0), masks.shape)
             masked[k] = fill_people(clips[k], masks, cfg.mask_fill, rng)
@@ -270,6 +275,8 @@ class ClipCollate(NumpyBatchCollateFn):
                ("mask_valid", "label_id", "scene_id", "scene_probs", "video_key")}
         if with_masked:
             masks = torch.where(flip.view(n, 1, 1, 1), masks.flip(-1), masks)
+            if cfg.mask_box:
+                masks = box_masks_torch(masks)
             if cfg.mask_tube:
                 masks = masks.any(dim=1, keepdim=True).expand_as(masks)
             out["masked"] = fill_people_torch(clips, masks, cfg.mask_fill).permute(0, 1, 3, 4, 2).contiguous()

@@ -1,7 +1,8 @@
 """The three SDN losses, as pure functions.
 
-Total (joint update): L = L_action + lambda_scene * L_scene + lambda_mask * L_mask, where L_scene's
-gradient reaches the backbone reversed (the gradient reversal layer sits in the model's scene head),
+Total (joint update): L = L_action + L_scene + lambda_mask * L_mask, where the scene head learns from
+L_scene at weight 1 and its gradient reaches the backbone reversed and scaled by grl_alpha x
+lambda_scene (the gradient reversal layer sits in the model's scene head, as in the official code),
 and L_mask is the negative entropy of the action prediction on the human-masked clip, so minimising it
 maximises that entropy: without the people, the model should not know the action.
 """

@@ -66,12 +66,16 @@ def grad_reverse(x: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 class GradReverse(nn.Module):
-    def __init__(self, alpha: float) -> None:
+    """Reversal by -alpha * weight: `alpha` is the GRL scale (scheduled per epoch), `weight` the loss weight
+    of the adversary behind it. The adversary's own loss enters the objective with weight 1, so it
+    learns at its own rate whatever `weight` is; only what reaches the backbone is scaled."""
+
+    def __init__(self, alpha: float, weight: float = 1.0) -> None:
         super().__init__()
-        self.alpha = alpha
+        self.alpha, self.weight = alpha, weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return grad_reverse(x, self.alpha)
+        return grad_reverse(x, self.alpha * self.weight)
 
 
 def narrow_r3d(width: int, blocks: int) -> nn.Sequential:
@@ -186,6 +190,11 @@ class SDN(nn.Module):
         for m in self.modules():
             if isinstance(m, GradReverse):
                 m.alpha = alpha
+
+    def set_scene_weight(self, lambda_scene: float) -> None:
+        """The scene loss weight: it scales only the reversed gradient the backbone gets from the scene
+        head (-grl_alpha * lambda_scene * dL_scene), not the head's own gradient (official code)."""
+        self.scene_head[0].weight = lambda_scene
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters of the freshly initialised heads (everything but the backbone)."""

@@ -30,12 +30,16 @@ from debias.training.losses import (
 )
 from debias.training.metrics import higher_is_better
 from debias.training.models import SDN, ModelConfig
+from debias.training.selection import check_not_reporting, scene_balanced_accuracy
 from debias.training.tracking import TrackingConfig
 
 
 @dataclass
 class LossConfig:
-    lambda_scene: float = 0.2  # weight of the adversarial scene loss (0 = no scene adversary)
+    # Weight of the adversarial scene loss, as the official code applies it: the scene head always learns
+    # from L_scene with weight 1 (at its own rate), and the backbone gets -grl_alpha * lambda_scene *
+    # dL_scene through the reversal. 0 = no adversary: the head is then a probe the backbone never sees.
+    lambda_scene: float = 0.2
     lambda_mask: float = 1.0  # weight of the human-mask confusion loss (0 = none); both 0 = baseline
     grl_alpha: float = 1.0  # gradient reversal scale: the backbone gets -alpha * lambda_scene * dL_scene
     # constant: grl_alpha throughout; dann: grl_alpha * (2 / (1 + exp(-10 p)) - 1) with p = epoch / epochs
@@ -131,7 +135,12 @@ class PretrainConfig:
     name: str = "sdn"
     seed: int = 0
     train_split: str = "train"
-    eval_splits: list[str] = field(default_factory=lambda: ["val", "ood"])
+    eval_splits: list[str] = field(default_factory=lambda: ["val", "ood_val", "ood_test"])
+    # Claims are read on report_splits, so nothing chooses on them (best_metric, plateau_metric, a sweep's
+    # metric); a sweep chooses on selection_splits (scenes independent of the action, no claim read
+    # there) or on a scene-balanced accuracy (debias/training/selection.py). Need not be among eval_splits.
+    report_splits: list[str] = field(default_factory=lambda: ["ood_test"])
+    selection_splits: list[str] = field(default_factory=lambda: ["ood_val"])
     eval_every_epochs: int = 1  # evaluate the eval splits every N epochs, and always after the last
     tensorboard: bool = True  # also write the per-epoch metrics as TensorBoard events in OUT/NAME/tensorboard
     # ranks the checkpoints ("best" in `debias predict/export --checkpoint best`); "" = the first eval
@@ -152,10 +161,17 @@ class PretrainConfig:
         check(self.eval_every_epochs == 1 or self.optim.schedule != "plateau" or self.optim.plateau_metric.startswith("train_"),
               "eval_every_epochs", f"must be 1 when optim.plateau_metric={self.optim.plateau_metric!r} (an eval "
               "metric) drives the plateau schedule: it reads the metric every epoch")
+        check(not set(self.report_splits) & set(self.selection_splits), "selection_splits",
+              f"must not share a split with report_splits {self.report_splits}")
         prefixes = ("train_", *(f"{s}_" for s in self.eval_splits))
         check(not self.best_metric or self.best_metric.startswith(prefixes), "best_metric",
               f"must be a per-epoch metric of train_split or an eval split (a name starting with {list(prefixes)}), "
               f"got {self.best_metric!r}")
+        # the default ("" = the first eval split's acc, debias.training.runs.best_metric) is a choice as well
+        ranked_by = self.best_metric or (f"{self.eval_splits[0]}_acc" if self.eval_splits else "train_acc")
+        check_not_reporting(ranked_by, self.report_splits, "best_metric")
+        if self.optim.schedule == "plateau":
+            check_not_reporting(self.optim.plateau_metric, self.report_splits, "optim.plateau_metric")
 
 
 Batch = dict[str, torch.Tensor]
@@ -200,7 +216,9 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable[Batch], optimizer:
     """
     model.train()
     use_mask = loss_cfg.lambda_mask > 0
-    separate_head = getattr(model, "module", model).mask_head is not None
+    core = getattr(model, "module", model)
+    core.set_scene_weight(loss_cfg.lambda_scene)  # lambda_scene acts in the reversal, see LossConfig
+    separate_head = core.mask_head is not None
     mask_term = mask_head_loss if separate_head else mask_confusion_loss
     autocast = {"device_type": device.type, "dtype": torch.bfloat16, "enabled": device.type == "cuda"}
     # Running sums stay on the device: a per-step .item() would make the CPU wait for every step,
@@ -219,7 +237,7 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable[Batch], optimizer:
         action_logits, scene_logits = out.action[:b].float(), out.scene[:b].float()
         l_action = action_loss(action_logits, labels)
         l_scene = scene_loss(scene_logits, target)
-        loss = l_action + loss_cfg.lambda_scene * l_scene
+        loss = l_action + l_scene  # the head learns at weight 1; lambda_scene scales its reversed gradient
         if use_mask:
             if joint_masked:
                 masked_action, masked_head = out.action[b:].float(), out.mask[b:].float()
@@ -262,7 +280,8 @@ def evaluate(model: SDN, batches: Iterable[Batch], device: torch.device) -> dict
     `video_key`), top-1 and top-5; the scene head's accuracy (how much scene the features still carry);
     and, when batches hold masked clips, the mean entropy of the masked-clip prediction.
 
-    Keys: loss (action cross-entropy per clip), acc, top5, scene_acc, video_acc and video_top5 (if batches hold video_key), masked_entropy
+    Keys: loss (action cross-entropy per clip), acc, top5, scene_acc, video_acc, video_top5 and scene_balanced_acc
+    (per video, each (action, scene) pair weighing the same: debias.training.selection) if batches hold video_key, masked_entropy
     (if batches hold masked clips), and confusion: (A, A) nested lists of counts, row = true class, column =
     predicted, per video (mean softmax) when batches hold video_key, else per clip; its diagonal over its row
     sums is the per-class accuracy (which actions lean on the scene: compare an in-distribution split's with
@@ -293,9 +312,9 @@ def evaluate(model: SDN, batches: Iterable[Batch], device: torch.device) -> dict
             confusion = torch.zeros(probs.shape[1], probs.shape[1], dtype=torch.float64)
         confusion.index_put_((labels.cpu(), probs.argmax(1).cpu()), torch.ones(len(labels), dtype=torch.float64),
                              accumulate=True)
-        for key, p, label in zip(batch["video_key"].tolist() if "video_key" in batch else [],
-                                 probs.cpu(), labels.tolist()):
-            entry = videos.setdefault(key, [torch.zeros_like(p), 0, label])
+        for key, p, label, scene in zip(batch["video_key"].tolist() if "video_key" in batch else [],
+                                        probs.cpu(), labels.tolist(), batch["scene_id"].tolist()):
+            entry = videos.setdefault(key, [torch.zeros_like(p), 0, label, scene])
             entry[0] += p
             entry[1] += 1
     t = dict(zip(sums, _global_sum(list(sums.values()), device)))
@@ -307,15 +326,17 @@ def evaluate(model: SDN, batches: Iterable[Batch], device: torch.device) -> dict
         torch.distributed.all_gather_object(gathered, videos)
         videos = {}
         for part in gathered:
-            for key, (p, count, label) in part.items():
-                entry = videos.setdefault(key, [torch.zeros_like(p), 0, label])
+            for key, (p, count, label, scene) in part.items():
+                entry = videos.setdefault(key, [torch.zeros_like(p), 0, label, scene])
                 entry[0] += p
                 entry[1] += count
     if videos:
-        probs = torch.stack([p / count for p, count, _ in videos.values()])
-        labels = torch.tensor([label for *_, label in videos.values()])
+        probs = torch.stack([p / count for p, count, *_ in videos.values()])
+        labels = torch.tensor([label for _, _, label, _ in videos.values()])
+        scenes = torch.tensor([scene for *_, scene in videos.values()])
         out_metrics.update(video_acc=_topk_hits(probs, labels, 1) / len(videos),
-                           video_top5=_topk_hits(probs, labels, 5) / len(videos))
+                           video_top5=_topk_hits(probs, labels, 5) / len(videos),
+                           scene_balanced_acc=scene_balanced_accuracy(probs.argmax(1), labels, scenes))
         confusion = torch.zeros(probs.shape[1], probs.shape[1], dtype=torch.float64)
         confusion.index_put_((labels, probs.argmax(1)), torch.ones(len(labels), dtype=torch.float64), accumulate=True)
     elif confusion is not None:  # per clip: each worker counted its own clips

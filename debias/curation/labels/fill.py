@@ -14,6 +14,26 @@ if TYPE_CHECKING:
 Fill = Literal["mean", "zero", "noise", "blur"]
 
 
+def box_masks(masks: np.ndarray) -> np.ndarray:
+    """(T, H, W) bool -> (T, H, W) bool: each frame's bounding box of its true pixels (empty stays empty)."""
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+
+    def inside(x: np.ndarray) -> np.ndarray:  # between the first and the last true entry of each row
+        return np.maximum.accumulate(x, axis=1) & np.maximum.accumulate(x[:, ::-1], axis=1)[:, ::-1]
+
+    return inside(rows)[:, :, None] & inside(cols)[:, None, :]
+
+
+def box_masks_torch(masks: "torch.Tensor") -> "torch.Tensor":
+    """`box_masks` on tensors (any device): (..., H, W) bool -> (..., H, W) bool."""
+    rows, cols = masks.any(dim=-1).int(), masks.any(dim=-2).int()
+
+    def inside(x: "torch.Tensor") -> "torch.Tensor":  # as box_masks
+        return (x.cummax(dim=-1).values & x.flip(-1).cummax(dim=-1).values.flip(-1)).bool()
+
+    return inside(rows).unsqueeze(-1) & inside(cols).unsqueeze(-2)
+
+
 def fill_people(frames: np.ndarray, masks: np.ndarray, fill: Fill, rng: np.random.Generator) -> np.ndarray:
     """Remove the people: (T, H, W, 3) uint8 frames, (T, H, W) bool masks -> new frames."""
     if fill == "mean":  # the hot path (the paper's fill): vectorised, no boolean gather/scatter
