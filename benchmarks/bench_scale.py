@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 import pyarrow.compute as pc  # noqa: E402
 
-from debias import shards  # noqa: E402
+from debias.curation import shards  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 MARKER = "DEBIAS_BENCH_SCALE"  # in the environment of every process of one job (inherited)

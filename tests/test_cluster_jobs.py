@@ -79,7 +79,7 @@ class Jobs:
 @pytest.mark.slow
 def test_submitted_jobs_refuse_relative_paths_say_where_they_resume_and_leave_nothing(cluster, tmp_path):
     jobs = Jobs(cluster, tmp_path)
-    generate(SynthConfig(out=str(tmp_path / "synth"), train_per_class=3, val_per_class=1, ood_per_class=1,
+    generate(SynthConfig(out=str(tmp_path / "synth"), train_per_class=3, val_per_class=1, ood_val_per_class=1, ood_test_per_class=1,
                          target_train_per_class=0, target_test_per_class=0, frame_size_px=32, num_frames=8))
     manifest = f"input.manifest={tmp_path / 'synth' / 'source' / 'manifest.csv'}"
 

@@ -98,7 +98,7 @@ def small_volume(tmp_path):
 
 @pytest.mark.slow
 def test_curation_onto_a_full_disk_ends_in_one_line_and_resumes_after_space_is_freed(tmp_path, small_volume):
-    generate(SynthConfig(out=str(tmp_path / "synth"), train_per_class=3, val_per_class=1, ood_per_class=1,
+    generate(SynthConfig(out=str(tmp_path / "synth"), train_per_class=3, val_per_class=1, ood_val_per_class=1, ood_test_per_class=1,
                          target_train_per_class=0, target_test_per_class=0, frame_size_px=32, num_frames=8))
     out = small_volume / "shards"
     command = [sys.executable, "-m", "ray_jobs.preprocess", "--out", str(out), "decode.num_frames=8",

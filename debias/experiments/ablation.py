@@ -134,12 +134,13 @@ def paired_ablation(rows: dict[str, dict], metric: str, min_gain: float = 0.0, l
         entry = {"comparison": f"{a} - {b}", "metric": metric, "min_gain": min_gain, "level": level}
         mine, theirs = per_seed(rows, a, metric), per_seed(rows, b, metric)
         if len(mine) < 2:
-            diffs = {s: mine[s] - theirs[s] for s in mine if s in theirs}
+            diffs = {str(s): mine[s] - theirs[s] for s in mine if s in theirs}  # str keys: as JSON keeps them
             out.append({**entry, "seeds": len(diffs), "differences": diffs, "verdict": "no interval (one seed)"})
             continue
         result = compare(mine, theirs, level, min_gain, what=entry["comparison"])
         t, boot = result["paired_t"], result["bootstrap"]
-        out.append({**entry, "seeds": t["n"], "differences": result["differences"], "mean": t["mean"],
+        out.append({**entry, "seeds": t["n"], "differences": {str(k): v for k, v in result["differences"].items()},
+                    "mean": t["mean"],
                     "t_low": t["low"], "t_high": t["high"], "boot_low": boot["low"], "boot_high": boot["high"],
                     "verdict": result["verdict"]})
     return out
