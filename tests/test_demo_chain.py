@@ -27,7 +27,7 @@ def test_demo_runs_every_variant_and_seed_and_reports_means_and_bias(tmp_path, r
     summary = run_demo(cfg)
     out = tmp_path / "demo"
     on_disk = json.loads((out / "summary.json").read_text())
-    assert read_demo(str(out)) == summary and on_disk["claim"]["seeds"] == 2  # the record on disk is the one returned
+    assert read_demo(str(out)) == summary and on_disk["claim"]["gain"]["seeds"] == 2  # the record on disk is the one returned
     assert {"date", "commit", "machine", "command"} <= set(on_disk)
     assert on_disk["data"]["ok_by_split"] == {"train": 24, "val": 12, "ood_val": 12, "ood_test": 12}
     # claims on ood_test with paired intervals over the 2 seeds; the choice made on ood_val
