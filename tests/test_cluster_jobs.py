@@ -1,36 +1,84 @@
-"""Jobs submitted with `ray job submit --runtime-env runtime_env.yaml` to a two-node cluster, as a user
-submits them: a relative path is refused before any work, a stopped training run resubmitted says where
-it resumes, and a stopped job leaves no process behind."""
+"""A user's chain of `ray job submit --runtime-env runtime_env.yaml` jobs on a cluster of two nodes started
+with `ray start` (a head, then a second node joining it), with token authentication: a relative path is
+refused before any work, curation, a training run on 2 DDP workers stopped with `ray job stop` and
+submitted again (it says where it resumes), a 2-trial sweep and a transfer from the sweep's best run; no
+job leaves a process behind, and the upload holds the code only."""
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import JOB_MARKER, left_behind
+from conftest import JOB_MARKER, job_processes, left_behind
+from debias.cluster import free_port
+from debias.curation.shards import read_summary
 from debias.curation.synth import SynthConfig, generate
+from debias.experiments.sweep import read_sweep
+from debias.experiments.transfer import read_transfer
+
+pytestmark = pytest.mark.slow  # a two-node cluster and a chain of submitted jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 TINY_DATA = ["decode.num_frames=8", "labels.mask_provider=annotations", "labels.scene_provider=annotations"]
-TINY_RUN = ["optim.batch_size=8", "model.width=4", "clip.clip_len=8", "eval_splits=[val]", "tensorboard=false",
-            "scaling.num_workers=2", "scaling.cpus_per_worker=1", "loader.clip_cpus=0.25"]
+RAY_DATA_DETACHED = {"ray::_StatsActor", "ray::ActorLocationTracker", "ray::_AutoscalingCoordinatorActor"}
+TINY_MODEL = ["optim.batch_size=8", "model.width=4", "clip.clip_len=8", "tensorboard=false", "loader.clip_cpus=0.25"]
+
+
+def ray_start(env: dict, log: Path, *args: str) -> subprocess.Popen:
+    """`ray start --block ...`: the node's processes stay tied to one process this test can stop (`ray
+    stop` would also kill any other Ray on the machine). Its output goes to a file: a full pipe would
+    stall the node."""
+    return subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                             # own agent port: the default (52365) may be held by another node on the machine
+                             f"--dashboard-agent-listen-port={free_port()}", *args],
+                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A head (2 CPUs) and a second node (2 CPUs) joining it, in their own HOME so that the auth token
+    never touches the user's ~/.ray. Yields the environment a user's shell would have and the dashboard
+    address."""
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # no drain on SIGTERM: Ray 2.60 otherwise waits 30 s for the node's idle workers before it stops
+    env.update(HOME=str(home), RAY_AUTH_MODE="token", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+    subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    gcs, dashboard = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    nodes = [ray_start(env, home / "head.log", "--head", f"--port={gcs.rsplit(':', 1)[1]}", f"--temp-dir={temp_dir}",
+                       "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard.rsplit(':', 1)[1]}",
+                       "--include-dashboard=true", "--num-cpus=2")]
+    deadline = time.time() + 120
+    while subprocess.run([RAY, "job", "list", "--address", dashboard], env=env, capture_output=True).returncode != 0:
+        assert nodes[0].poll() is None and time.time() < deadline, (home / "head.log").read_text()[-3000:]
+        time.sleep(2)
+    nodes.append(ray_start(env, home / "node.log", f"--address={gcs}", "--num-cpus=2"))
+    while "4.0 CPU" not in subprocess.run([RAY, "status", f"--address={gcs}"], env=env, capture_output=True, text=True).stdout:
+        assert nodes[1].poll() is None and time.time() < deadline, (home / "node.log").read_text()[-3000:]
+        time.sleep(2)
+    yield {**env, "RAY_ADDRESS": dashboard}, Path(temp_dir)
+    for node in reversed(nodes):
+        node.terminate()
+        node.wait(timeout=60)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 class Jobs:
-    """`ray job submit / stop / status / logs` against one cluster's dashboard, with runtime_env.yaml
-    (plus a marker variable that every process of a job inherits, to find them afterwards)."""
+    """`ray job submit / stop / status / logs` as a user runs them, with runtime_env.yaml plus a marker
+    variable that every process of a job inherits, to find them afterwards."""
 
-    def __init__(self, cluster, tmp: Path) -> None:
-        self.address, self.tmp = f"http://{cluster.webui_url}", tmp
-        self.env = {**os.environ, "RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token"}
-        self.env.pop("RAY_JOB_CONFIG_JSON_ENV_VAR", None)
+    def __init__(self, env: dict, tmp: Path) -> None:
+        self.env, self.tmp = env, tmp
 
     def ray(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([RAY, "job", *args], capture_output=True, text=True, env=self.env, cwd=ROOT,
@@ -69,6 +117,18 @@ class Jobs:
             time.sleep(2)
         raise TimeoutError(f"job {sid} still running after {timeout_s} s:\n{self.logs(sid)[-3000:]}")
 
+    def succeeds(self, sid: str, *entrypoint: str, first_ray_data_job: bool = False) -> str:
+        """Submit, wait; the job must succeed and leave no process behind (but Ray Data's cluster-wide
+        actors, _StatsActor and kin, which the first job that uses Ray Data starts, detached by design). Its log."""
+        self.submit(sid, *entrypoint)
+        assert self.wait(sid) == "SUCCEEDED", self.logs(sid)[-4000:]
+        ignored = RAY_DATA_DETACHED if first_ray_data_job else set()
+        deadline = time.time() + 60  # Ray's own shutdown of a job takes seconds
+        while (left := {pid: cmd for pid, cmd in job_processes(self.marker(sid)).items() if cmd.split()[0] not in ignored}):
+            assert time.time() < deadline, f"job {sid} left processes behind: {left}"
+            time.sleep(0.5)
+        return self.logs(sid)
+
     def wait_for(self, condition, what: str, sid: str, timeout_s: float = 400) -> None:
         deadline = time.time() + timeout_s
         while not condition():
@@ -76,9 +136,9 @@ class Jobs:
             time.sleep(2)
 
 
-@pytest.mark.slow
-def test_submitted_jobs_refuse_relative_paths_say_where_they_resume_and_leave_nothing(cluster, tmp_path):
-    jobs = Jobs(cluster, tmp_path)
+def test_a_users_chain_of_submitted_jobs(ray_cluster, tmp_path):
+    env, temp_dir = ray_cluster
+    jobs = Jobs(env, tmp_path)
     generate(SynthConfig(out=str(tmp_path / "synth"), train_per_class=3, val_per_class=1, ood_val_per_class=1, ood_test_per_class=1,
                          target_train_per_class=0, target_test_per_class=0, frame_size_px=32, num_frames=8))
     manifest = f"input.manifest={tmp_path / 'synth' / 'source' / 'manifest.csv'}"
@@ -88,24 +148,32 @@ def test_submitted_jobs_refuse_relative_paths_say_where_they_resume_and_leave_no
     assert jobs.wait("relative", 120) == "FAILED"
     assert "config error: relative path in a submitted Ray job: out=out/shards." in jobs.logs("relative")
 
-    # 2. The same with an absolute path: curated.
+    # 2. The same with an absolute path: curated, and the driver says where its outputs went.
     shards = tmp_path / "shards"
-    jobs.submit("curate", "ray_jobs.preprocess", "--out", str(shards), manifest, *TINY_DATA)
-    assert jobs.wait("curate") == "SUCCEEDED", jobs.logs("curate")[-3000:]
-    assert (shards / "_committed.json").is_file()
+    log = jobs.succeeds("curate", "ray_jobs.preprocess", "--out", str(shards), manifest, *TINY_DATA, first_ray_data_job=True)
+    summary = read_summary(str(shards))
+    assert (summary["videos_ok"], summary["videos_failed"]) == (36, 0)
+    assert f"summary: {shards}/runs/{summary['run_id']}/summary.json" in log
+    # The upload holds the code only: the excludes keep .git, virtual environments and outputs out.
+    uploaded = [p for p in (temp_dir / "session_latest" / "runtime_resources" / "working_dir_files").glob("_ray_pkg_*") if p.is_dir()]
+    assert uploaded
+    for package in uploaded:
+        assert (package / "debias").is_dir() and (package / "ray_jobs").is_dir()
+        assert not any((package / name).exists() for name in (".git", ".venv", ".venv-ci", "out"))
+        assert sum(f.stat().st_size for f in package.rglob("*") if f.is_file()) < 5 * 2**20
 
     # 3. Training on 2 DDP workers, stopped with `ray job stop` once it has a checkpoint ...
     run = tmp_path / "runs" / "sdn"
-    train = ("ray_jobs.pretrain", f"shards={shards}", f"out={tmp_path / 'runs'}", "name=sdn", "optim.epochs=40", *TINY_RUN)
+    train = ("ray_jobs.pretrain", f"shards={shards}", f"out={tmp_path / 'runs'}", "name=sdn", "optim.epochs=40", "eval_splits=[val]",
+             "scaling.num_workers=2", "scaling.cpus_per_worker=1", *TINY_MODEL)
     jobs.submit("train", *train)
     snapshot = run / "checkpoint_manager_snapshot.json"
     jobs.wait_for(lambda: snapshot.is_file() and "checkpoint_dir_name" in snapshot.read_text(), "a checkpoint", "train")
     assert "pretrain: starting" in jobs.logs("train")
     assert jobs.ray("stop", "train").returncode == 0
     assert jobs.wait("train", 120) == "STOPPED"
-    # The entrypoint and its Train workers, on both nodes. (Ray Data's cluster-wide actors, _StatsActor and
-    # kin, are detached by design: the first job that used Ray Data, the curation, started them.)
-    assert left_behind(jobs.marker("train"), 60) == {}
+    # The entrypoint and its Train workers, on both nodes.
+    assert left_behind(jobs.marker("train"), 120) == {}  # Train's placement-group cleaner exits last
 
     # ... and submitted again: its first lines say it resumes, and from which epoch.
     done = max(json.loads(snapshot.read_text())["checkpoint_results"], key=lambda r: r["metrics"]["epoch"])
@@ -117,4 +185,36 @@ def test_submitted_jobs_refuse_relative_paths_say_where_they_resume_and_leave_no
     assert not re.search(r"\[sdn\] epoch \d+/40", log[:resumed.search(log).start()])  # before any epoch ran
     assert jobs.ray("stop", "train-again").returncode == 0
     assert jobs.wait("train-again", 120) == "STOPPED"
-    assert left_behind(jobs.marker("train-again"), 60) == {}
+    assert left_behind(jobs.marker("train-again"), 120) == {}
+
+    # 4. A sweep of two trials (one Train worker each), chosen on the selection split.
+    sweeps = tmp_path / "sweeps"
+    log = jobs.succeeds("sweep", "ray_jobs.sweep", f"storage={sweeps}", "name=weights", f"pretrain.shards={shards}",
+                        "lambda_scene.values=[0.0,1.0]", "lambda_mask.values=[0.0]", "asha.enabled=false",
+                        "pretrain.optim.epochs=2", "pretrain.scaling.num_workers=1", "pretrain.scaling.cpus_per_worker=1",
+                        *(f"pretrain.{o}" for o in TINY_MODEL))
+    sweep = read_sweep(str(sweeps / "weights"))
+    assert [t["status"] for t in sweep.trials] == ["TERMINATED", "TERMINATED"]
+    assert sweep.selection["selected_on"] == "ood_val" and Path(sweep.best["run"]).is_dir()
+    assert str(sweeps / "weights" / "summary.json") in log
+
+    # 5. Transfer from the sweep's best run and from scratch, with the shipped config: every relative path
+    # in it (the pretrained runs, the target's shards) replaced on the command line, mappings given whole.
+    out = tmp_path / "transfer"
+    log = jobs.succeeds("transfer", "ray_jobs.transfer", "--config", "configs/transfer/synth.yaml", f"out={out}",
+                        f"pretrained={{best: {sweep.best['run']}, scratch: ''}}", f"source_shards={shards}",
+                        f"targets={{target: {{folds: [{{shards: {shards}, train: train, test: val}}]}}}}",
+                        "finetune.optim.epochs=2", *(f"finetune.{o}" for o in TINY_MODEL))
+    transfer = read_transfer(str(out))
+    assert {r["pretrain"] for r in transfer.transfer} == {"best", "scratch"}
+    assert all(0 <= r["top1"] <= 1 and r["epochs"] == 2 for r in transfer.transfer)
+    assert set(transfer.bias) == {"best"}  # scene bias is measured on pretrained models
+    assert f"summary: {out / 'summary.json'}" in log
+
+
+def test_submit_without_the_token_is_refused(ray_cluster, tmp_path):
+    env, _temp_dir = ray_cluster
+    no_token = {**env, "HOME": str(tmp_path)}  # a HOME without the cluster's token
+    listing = subprocess.run([RAY, "job", "list"], env=no_token, capture_output=True, text=True)
+    # refused for the missing token, not for another reason (a wrong address, a crash)
+    assert listing.returncode != 0 and re.search(r"(?i)auth", listing.stdout + listing.stderr), listing.stderr[-2000:]
