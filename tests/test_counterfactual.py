@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import docs_render
 from debias.config import ConfigError
 from debias.evaluation.counterfactual import (MEAN_RGB, GateConfig, action_swap, background_only, background_rng, choose_image,
                                    coverage, human_only, list_images, read_image, scuba, scuba_gate, scufo, stripes,
@@ -192,3 +193,4 @@ def test_bench_bias_quick_times_building_and_forward_on_the_same_clips(tmp_path)
     assert result["clips"] == 4 * len(result["kinds"]) == 24  # every kind of every row, both sides
     assert result["build_s"] > 0 and result["forward_s"] > 0 and result["bar"] == 0.20
     assert json.loads((tmp_path / "bench.json").read_text()) == result
+    docs_render().render_recorded_by("benchmarks/bench_bias.py", result)  # the docs block renders from it

@@ -5,7 +5,8 @@ with the frames they were computed on, the person pixels kept, the backgrounds a
 
 from __future__ import annotations
 
-import csv
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,22 +15,19 @@ from debias.config import load_config
 from debias.evaluation.counterfactual import (MEAN_RGB, GateConfig, background_rng, centre_clip, coverage, scuba_gate, stripes,
                                    swap_frames)
 from debias.evaluation.field_bias import FieldMeasuresConfig, plan_rows, row_clips
-from ray_jobs.preprocess import main as preprocess
 
+ROOT = Path(__file__).resolve().parents[1]
 CLIP_LEN, CROP = 16, 64
 
 
 @pytest.fixture(scope="module")
 def real_shards(real_clips, tmp_path_factory, ray_local):
-    tmp = tmp_path_factory.mktemp("real")
-    meta = list(csv.DictReader(open(real_clips / "MANIFEST.tsv"), delimiter="\t"))
-    for m in meta:
-        (tmp / "videos" / m["action_class"]).mkdir(parents=True, exist_ok=True)
-        (tmp / "videos" / m["action_class"] / m["filename"]).symlink_to(real_clips / m["filename"])
-    preprocess([str(tmp / "videos"), "--out", str(tmp / "data"), "input.split=test", "labels.mask_provider=motion",
-                "labels.scene_provider=none", "decode.sampling=clips", "decode.clips_per_video=1",
-                f"decode.num_frames={CLIP_LEN}", "decode.short_side_px=72", f"decode.crop_px={CROP}"])
-    return str(tmp / "data")
+    """The curation of the recorded real-clips run (benchmarks/bias_real_clips.py)."""
+    spec = importlib.util.spec_from_file_location("bias_real_clips", ROOT / "benchmarks" / "bias_real_clips.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert (script.CLIP_LEN, script.CROP_PX) == (CLIP_LEN, CROP)
+    return script.curate(real_clips, tmp_path_factory.mktemp("real"))
 
 
 @pytest.mark.slow

@@ -36,7 +36,9 @@ def s3(tmp_path_factory):
     """An S3 endpoint on 127.0.0.1 with an empty bucket; the standard AWS_* variables point at it (Ray's
     workers inherit them). Yields the bucket's URI."""
     boto3 = pytest.importorskip("boto3")
-    server = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    # this environment's server first: another Python's moto on PATH may not match this one's clients
+    server = str(Path(sys.executable).parent / "moto_server")
+    server = server if Path(server).is_file() else shutil.which("moto_server") or server
     if not Path(server).is_file():
         pytest.skip("moto_server not installed (pip install -e '.[test]' brings moto[server])")
     from debias.cluster import free_port

@@ -3,7 +3,8 @@
 A transfer run is a pretrain run on the target's shards with both debiasing losses off and the
 backbone initialised from a pretraining checkpoint (`model.init_from`; the heads start fresh).
 Top-1 is video-level: the trainer's `video_acc` on the test split (mean softmax over
-`finetune.clip.eval_clips` evenly spaced clips of each video).
+`finetune.clip.eval_clips` evenly spaced clips of each video) after the recipe's last epoch; the test
+split is each run's reporting split, so no checkpoint or schedule is chosen on it.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ def run_specs(cfg: TransferConfig) -> list[RunSpec]:
                 run = dataclasses.replace(
                     cfg.finetune, shards=storage.absolute(fold.shards), out=storage.join(storage.absolute(cfg.out), "runs"),
                     name=f"{pre}__{target}__split{k}", train_split=fold.train, eval_splits=[fold.test],
+                    # top-1 is read on the test fold at the recipe's last epoch: nothing may choose on it,
+                    # so the kept checkpoints are ranked by the training loss
+                    report_splits=[fold.test], selection_splits=[], best_metric="train_loss",
                     loss=dataclasses.replace(cfg.finetune.loss, lambda_scene=0.0, lambda_mask=0.0),
                     model=dataclasses.replace(cfg.finetune.model,
                                               init_from=runs.checkpoint_path(checkpoint) if checkpoint else ""))

@@ -39,6 +39,7 @@ class LossConfig:
     # Weight of the adversarial scene loss, as the official code applies it: the scene head always learns
     # from L_scene with weight 1 (at its own rate), and the backbone gets -grl_alpha * lambda_scene *
     # dL_scene through the reversal. 0 = no adversary: the head is then a probe the backbone never sees.
+    # The two weights' defaults are the demo's, chosen on ood_val (configs/sweep/demo.yaml; docs/findings.md).
     lambda_scene: float = 0.2
     lambda_mask: float = 1.0  # weight of the human-mask confusion loss (0 = none); both 0 = baseline
     grl_alpha: float = 1.0  # gradient reversal scale: the backbone gets -alpha * lambda_scene * dL_scene
