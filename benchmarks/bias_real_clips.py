@@ -36,7 +36,7 @@ CLIP_LEN, CROP_PX = 16, 64
 
 def curate(clips: Path, work: Path) -> str:
     """WORK/videos/<action_class>/<file> (links to the clips, as a dataset folder), curated into
-    WORK/data as split `test`: one 16-frame clip of each video at 64 px, motion masks, no scene labels."""
+    WORK/data as split `test`: one 16-frame clip of each video at 64 px, motion masks, scene labels from the weight-free background clusters (the trainer needs some)."""
     videos = work / "videos"
     for m in csv.DictReader(open(clips / "MANIFEST.tsv"), delimiter="\t"):
         (videos / m["action_class"]).mkdir(parents=True, exist_ok=True)
@@ -45,7 +45,7 @@ def curate(clips: Path, work: Path) -> str:
             link.symlink_to(clips / m["filename"])
     cfg = load_config(PreprocessConfig, None, [
         f"input.root={videos}", f"out={work / 'data'}", "input.split=test", "labels.mask_provider=motion",
-        "labels.scene_provider=none", "decode.sampling=clips", "decode.clips_per_video=1",
+        "labels.scene_provider=clusters", "decode.sampling=clips", "decode.clips_per_video=1",
         f"decode.num_frames={CLIP_LEN}", "decode.short_side_px=72", f"decode.crop_px={CROP_PX}"])
     run_preprocess(cfg)
     return cfg.out
@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="out/bias_real_clips", help="videos, curated data, the run and the bias job's outputs")
     parser.add_argument("--clips", default=str(SHARED_CLIPS))
-    parser.add_argument("--examples", type=int, default=4, help="rows whose clips are written as PNG strips")
+    parser.add_argument("--examples", type=int, default=18, help="rows whose clips are written as PNG strips (all 18)")
     args = parser.parse_args()
     clips, work = Path(args.clips), Path(args.work).resolve()
     if not (clips / "MANIFEST.tsv").is_file():
