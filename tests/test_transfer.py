@@ -29,7 +29,13 @@ def test_runs_cover_every_pretraining_target_and_split_with_fresh_heads_and_no_d
         # a run directory stands for its latest checkpoint
         assert s.config.model.init_from == ("" if s.pretrain == "scratch" else str(tmp_path / "run" / "checkpoint_2"))
         assert (s.config.train_split, s.config.eval_splits) == ("train", ["test"])
+        # the test fold is reported on, never chosen on: the kept checkpoints are ranked by the training loss
+        assert (s.config.report_splits, s.config.best_metric) == (["test"], "train_loss")
     rows = [{"pretrain": "a", "target": "t", "split": k, "top1": v} for k, v in ((1, 0.5), (2, 0.7))]
     assert transfer_table(rows, ["t", "u"]) == [{"pretrain": "a", "t": pytest.approx(0.6), "u": None}]
+    # a recipe that would choose on the test fold (its plateau schedule) fails before any run
+    cfg.finetune.optim.schedule, cfg.finetune.optim.plateau_metric = "plateau", "test_loss"
+    with pytest.raises(ConfigError, match="plateau_metric"):
+        run_specs(cfg)
     with pytest.raises(ConfigError, match=r"pretrained\.sdn: needs a checkpoint directory"):
         load_config(TransferConfig, None, ["pretrained={sdn: ''}"])
