@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import JOB_MARKER, job_processes, left_behind
+from conftest import JOB_MARKER, job_processes
 from debias.cluster import free_port
 from debias.curation.shards import read_summary
 from debias.curation.synth import SynthConfig, generate
@@ -29,8 +29,9 @@ pytestmark = pytest.mark.slow  # a two-node cluster and a chain of submitted job
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 TINY_DATA = ["decode.num_frames=8", "labels.mask_provider=annotations", "labels.scene_provider=annotations"]
-RAY_DATA_DETACHED = {"ray::_StatsActor", "ray::ActorLocationTracker", "ray::_AutoscalingCoordinatorActor"}
-CLEANER = {"ray::PlacementGroupCleaner"}
+RAY_DATA_DETACHED = {"ray::_StatsActor", "ray::ActorLocationTracker", "ray::_AutoscalingCoordinatorActor",
+                     "ray::_UsageCollectionActor"}
+CLEANER = frozenset({"ray::PlacementGroupCleaner"})
 TINY_MODEL = ["optim.batch_size=8", "model.width=4", "clip.clip_len=8", "tensorboard=false", "loader.clip_cpus=0.25"]
 
 
@@ -103,6 +104,16 @@ class Jobs:
             time.sleep(3)
         assert done.returncode == 0, done.stderr
 
+    def left(self, sid: str, timeout_s: float, allowed: frozenset = frozenset()) -> set[str]:
+        """What of the job still runs `timeout_s` after it ended (Ray's own shutdown of a job takes
+        seconds), by process title, beside Ray Data's singletons and the titles `allowed`."""
+        deadline = time.time() + timeout_s
+        while True:
+            left = {cmd.split()[0] for cmd in job_processes(self.marker(sid)).values()} - RAY_DATA_DETACHED
+            if left <= allowed or time.time() > deadline:
+                return left - allowed
+            time.sleep(0.5)
+
     def logs(self, sid: str) -> str:
         done = self.ray("logs", sid)
         return done.stdout + done.stderr
@@ -118,16 +129,13 @@ class Jobs:
             time.sleep(2)
         raise TimeoutError(f"job {sid} still running after {timeout_s} s:\n{self.logs(sid)[-3000:]}")
 
-    def succeeds(self, sid: str, *entrypoint: str, first_ray_data_job: bool = False) -> str:
-        """Submit, wait; the job must succeed and leave no process behind (but Ray Data's cluster-wide
-        actors, _StatsActor and kin, which the first job that uses Ray Data starts, detached by design). Its log."""
+    def succeeds(self, sid: str, *entrypoint: str) -> str:
+        """Submit, wait; the job must succeed and leave no process behind, but Ray Data's cluster-wide
+        singletons (_StatsActor and kin: named, detached by design, started by whichever job first needs
+        each one). Its log."""
         self.submit(sid, *entrypoint)
         assert self.wait(sid) == "SUCCEEDED", self.logs(sid)[-4000:]
-        ignored = RAY_DATA_DETACHED if first_ray_data_job else set()
-        deadline = time.time() + 60  # Ray's own shutdown of a job takes seconds
-        while (left := {pid: cmd for pid, cmd in job_processes(self.marker(sid)).items() if cmd.split()[0] not in ignored}):
-            assert time.time() < deadline, f"job {sid} left processes behind: {left}"
-            time.sleep(0.5)
+        assert self.left(sid, 60) == set(), f"job {sid} left processes behind"
         return self.logs(sid)
 
     def wait_for(self, condition, what: str, sid: str, timeout_s: float = 400) -> None:
@@ -152,7 +160,7 @@ def test_a_users_chain_of_submitted_jobs(ray_cluster, tmp_path):
 
     # 2. The same with an absolute path: curated, and the driver says where its outputs went.
     shards = tmp_path / "shards"
-    log = jobs.succeeds("curate", "ray_jobs.preprocess", "--out", str(shards), manifest, *TINY_DATA, first_ray_data_job=True)
+    log = jobs.succeeds("curate", "ray_jobs.preprocess", "--out", str(shards), manifest, *TINY_DATA)
     summary = read_summary(str(shards))
     assert (summary["videos_ok"], summary["videos_failed"]) == (36, 0)
     assert f"summary: {shards}/runs/{summary['run_id']}/summary.json" in log
@@ -176,7 +184,7 @@ def test_a_users_chain_of_submitted_jobs(ray_cluster, tmp_path):
     assert jobs.wait("train", 120) == "STOPPED"
     # The entrypoint and its Train workers, on both nodes. (Ray Train's detached PlacementGroupCleaner
     # frees the run's resources after its controller died, then exits: checked at the end.)
-    assert {cmd.split()[0] for cmd in left_behind(jobs.marker("train"), 60).values()} <= CLEANER
+    assert jobs.left("train", 60, allowed=CLEANER) == set()
 
     # ... and submitted again: its first lines say it resumes, and from which epoch.
     done = max(json.loads(snapshot.read_text())["checkpoint_results"], key=lambda r: r["metrics"]["epoch"])
@@ -188,7 +196,7 @@ def test_a_users_chain_of_submitted_jobs(ray_cluster, tmp_path):
     assert not re.search(r"\[sdn\] epoch \d+/40", log[:resumed.search(log).start()])  # before any epoch ran
     assert jobs.ray("stop", "train-again").returncode == 0
     assert jobs.wait("train-again", 120) == "STOPPED"
-    assert {cmd.split()[0] for cmd in left_behind(jobs.marker("train-again"), 60).values()} <= CLEANER
+    assert jobs.left("train-again", 60, allowed=CLEANER) == set()
 
     # 4. A sweep of two trials (one Train worker each), chosen on the selection split.
     sweeps = tmp_path / "sweeps"
@@ -213,7 +221,7 @@ def test_a_users_chain_of_submitted_jobs(ray_cluster, tmp_path):
     assert all(0 <= r["top1"] <= 1 and r["epochs"] == 1 for r in transfer.transfer)
     assert set(transfer.bias) == {"best"}  # scene bias is measured on pretrained models
     assert f"summary: {out / 'summary.json'}" in log
-    assert left_behind(jobs.marker("train"), 120) == left_behind(jobs.marker("train-again"), 120) == {}
+    assert jobs.left("train", 120) == jobs.left("train-again", 120) == set()
 
 
 def test_submit_without_the_token_is_refused(ray_cluster, tmp_path):
