@@ -2,7 +2,7 @@
 curated with motion masks (no model weights needed), a narrow model trained on them for a few epochs, and
 the bias job with example strips of its counterfactual clips.
 
-    PYTHONPATH=. python benchmarks/bias_real_clips.py [--work DIR] [--clips DIR] [--examples 4]
+    PYTHONPATH=. python benchmarks/bias_real_clips.py [--work DIR] [--clips DIR] [--examples N]
 
 A model trained on 18 videos is meaningless and so are its top-1 figures; what this run records is what
 the field's rules do on real video and real motion masks: how many videos each protocol keeps, the
@@ -36,7 +36,8 @@ CLIP_LEN, CROP_PX = 16, 64
 
 def curate(clips: Path, work: Path) -> str:
     """WORK/videos/<action_class>/<file> (links to the clips, as a dataset folder), curated into
-    WORK/data as split `test`: one 16-frame clip of each video at 64 px, motion masks, scene labels from the weight-free background clusters (the trainer needs some)."""
+    WORK/data as split `test`: one 16-frame clip of each video at 64 px, motion masks, scene labels from
+    the weight-free background clusters (the trainer needs some)."""
     videos = work / "videos"
     for m in csv.DictReader(open(clips / "MANIFEST.tsv"), delimiter="\t"):
         (videos / m["action_class"]).mkdir(parents=True, exist_ok=True)

@@ -64,13 +64,16 @@ def job_processes(marker: str) -> dict[int, str]:
 JOB_MARKER = "DEBIAS_TEST_JOB"
 
 
-def left_behind(marker: str, timeout_s: float = 20) -> dict[int, str]:
+def left_behind(marker: str, timeout_s: float = 20, ignore: frozenset[str] = frozenset()) -> dict[int, str]:
     """The processes of the job marked `marker` still alive `timeout_s` after it ended (Ray's own shutdown
-    takes seconds)."""
+    takes seconds), but those whose process title (first word of the command line) is in `ignore`."""
     import time
 
+    def alive() -> dict[int, str]:
+        return {pid: cmd for pid, cmd in job_processes(marker).items() if cmd.split()[0] not in ignore}
+
     deadline = time.time() + timeout_s
-    while (left := job_processes(marker)) and time.time() < deadline:
+    while (left := alive()) and time.time() < deadline:
         time.sleep(0.5)
     return left
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import JOB_MARKER, job_processes
+from conftest import JOB_MARKER, left_behind
 from debias.cluster import free_port
 from debias.curation.shards import read_summary
 from debias.curation.synth import SynthConfig, generate
@@ -29,8 +29,8 @@ pytestmark = pytest.mark.slow  # a two-node cluster and a chain of submitted job
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 TINY_DATA = ["decode.num_frames=8", "labels.mask_provider=annotations", "labels.scene_provider=annotations"]
-RAY_DATA_DETACHED = {"ray::_StatsActor", "ray::ActorLocationTracker", "ray::_AutoscalingCoordinatorActor",
-                     "ray::_UsageCollectionActor"}
+RAY_DATA_DETACHED = frozenset({"ray::_StatsActor", "ray::ActorLocationTracker", "ray::_AutoscalingCoordinatorActor",
+                               "ray::_UsageCollectionActor"})
 CLEANER = frozenset({"ray::PlacementGroupCleaner"})
 TINY_MODEL = ["optim.batch_size=8", "model.width=4", "clip.clip_len=8", "tensorboard=false", "loader.clip_cpus=0.25"]
 
@@ -104,16 +104,6 @@ class Jobs:
             time.sleep(3)
         assert done.returncode == 0, done.stderr
 
-    def left(self, sid: str, timeout_s: float, allowed: frozenset = frozenset()) -> set[str]:
-        """What of the job still runs `timeout_s` after it ended (Ray's own shutdown of a job takes
-        seconds), by process title, beside Ray Data's singletons and the titles `allowed`."""
-        deadline = time.time() + timeout_s
-        while True:
-            left = {cmd.split()[0] for cmd in job_processes(self.marker(sid)).values()} - RAY_DATA_DETACHED
-            if left <= allowed or time.time() > deadline:
-                return left - allowed
-            time.sleep(0.5)
-
     def logs(self, sid: str) -> str:
         done = self.ray("logs", sid)
         return done.stdout + done.stderr
@@ -135,7 +125,7 @@ class Jobs:
         each one). Its log."""
         self.submit(sid, *entrypoint)
         assert self.wait(sid) == "SUCCEEDED", self.logs(sid)[-4000:]
-        assert self.left(sid, 60) == set(), f"job {sid} left processes behind"
+        assert left_behind(self.marker(sid), 60, ignore=RAY_DATA_DETACHED) == {}
         return self.logs(sid)
 
     def wait_for(self, condition, what: str, sid: str, timeout_s: float = 400) -> None:
@@ -184,7 +174,7 @@ def test_a_users_chain_of_submitted_jobs(ray_cluster, tmp_path):
     assert jobs.wait("train", 120) == "STOPPED"
     # The entrypoint and its Train workers, on both nodes. (Ray Train's detached PlacementGroupCleaner
     # frees the run's resources after its controller died, then exits: checked at the end.)
-    assert jobs.left("train", 60, allowed=CLEANER) == set()
+    assert left_behind(jobs.marker("train"), 60, ignore=RAY_DATA_DETACHED | CLEANER) == {}
 
     # ... and submitted again: its first lines say it resumes, and from which epoch.
     done = max(json.loads(snapshot.read_text())["checkpoint_results"], key=lambda r: r["metrics"]["epoch"])
@@ -196,7 +186,7 @@ def test_a_users_chain_of_submitted_jobs(ray_cluster, tmp_path):
     assert not re.search(r"\[sdn\] epoch \d+/40", log[:resumed.search(log).start()])  # before any epoch ran
     assert jobs.ray("stop", "train-again").returncode == 0
     assert jobs.wait("train-again", 120) == "STOPPED"
-    assert jobs.left("train-again", 60, allowed=CLEANER) == set()
+    assert left_behind(jobs.marker("train-again"), 60, ignore=RAY_DATA_DETACHED | CLEANER) == {}
 
     # 4. A sweep of two trials (one Train worker each), chosen on the selection split.
     sweeps = tmp_path / "sweeps"
@@ -221,7 +211,7 @@ def test_a_users_chain_of_submitted_jobs(ray_cluster, tmp_path):
     assert all(0 <= r["top1"] <= 1 and r["epochs"] == 1 for r in transfer.transfer)
     assert set(transfer.bias) == {"best"}  # scene bias is measured on pretrained models
     assert f"summary: {out / 'summary.json'}" in log
-    assert jobs.left("train", 120) == jobs.left("train-again", 120) == set()
+    assert left_behind(jobs.marker("train"), 120, RAY_DATA_DETACHED) == left_behind(jobs.marker("train-again"), 120, RAY_DATA_DETACHED) == {}
 
 
 def test_submit_without_the_token_is_refused(ray_cluster, tmp_path):
