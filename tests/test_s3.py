@@ -98,13 +98,13 @@ def test_pipeline_job_on_s3_then_a_rerun_skips_every_stage(s3, tmp_path):
     keys = _keys("pipe/")
     for key in ("pipe/summary.json", "pipe/report.md", "pipe/transfer.png", "pipe/pretrain_curves.png",
                 "pipe/transfer_curves.png", "pipe/synth/source/manifest.csv", "pipe/data_source/_committed.json",
-                "pipe/pretrain_baseline/baseline/config.json", "pipe/pretrain_baseline/baseline/metrics.jsonl",
-                "pipe/sweep/summary.json", "pipe/sweep/sweep_config.json", "pipe/transfer/summary.json",
-                "pipe/transfer/report.md", "pipe/transfer/runs/baseline__target__split1/config.json"):
+                "pipe/pretrain_baseline_seed0/baseline/config.json", "pipe/pretrain_baseline_seed0/baseline/metrics.jsonl",
+                "pipe/sweep/summary.json", "pipe/sweep/sweep_config.json", "pipe/transfer_seed0/summary.json",
+                "pipe/transfer_seed0/report.md", "pipe/transfer_seed0/runs/baseline__target__split1/config.json"):
         assert key in keys, key
     assert any(k.startswith("pipe/data_source/runs/") and k.endswith(".parquet") for k in keys)
-    assert any(k.startswith("pipe/pretrain_baseline/baseline/checkpoint_epoch_") for k in keys)
-    assert any(k.startswith("pipe/transfer/runs/sweep_best__target__split1/checkpoint_epoch_") for k in keys)
+    assert any(k.startswith("pipe/pretrain_baseline_seed0/baseline/checkpoint_epoch_") for k in keys)
+    assert any(k.startswith("pipe/transfer_seed0/runs/sweep_best__target__split1/checkpoint_epoch_") for k in keys)
     assert sum(k.startswith("pipe/sweep/runs/") and k.endswith("/config.json") for k in keys) == 2  # two trials
     assert any(k.startswith("pipe/sweep/runs/") and "/tensorboard/events.out.tfevents" in k for k in keys)
     local = [str(p) for p in tmp_path.rglob("*") if "s3:" in str(p) or BUCKET in str(p)]
@@ -119,16 +119,16 @@ def test_pipeline_job_on_s3_then_a_rerun_skips_every_stage(s3, tmp_path):
     assert summary.sweep["best"][metric] == max(t[metric] for t in trials)
     assert summary.sweep["best"]["run"].startswith(f"{out}/sweep/runs/")
     rows = summary.transfer
-    assert {(r["pretrain"], r["target"], r["split"]) for r in rows} == {("baseline", "target", 1),
-                                                                       ("sweep_best", "target", 1)}
+    assert {(r["pretrain"], r["target"], r["split"], r["seed"]) for r in rows} == {("baseline", "target", 1, 0),
+                                                                                    ("sweep_best", "target", 1, 0)}
     test_videos = read_summary(f"{out}/data_target_split1")["ok_by_split"]["test"]
     assert all(r["epochs"] == 2 and r["top1"] * test_videos == pytest.approx(round(r["top1"] * test_videos))
                for r in rows)  # a share of the test videos, after both epochs
     # the fine-tuning started from the pretrained backbone
-    run_cfg = storage.read_json(f"{out}/transfer/runs/baseline__target__split1/config.json")["config"]
-    assert run_cfg["model"]["init_from"].startswith(f"{out}/pretrain_baseline/baseline/checkpoint_epoch_")
-    for name in ("baseline", "sweep_best"):
-        bias = summary.bias[name]
+    run_cfg = storage.read_json(f"{out}/transfer_seed0/runs/baseline__target__split1/config.json")["config"]
+    assert run_cfg["model"]["init_from"].startswith(f"{out}/pretrain_baseline_seed0/baseline/checkpoint_epoch_")
+    assert sorted((b["pretrain"], b["seed"]) for b in summary.bias) == [("baseline", 0), ("sweep_best", 0)]
+    for bias in summary.bias:
         # the measures are the ones their definitions give from the reported parts (docs/pipeline.md)
         chance = bias["action_chance"]
         assert bias["representation_bias"] == pytest.approx(math.log(max(bias["scene_only_probe_acc"], chance) / chance))
@@ -149,7 +149,7 @@ def test_pipeline_job_on_s3_then_a_rerun_skips_every_stage(s3, tmp_path):
     again = pipeline_job(out, tmp_path, "pipeline-s3-again")
     assert again.returncode == 0, again.stderr[-4000:]
     rerun = read_pipeline(out)
-    assert set(rerun.skipped) == {"synth", "data_source", "data_target_split1", "pretrain_baseline", "sweep", "transfer"}
+    assert set(rerun.skipped) == {"synth", "data_source", "data_target_split1", "pretrain_baseline_seed0", "sweep", "transfer_seed0"}
     assert rerun.transfer == summary.transfer and rerun.sweep == summary.sweep
 
 

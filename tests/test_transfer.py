@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from debias.config import ConfigError, load_config
+from debias.experiments.pipeline import best_pair_trials, transfer_comparisons, transfer_pairs
+from debias.experiments.sweep import SweepResult
 from debias.experiments.transfer import FoldConfig, TargetConfig, TransferConfig, run_specs, transfer_table
 
 
@@ -39,3 +41,48 @@ def test_runs_cover_every_pretraining_target_and_split_with_fresh_heads_and_no_d
         run_specs(cfg)
     with pytest.raises(ConfigError, match=r"pretrained\.sdn: needs a checkpoint directory"):
         load_config(TransferConfig, None, ["pretrained={sdn: ''}"])
+
+
+def _sweep(trials: list[dict], best: dict, seeds: list[int]) -> SweepResult:
+    return SweepResult(metric="ood_val_acc", mode="max", selection={}, path="", trials=trials, best=best,
+                       by_weights=[], seeds=seeds, errors=[], wall_s=0.0, config={})
+
+
+def test_each_seed_transfers_the_best_pairs_trial_of_that_seed():
+    """Bugs: the lowest seed's trial (the sweep's `best` row) transferred at every seed, which pairs one
+    backbone with several reference seeds; a trial of another weight pair; a seed with no checkpoint
+    passed on as an empty path (which would fine-tune from scratch under the name sweep_best)."""
+    trials = [{"trial": f"t{ls}_{s}", "lambda_scene": ls, "lambda_mask": 1.0, "seed": s, "status": "TERMINATED",
+               "checkpoint": f"ck_{ls}_{s}"} for ls in (0.5, 1.0) for s in (0, 1)]
+    best = {**trials[2], "ood_val_acc_mean": 0.5}  # lambda_scene 1.0, seed 0
+    picked = best_pair_trials(_sweep(trials, best, [0, 1]))
+    assert {s: t["checkpoint"] for s, t in picked.items()} == {0: "ck_1.0_0", 1: "ck_1.0_1"}
+    trials[3]["checkpoint"] = ""
+    with pytest.raises(RuntimeError, match=r"no checkpoint at seed\(s\) \[1\]"):
+        best_pair_trials(_sweep(trials, best, [0, 1]))
+
+
+def test_transfer_comparisons_pair_the_seeds_over_the_mean_of_the_splits():
+    """Hand-computed: per seed, the mean over the two splits; sweep_best - baseline = +0.1, +0.2, +0.3 on
+    seeds 0-2: mean 0.2, sd 0.1, paired t interval 0.2 -+ t(0.975, 2) * 0.1 / sqrt(3), t(0.975, 2) =
+    4.302653. Bugs: unpaired or swapped differences, one split standing for the target, a missing pair."""
+    base = {0: (0.4, 0.6), 1: (0.5, 0.5), 2: (0.3, 0.5)}  # per-seed means 0.5, 0.5, 0.4
+    gain = {0: 0.1, 1: 0.2, 2: 0.3}
+    rows = [{"pretrain": pre, "target": "t", "split": k + 1, "seed": s, "top1": v + (gain[s] if pre == "sweep_best" else 0)}
+            for pre in ("baseline", "sweep_best") for s, pair in base.items() for k, v in enumerate(pair)]
+    rows += [{"pretrain": "scratch", "target": "t", "split": k, "seed": s, "top1": 0.2} for s in base for k in (1, 2)]
+    pairs = transfer_pairs(["baseline"], scratch=True)
+    assert pairs == (("sweep_best", "baseline"), ("sweep_best", "scratch"), ("baseline", "scratch"))
+    out = {e["comparison"]: e for e in transfer_comparisons(rows, ["t"], pairs)}
+    gain_row = out["sweep_best - baseline"]
+    half = 4.302653 * 0.1 / 3 ** 0.5
+    assert gain_row["metric"] == "t" and gain_row["seeds"] == 3
+    assert gain_row["differences"] == {"0": pytest.approx(0.1), "1": pytest.approx(0.2), "2": pytest.approx(0.3)}
+    assert (gain_row["mean"], gain_row["t_low"], gain_row["t_high"]) == pytest.approx((0.2, 0.2 - half, 0.2 + half), abs=1e-5)
+    assert gain_row["verdict"] == "undecided"  # half-width 0.248: three seeds of this spread cannot tell
+    # 0.3, 0.3, 0.2: mean 0.267, sd 0.0577, half-width 0.143: the lower end is above 0
+    scratch = out["baseline - scratch"]
+    assert (scratch["mean"], scratch["verdict"]) == (pytest.approx((0.3 + 0.3 + 0.2) / 3), "holds")
+    # one seed: the difference, no interval (the keys stay, so tables print n/a)
+    one = transfer_comparisons([r for r in rows if r["seed"] == 0], ["t"], pairs)[0]
+    assert (one["seeds"], one["mean"], one["t_low"], one["verdict"]) == (1, pytest.approx(0.1), None, "no interval (one seed)")

@@ -135,7 +135,9 @@ def paired_ablation(rows: dict[str, dict], metric: str, min_gain: float = 0.0, l
         mine, theirs = per_seed(rows, a, metric), per_seed(rows, b, metric)
         if len(mine) < 2:
             diffs = {str(s): mine[s] - theirs[s] for s in mine if s in theirs}  # str keys: as JSON keeps them
-            out.append({**entry, "seeds": len(diffs), "differences": diffs, "verdict": "no interval (one seed)"})
+            out.append({**entry, "seeds": len(diffs), "differences": diffs, "mean": next(iter(diffs.values()), None),
+                        **dict.fromkeys(("t_low", "t_high", "boot_low", "boot_high")),
+                        "verdict": "no interval (one seed)"})
             continue
         result = compare(mine, theirs, level, min_gain, what=entry["comparison"])
         t, boot = result["paired_t"], result["bootstrap"]
@@ -153,7 +155,8 @@ def claim(rows: dict[str, dict], reported: str, in_distribution: str, min_gain: 
     `max_drop` (upper end of the interval of baseline - SDN below it)."""
     gain = paired_ablation(rows, reported, min_gain, level, (("sdn", "baseline"),))[0]
     drop = paired_ablation(rows, in_distribution, 0.0, level, (("baseline", "sdn"),))[0]
-    holds = "t_low" in gain and "t_high" in drop and gain["t_low"] > min_gain and drop["t_high"] < max_drop
+    holds = (gain["t_low"] is not None and drop["t_high"] is not None and gain["t_low"] > min_gain
+             and drop["t_high"] < max_drop)
     return {"gain": gain, "drop": drop, "min_gain": min_gain, "max_drop": max_drop, "holds": holds}
 
 
@@ -166,7 +169,7 @@ def claim_text(verdict: dict) -> str:
     """One sentence of the claim: SDN's gain on the reporting split and its in-distribution drop, each
     with its paired interval, and whether the claim holds on them."""
     gain, drop = verdict["gain"], verdict["drop"]
-    if "t_low" not in gain:
+    if gain["t_low"] is None:
         return f"no claim: {gain['verdict']}"
     word = "holds" if verdict["holds"] else "does NOT hold"
     return (f"SDN - baseline on ood_test {gain['mean']:+.3f} [{gain['t_low']:+.3f}, {gain['t_high']:+.3f}], "

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import time
+from statistics import fmean as mean
 from collections.abc import Callable
 from typing import Any
 from dataclasses import dataclass, field
@@ -21,10 +22,11 @@ from debias.curation.curate import PreprocessConfig
 from debias.curation.preprocess import run_preprocess
 from debias.training.pretrain import run_pretrain
 from debias.report import plot_bars, plot_curves, table
+from debias.experiments.ablation import ablation_table, paired_ablation
 from debias.experiments.sweep import SWEPT, SweepConfig, SweepResult, run_sweep
 from debias.curation.synth import SynthConfig, run_synth
 from debias.experiments.transfer import (BIAS_COLUMNS, SCRATCH, FoldConfig, TargetConfig, TransferConfig,
-                                         TransferResult, run_transfer)
+                                         TransferResult, run_transfer, transfer_table)
 
 log = logging.getLogger(__name__)
 
@@ -152,35 +154,81 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
             folds.append(FoldConfig(shards=curate(stages, cfg, f"{name}_split{k}", name, pre, upstream)))
         targets[name] = TargetConfig(folds=folds)
 
-    # 3. reference pretrainings (Ray Train), with the sweep's recipe and fixed weights.
+    # 3. reference pretrainings (Ray Train), with the sweep's recipe and fixed weights, once per seed.
+    seeds = cfg.sweep.seeds
     base = dataclasses.replace(cfg.sweep.pretrain, shards=source_shards)
-    checkpoints, histories = {}, {}
+    checkpoints: dict[int, dict[str, str]] = {s: {} for s in seeds}
+    histories = {}
     for name, weights in cfg.references.items():
-        run = dataclasses.replace(base, name=name, out=storage.join(out, f"pretrain_{name}"),
-                                  loss=dataclasses.replace(base.loss, **to_dict(weights)))
-        result = stages.run(f"pretrain_{name}", to_dict(run), ["data_source"], lambda run=run: run_pretrain(run))
-        checkpoints[name], histories[name] = result["checkpoint"], result["history"]
+        for seed in seeds:
+            run = dataclasses.replace(base, name=name, seed=seed, out=storage.join(out, f"pretrain_{name}_seed{seed}"),
+                                      loss=dataclasses.replace(base.loss, **to_dict(weights)))
+            result = stages.run(f"pretrain_{name}_seed{seed}", to_dict(run), ["data_source"],
+                                lambda run=run: run_pretrain(run))
+            checkpoints[seed][name] = result["checkpoint"]
+            if seed == seeds[0]:
+                histories[name] = result["history"]
 
-    # 4. the loss-weight sweep (Ray Tune, ASHA).
+    # 4. the loss-weight sweep (Ray Tune, ASHA): every weight pair once per seed.
     sweep_cfg = dataclasses.replace(cfg.sweep, storage=out, name="sweep", pretrain=base)
     sweep = stages.run("sweep", to_dict(sweep_cfg), ["data_source"], lambda: run_sweep(sweep_cfg), SweepResult)
     best = sweep.best
-    checkpoints[BEST] = best["checkpoint"]
+    for seed, trial in best_pair_trials(sweep).items():
+        checkpoints[seed][BEST] = trial["checkpoint"]
     histories[f"{BEST} ({best['trial']})"] = runs.read_metrics(best["run"])
 
-    # 5. transfer + scene bias of every pretrained backbone.
-    pretrained = {**checkpoints, **({SCRATCH: ""} if cfg.scratch else {})}
-    transfer_cfg = dataclasses.replace(
-        cfg.transfer, out=storage.join(out, "transfer"), pretrained=pretrained, source_shards=source_shards,
-        finetune=dataclasses.replace(cfg.transfer.finetune, model=dataclasses.replace(base.model, init_from="")),
-        targets=targets)
+    # 5. transfer + scene bias of every pretrained backbone, once per seed: the seed-S backbones are
+    #    fine-tuned with seed S, so that the backbones of one seed can be compared seed by seed.
+    transfers = {}
     data_stages = [f"data_{n}_split{k}" for n, t in cfg.targets.items() for k in t.splits]
-    transfer = stages.run("transfer", to_dict(transfer_cfg), ["sweep", *[f"pretrain_{n}" for n in cfg.references],
-                                                              *data_stages],
-                          lambda: run_transfer(transfer_cfg), TransferResult)
+    for seed in seeds:
+        pretrained = {**checkpoints[seed], **({SCRATCH: ""} if cfg.scratch else {})}
+        transfer_cfg = dataclasses.replace(
+            cfg.transfer, out=storage.join(out, f"transfer_seed{seed}"), pretrained=pretrained,
+            source_shards=source_shards, targets=targets,
+            finetune=dataclasses.replace(cfg.transfer.finetune, seed=seed,
+                                         model=dataclasses.replace(base.model, init_from="")))
+        transfers[seed] = stages.run(
+            f"transfer_seed{seed}", to_dict(transfer_cfg),
+            ["sweep", *[f"pretrain_{n}_seed{seed}" for n in cfg.references], *data_stages],
+            lambda transfer_cfg=transfer_cfg: run_transfer(transfer_cfg), TransferResult)
 
     # 6. report.
-    return write_report(cfg, out, stages, sweep, transfer, histories, time.perf_counter() - t0)
+    return write_report(cfg, out, stages, sweep, transfers, histories, time.perf_counter() - t0)
+
+
+def best_pair_trials(sweep: SweepResult) -> dict[int, dict]:
+    """Per seed, the trial of the sweep's best weight pair: the backbones transferred as `sweep_best`."""
+    best = sweep.best
+    trials = {t["seed"]: t for t in sweep.trials if all(t[k] == best[k] for k in SWEPT)}
+    missing = [s for s in sweep.seeds if not trials.get(s, {}).get("checkpoint")]
+    if missing:
+        raise RuntimeError(f"the sweep's best pair (lambda_scene={best['lambda_scene']:g}, lambda_mask="
+                           f"{best['lambda_mask']:g}) has no checkpoint at seed(s) {missing}: its trials "
+                           f"{[(t['trial'], t['seed'], t['status']) for t in trials.values()]}")
+    return {s: trials[s] for s in sweep.seeds}
+
+
+def transfer_pairs(references: list[str], scratch: bool) -> tuple[tuple[str, str], ...]:
+    """The transfer comparisons: the sweep's best against each reference, and every pretraining against
+    no pretraining."""
+    return (*((BEST, r) for r in references), *(((p, SCRATCH) for p in [BEST, *references]) if scratch else ()))
+
+
+def transfer_comparisons(rows: list[dict], targets: list[str], pairs: tuple[tuple[str, str], ...]) -> list[dict]:
+    """Per target and pair (a, b): the per-seed difference of top-1 (each seed's mean over the target's
+    splits), its mean and 95 % paired intervals (debias.experiments.ablation.paired_ablation); with one
+    seed, the difference alone."""
+    out = []
+    for target in targets:
+        per_seed: dict[tuple[str, int], list[float]] = {}
+        for r in rows:
+            if r["target"] == target and r["top1"] is not None:
+                per_seed.setdefault((r["pretrain"], r["seed"]), []).append(r["top1"])
+        models = {f"{pre}_seed{seed}": {"variant": pre, "seed": seed, target: mean(v)}
+                  for (pre, seed), v in per_seed.items()}
+        out += paired_ablation(models, target, pairs=pairs)
+    return out
 
 
 @dataclass
@@ -188,9 +236,13 @@ class PipelineResult:
     """The pipeline's summary, as DIR/summary.json holds it (`write_record` / `read_record`)."""
 
     sweep: dict  # the sweep's result without its per-trial run paths' config (debias.experiments.sweep)
-    transfer: list[dict]  # per (pretrain, target, split) rows (debias.experiments.transfer)
-    transfer_table: list[dict]
-    bias: dict[str, dict]
+    # the sweep's seeds: each reference is pretrained once per seed, and the seed-S backbones (the
+    # references', the best pair's seed-S trial, scratch) are fine-tuned with seed S
+    seeds: list[int]
+    transfer: list[dict]  # per (pretrain, target, split, seed) rows (debias.experiments.transfer)
+    transfer_table: list[dict]  # per pretrain: top-1 per target, mean over splits and seeds
+    comparisons: list[dict]  # per target, paired over seeds: the best against each reference, all against scratch
+    bias: list[dict]  # per (pretrain, seed): the scene-bias measures of the pretrained model
     dataset_bias: dict
     timings_s: dict[str, float]
     skipped: list[str]  # stages that were up to date
@@ -202,23 +254,29 @@ def read_pipeline(path: str) -> PipelineResult:
     return storage.read_record(PipelineResult, path if path.endswith(".json") else storage.join(path, "summary.json"))
 
 
-def write_report(cfg: PipelineConfig, out: str, stages: Stages, sweep: SweepResult, transfer: TransferResult,
-                 histories: dict, wall_s: float) -> PipelineResult:
+def write_report(cfg: PipelineConfig, out: str, stages: Stages, sweep: SweepResult,
+                 transfers: dict[int, TransferResult], histories: dict, wall_s: float) -> PipelineResult:
     targets = list(cfg.targets)
+    rows = [{**r, "seed": seed} for seed, t in transfers.items() for r in t.transfer]
+    bias = [{"pretrain": name, "seed": seed, **b} for seed, t in transfers.items() for name, b in t.bias.items()]
+    first = transfers[cfg.sweep.seeds[0]]
     summary = PipelineResult(
         sweep={"metric": sweep.metric, "mode": sweep.mode, "trials": sweep.trials, "best": sweep.best,
                "by_weights": sweep.by_weights, "seeds": sweep.seeds, "selection": sweep.selection},
-        transfer=transfer.transfer, transfer_table=transfer.table, bias=transfer.bias,
-        dataset_bias=transfer.dataset_bias, timings_s={**stages.timings_s, "total": round(wall_s, 1)},
+        seeds=list(cfg.sweep.seeds), transfer=rows,
+        transfer_table=[{**r, "seeds": len(transfers)} for r in transfer_table(rows, targets)],
+        comparisons=transfer_comparisons(rows, targets, transfer_pairs(list(cfg.references), cfg.scratch)),
+        bias=bias, dataset_bias=first.dataset_bias, timings_s={**stages.timings_s, "total": round(wall_s, 1)},
         skipped=stages.skipped, config=to_dict(cfg))
     storage.write_record(storage.join(out, "summary.json"), summary)
-    plot_bars(transfer.table, "pretrain", targets, storage.join(out, "transfer.png"), ylabel="top-1 (mean over splits)")
+    plot_bars(summary.transfer_table, "pretrain", targets, storage.join(out, "transfer.png"), ylabel="top-1 (mean over splits)")
     metric = sweep.metric
     plot_curves(histories, sorted({"train_acc", metric, *[f"{s}_acc" for s in cfg.sweep.pretrain.eval_splits]}),
                 storage.join(out, "pretrain_curves.png"))
+    # the first seed's fine-tuning curves (every seed's: transfer_seedS/curves.png)
     storage.write_bytes(storage.join(out, "transfer_curves.png"),
-                        storage.read_bytes(storage.join(out, "transfer", "curves.png")))
-    bias_rows = [{"pretrain": n, **{k: v for k, v in b.items() if k != "videos"}} for n, b in transfer.bias.items()]
+                        storage.read_bytes(storage.join(out, f"transfer_seed{cfg.sweep.seeds[0]}", "curves.png")))
+    bias_rows = [{k: v for k, v in b.items() if k != "videos"} for b in bias]
     best = sweep.best
     report = "\n".join([
         "# debias pipeline", "",
@@ -229,20 +287,24 @@ def write_report(cfg: PipelineConfig, out: str, stages: Stages, sweep: SweepResu
           if len(sweep.seeds) > 1 else []),
         (f"Best: lambda_scene={best['lambda_scene']:g}, lambda_mask={best['lambda_mask']:g}, {metric}="
          f"{best[f'{metric}_mean']:.3f} (mean over {best['seeds']} seeds, std {best[f'{metric}_std']:.3f}); its "
-         f"seed-{best['seed']} trial {best['trial']} is transferred as `{BEST}`."), "",
+         f"trials of the seeds {sweep.seeds} are transferred as `{BEST}`."), "",
         "![pretraining curves](pretrain_curves.png)", "",
-        "## Transfer: top-1 after fine-tuning (mean over splits)", "",
-        table(transfer.table, ["pretrain", *targets]), "",
+        f"## Transfer: top-1 after fine-tuning (mean over splits and the seeds {cfg.sweep.seeds})", "",
+        table(summary.transfer_table, ["pretrain", *targets, "seeds"]), "",
         "![transfer](transfer.png)", "",
-        table(transfer.transfer, ["pretrain", "target", "split", "top1", "epochs"]), "",
+        ("Paired over the seeds (the backbones of seed S fine-tuned with seed S; per seed the mean over the "
+         "target's splits), with 95 % intervals of the mean difference; the column `metric` names the target:"), "",
+        ablation_table(summary.comparisons), "",
+        table(rows, ["pretrain", "target", "split", "seed", "top1", "epochs"]), "",
         "![fine-tuning curves](transfer_curves.png)", "",
-        "## Scene bias of each pretrained model (details: transfer/report.md)", "",
-        table(bias_rows, BIAS_COLUMNS), "",
+        "## Scene bias of each pretrained model (details: transfer_seedS/report.md)", "",
+        table(bias_rows, [BIAS_COLUMNS[0], "seed", *BIAS_COLUMNS[1:]]), "",
         ("Timings (s): " + ", ".join(f"{k}={v}" for k, v in summary.timings_s.items())
          + (f"; skipped (up to date): {', '.join(stages.skipped)}" if stages.skipped else "")), "",
     ])
     storage.write_text(storage.join(out, "report.md"), report)
-    log.info("transfer top-1:\n%s", table(transfer.table, ["pretrain", *targets]))
+    log.info("transfer top-1:\n%s", table(summary.transfer_table, ["pretrain", *targets, "seeds"]))
+    log.info("transfer, paired over seeds:\n%s", ablation_table(summary.comparisons))
     log.info("scene bias:\n%s", table(bias_rows, BIAS_COLUMNS))
     log.info("pipeline: %.0f s; summary: %s  report: %s", wall_s, storage.join(out, "summary.json"),
              storage.join(out, "report.md"))
