@@ -74,26 +74,26 @@ def test_the_shard_schema_table_is_generated_from_the_code():
 def test_a_changed_figure_a_missing_field_or_an_unshown_result_fails_the_check(tmp_path):
     root = copy_docs(tmp_path)
     results = root / "docs" / "results"
-    result = json.loads((results / "h200_train.json").read_text())
-    result["figures"]["baseline"]["synthetic_clips_per_s"] = 1234
-    (results / "h200_train.json").write_text(json.dumps(result))
-    assert render.check(root) == ["docs/benchmarks.md: stale generated blocks ['h200_train'] (run `python docs/render.py`)"]
+    result = json.loads((results / "embed_cpu.json").read_text())
+    result["figures"]["loop_rows_per_s"] = 1234.5
+    (results / "embed_cpu.json").write_text(json.dumps(result))
+    assert render.check(root) == ["docs/benchmarks.md: stale generated blocks ['embed_cpu'] (run `python docs/render.py`)"]
     render.render(root)
-    assert render.check(root) == [] and "| baseline | 1,234 |" in (root / "docs" / "benchmarks.md").read_text()
+    assert render.check(root) == [] and "| plain loop (rows/s) | 1234.5 |" in (root / "docs" / "benchmarks.md").read_text()
 
     commit = result.pop("commit")
-    (results / "h200_train.json").write_text(json.dumps(result))
-    assert any("h200_train.json: lacks ['commit']" in p for p in render.check(root))
+    (results / "embed_cpu.json").write_text(json.dumps(result))
+    assert any("embed_cpu.json: lacks ['commit']" in p for p in render.check(root))
 
     result["commit"] = commit
-    (results / "h200_train.json").write_text(json.dumps(result))
+    (results / "embed_cpu.json").write_text(json.dumps(result))
     (results / "orphan.json").write_text(json.dumps(result))
     assert render.check(root) == ["docs/results: ['orphan'] shown by no generated block"]
 
-    del result["figures"]["baseline"]  # a summary that changed shape: the block and the key are named
-    (results / "h200_train.json").write_text(json.dumps(result))
+    del result["figures"]["loop_rows_per_s"]  # a summary that changed shape: the block and the key are named
+    (results / "embed_cpu.json").write_text(json.dumps(result))
     (results / "orphan.json").unlink()
-    assert any("block 'h200_train'" in p and "'baseline'" in p for p in render.check(root))
+    assert any("block 'embed_cpu'" in p and "'loop_rows_per_s'" in p for p in render.check(root))
 
 
 def test_record_runs_the_command_and_stores_its_figures_with_their_provenance(tmp_path):
