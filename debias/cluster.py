@@ -127,6 +127,8 @@ def reap(token: str, grace_s: float = 10.0) -> list[int]:
         print(f"debias.cluster: {len(left)} processes of this job's Ray outlived its shutdown; ending them: {left}",
               file=sys.__stderr__, flush=True)
     for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not left:
+            break
         for pid in left:
             try:
                 os.kill(pid, sig)

@@ -4,7 +4,9 @@
 
 [synth] -> preprocess (source and every target) -> reference pretraining (the baseline) -> sweep of the
 loss weights (Ray Tune) -> transfer of every pretrained backbone (baseline, the sweep's best, from
-scratch) + scene-bias measurements -> report: DIR/summary.json, DIR/report.md and plots.
+scratch) + scene-bias measurements -> report: DIR/summary.json, DIR/report.md and plots. Every
+pretraining and fine-tuning runs once per seed of sweep.seeds, and the transfer comparisons are paired
+over them (the seed-S backbones fine-tuned with seed S), with 95 % intervals.
 
 Each stage writes DIR/STAGE/stage.json with a hash of its config and of the stages it reads. On a rerun
 a finished stage with the same hash is skipped, an interrupted one resumes (the sweep through

@@ -98,6 +98,7 @@ def cluster():
 
     # Free ports for the dashboard and each node's agent (which starts submitted jobs): their defaults
     # (8265, 52365) may belong to another Ray on this machine, and the nodes here share one address.
+    own_ray()
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": free_port(),
                                                       "dashboard_agent_listen_port": free_port()})
     for _ in range(2):
@@ -110,12 +111,32 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One small local Ray instance per test module (a start costs seconds on 2 cores)."""
+    """A small local Ray instance in this process, started by the first module that asks and kept for the
+    next (a start and a shutdown cost seconds on 2 cores). A module whose work still holds CPUs at its
+    end hands the next a fresh one; fixtures that need a Ray of their own (`cluster`, test_sweep's)
+    shut this one down first (`own_ray`)."""
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=512 * 1024**2, log_to_driver=False)
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=512 * 1024**2,
+                 log_to_driver=False)
     yield ray
-    ray.shutdown()
+    if ray.is_initialized() and ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+        ray.shutdown()
+
+
+def own_ray() -> None:
+    """Before a fixture starts a Ray of its own in this process: the shared one (`ray_local`) goes."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_ray_shutdown():
+    yield
+    own_ray()
 
 
 def epoch_lines(run: Path) -> dict[int, str]:

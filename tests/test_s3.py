@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import JOB_MARKER, PIPELINE_TINY, docs_render, left_behind
+from conftest import JOB_MARKER, PIPELINE_TINY, docs_render, left_behind, own_ray
 from debias import storage
 from debias.curation.shards import read_summary
 from debias.experiments.pipeline import read_pipeline
@@ -60,6 +60,7 @@ def s3(tmp_path_factory):
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
     saved = {k: os.environ.get(k) for k in env}
+    own_ray()  # this module's Ray starts after the variables are set (its workers inherit them) and ends with them
     os.environ.update(env)
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     yield f"s3://{BUCKET}"
@@ -68,6 +69,7 @@ def s3(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    own_ray()
     proc.terminate()
     proc.wait(timeout=30)
     log.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from ray import tune
 
+from conftest import own_ray
 from debias.config import ConfigError, load_config
 from debias.curation.curate import PreprocessConfig
 from debias.experiments.sweep import read_sweep, SweepConfig, best_trial, concurrent_runs, num_trials, param_space, weight_rows
@@ -110,6 +111,7 @@ def ray_local():
                               "print('up', flush=True); time.sleep(3600)"], stdout=subprocess.PIPE, text=True)
     assert other.stdout.readline().strip() == "up"
     before = os.environ.get("RAY_API_SERVER_ADDRESS")
+    own_ray()
     init_ray(4)
     yield ray
     ray.shutdown()
