@@ -36,8 +36,8 @@ def test_bench_train_quick(tmp_path):
 
 def test_update_scheme_quick(tmp_path):
     """Both schemes train at every seed, the per-seed lists line up, and the chosen one has the higher mean
-    (bugs: a sweep that ignored pretrain.loss.update would still run; the per-seed pairing and the
-    choice are checked against the figures printed)."""
+    (bugs: runs that ignored the scheme or the seed; the per-seed pairing and the choice are checked
+    against the figures printed)."""
     figures = run_benchmark(["benchmarks/update_scheme.py", "--quick", "--work", str(tmp_path / "work")], tmp_path)
     per_seed = figures["per_seed"]
     assert len(per_seed["joint"]) == len(per_seed["alternating"]) == 2
@@ -45,10 +45,10 @@ def test_update_scheme_quick(tmp_path):
         [a - j for a, j in zip(per_seed["alternating"], per_seed["joint"])], abs=2e-4)
     means = figures["means"]
     assert figures["chosen"] == ("alternating" if means["alternating"]["mean"] > means["joint"]["mean"] else "joint")
-    for scheme in ("joint", "alternating"):  # each sweep trained with its scheme
-        trial_configs = list((tmp_path / "work" / "sweeps" / scheme / "runs").glob("*/config.json"))
-        assert len(trial_configs) == 2
-        assert all(json.loads(c.read_text())["config"]["loss"]["update"] == scheme for c in trial_configs)
+    for scheme in ("joint", "alternating"):  # each run trained with its scheme and seed
+        for seed in (0, 1):
+            config = json.loads((tmp_path / "work" / "runs" / f"{scheme}_seed{seed}" / "config.json").read_text())["config"]
+            assert (config["loss"]["update"], config["seed"]) == (scheme, seed)
     docs_render().render_recorded_by("benchmarks/update_scheme.py", figures)
 
 

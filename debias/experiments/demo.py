@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import ray
@@ -18,7 +19,7 @@ from debias.evaluation.counterfactual import GateConfig
 from debias.evaluation.field_bias import FIELD_MEASURES, FieldMeasuresConfig, field_bias_measures
 from debias.experiments.ablation import (TRAINER_FIGURES, VARIANTS, ablation_table, aggregate, claim, claim_text,
                                          class_drops_over_seeds, fmt, mean_histories, paired_ablation, per_model, separation, variants)
-from debias.cluster import bounded, init_ray
+from debias.cluster import K, bounded, init_ray
 from debias.config import PathStr, check, from_dict, to_dict
 from debias.curation.curate import DecodeConfig, InputConfig, PreprocessConfig
 from debias.curation.labels.config import LabelsConfig
@@ -92,14 +93,12 @@ def train(config: dict) -> dict:
             "wall_s": time.perf_counter() - t0}
 
 
-def run_demo(cfg: DemoConfig) -> DemoResult:
-    out = storage.absolute(cfg.out)
-    storage.delete(out)  # a demo is always a fresh, complete run
-    timings: dict[str, float] = {}
-    t0 = t = time.perf_counter()
+def curate_benchmark(cfg: DemoConfig, out: str, timings: dict[str, float]) -> tuple[dict, str]:
+    """The demo's benchmark in OUT/synth, curated into OUT/data (ground-truth masks and scenes): the
+    preprocess summary and the shards folder; each step's seconds into `timings`."""
+    t = time.perf_counter()
     run_synth(dataclasses.replace(cfg.synth, out=storage.join(out, "synth")))
     timings["synth_s"] = time.perf_counter() - t
-
     t = time.perf_counter()
     # The curated row order is the training batches' order: kept in input order (preserve_order), a
     # rerun of the demo curates the same shards and so reproduces its numbers.
@@ -108,29 +107,43 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                            labels=LabelsConfig(mask_provider="annotations", scene_provider="annotations"))
     curated = run_preprocess(pre)
     timings["preprocess_s"] = time.perf_counter() - t
+    return curated, pre.out
 
-    t = time.perf_counter()
+
+def train_runs(cfg: DemoConfig, configs: dict[K, PretrainConfig], what: str) -> Iterator[tuple[K, dict]]:
+    """Every run of `configs` on the local Ray (`train`, several at once: cfg.max_parallel or as many as
+    the CPUs hold), yielding (key, result) as each ends."""
     init_ray()
-    configs = run_configs(cfg, pre.out, out)
     cluster = ray.cluster_resources()
     parallel = cfg.max_parallel or concurrent_runs(cfg.pretrain, cfg.run_cpus, cluster)
-    print(f"demo: {len(configs)} training runs ({len(VARIANTS)} variants x seeds {cfg.seeds}), {parallel} at a "
-          f"time on {cluster.get('CPU', 0):g} CPUs")
-    num_actions, scenes = len(read_classes(pre.out)), num_scenes(pre.out)
-    # This process only waits on the runs: it measures each finished model meanwhile, on one thread.
-    torch.set_num_threads(1)
+    print(f"demo: {len(configs)} training runs ({what}), {parallel} at a time on {cluster.get('CPU', 0):g} CPUs")
     launch = {key: (lambda c=c: train.options(num_cpus=run_task_cpus(cfg.pretrain, cfg.run_cpus)).remote(to_dict(c)))
               for key, c in configs.items()}
+    yield from bounded(launch, parallel)
+
+
+def run_demo(cfg: DemoConfig) -> DemoResult:
+    out = storage.absolute(cfg.out)
+    storage.delete(out)  # a demo is always a fresh, complete run
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    curated, shards = curate_benchmark(cfg, out, timings)
+
+    t = time.perf_counter()
+    configs = run_configs(cfg, shards, out)
+    num_actions, scenes = len(read_classes(shards)), num_scenes(shards)
+    # This process only waits on the runs: it measures each finished model meanwhile, on one thread.
+    torch.set_num_threads(1)
     results: dict = {}
     bias_data: BiasData | None = None
     bias_s = 0.0
-    for key, result in bounded(launch, parallel):
+    for key, result in train_runs(cfg, configs, f"{len(VARIANTS)} variants x seeds {cfg.seeds}"):
         tb = time.perf_counter()
-        bias_data = bias_data or load_bias_data(pre.out, cfg.bias)
+        bias_data = bias_data or load_bias_data(shards, cfg.bias)
         model, _ = load_model(result["run"])
-        result["bias"] = measure_bias(model, pre.out, num_actions, scenes, cfg.bias, bias_data)
+        result["bias"] = measure_bias(model, shards, num_actions, scenes, cfg.bias, bias_data)
         clip = configs[key].clip
-        result["bias"] |= field_bias_measures(model, pre.out, clip.clip_len, clip.crop_px, cfg.field_bias)
+        result["bias"] |= field_bias_measures(model, shards, clip.clip_len, clip.crop_px, cfg.field_bias)
         bias_s += time.perf_counter() - tb
         results[key] = result
         print(f"demo: {configs[key].name} done ({len(results)}/{len(configs)})", flush=True)
