@@ -86,3 +86,51 @@ def test_transfer_comparisons_pair_the_seeds_over_the_mean_of_the_splits():
     # one seed: the difference, no interval (the keys stay, so tables print n/a)
     one = transfer_comparisons([r for r in rows if r["seed"] == 0], ["t"], pairs)[0]
     assert (one["seeds"], one["mean"], one["t_low"], one["verdict"]) == (1, pytest.approx(0.1), None, "no interval (one seed)")
+
+
+def test_the_pipeline_pairs_each_seeds_backbones_and_fine_tunes_them_with_that_seed(tmp_path, monkeypatch):
+    """The pipeline's wiring with every stage replaced by a fake that records what it was given (the stages
+    themselves run for real in test_s3.py). Bugs: every seed transferring the first seed's backbones, a
+    reference pretrained once for all seeds, fine-tuning at seed 0 whatever the backbone's seed."""
+    import debias.experiments.pipeline as pipeline
+    from debias.experiments.transfer import TransferResult
+
+    pretrained_runs, transfers = [], []
+
+    def fake_pretrain(run):
+        pretrained_runs.append((run.name, run.seed, run.loss.lambda_scene, run.loss.lambda_mask))
+        return {"checkpoint": f"ck/{run.name}/seed{run.seed}", "history": [], "run": ""}
+
+    def fake_sweep(cfg):
+        trials = [{"trial": f"t{ls}_{s}", "lambda_scene": ls, "lambda_mask": 1.0, "seed": s, "status": "TERMINATED",
+                   "ood_val_acc": 0.2 + ls, "checkpoint": f"trial/{ls}/seed{s}", "run": f"trial/{ls}"}
+                  for ls in (0.5, 1.0) for s in cfg.seeds]
+        best = {**trials[-2], "ood_val_acc_mean": 1.2, "ood_val_acc_std": 0.0, "seeds": 2}  # 1.0, seed 0
+        return SweepResult(metric="ood_val_acc", mode="max", selection={}, path="", trials=trials, best=best,
+                           by_weights=[], seeds=cfg.seeds, errors=[], wall_s=0.0, config={})
+
+    def fake_transfer(cfg):
+        transfers.append(cfg)
+        seed = cfg.finetune.seed
+        rows = [{"pretrain": p, "target": "target", "split": 1, "top1": 0.5 + 0.1 * seed, "epochs": 1} for p in cfg.pretrained]
+        return TransferResult(transfer=rows, table=[], bias={}, dataset_bias={}, wall_s=0.0, config={})
+
+    monkeypatch.setattr(pipeline, "run_preprocess", lambda pre: {"out": pre.out})
+    monkeypatch.setattr(pipeline, "run_pretrain", fake_pretrain)
+    monkeypatch.setattr(pipeline, "run_sweep", fake_sweep)
+    monkeypatch.setattr(pipeline, "run_transfer", fake_transfer)
+    monkeypatch.setattr(pipeline.runs, "read_metrics", lambda run: [])
+    captured = {}
+    monkeypatch.setattr(pipeline, "write_report", lambda cfg, out, stages, sweep, transfers, histories, wall_s:
+                        captured.update(transfers=transfers, stages=stages))
+    cfg = load_config(pipeline.PipelineConfig, None, [f"out={tmp_path}", "targets={target: {}}", "sweep.seeds=[0,1]",
+                                                      "sweep.lambda_scene.values=[0.5,1.0]", "sweep.lambda_mask.values=[1.0]"])
+    pipeline.run_pipeline(cfg)
+    assert sorted(pretrained_runs) == [("baseline", 0, 0.0, 0.0), ("baseline", 1, 0.0, 0.0)]
+    assert [(t.finetune.seed, t.pretrained) for t in transfers] == [
+        (s, {"baseline": f"ck/baseline/seed{s}", "sweep_best": f"trial/1.0/seed{s}", "scratch": ""}) for s in (0, 1)]
+    assert [t.out for t in transfers] == [f"{tmp_path}/transfer_seed0", f"{tmp_path}/transfer_seed1"]
+    assert set(captured["transfers"]) == {0, 1}
+    # one stage per seed for the references and the transfers (each resumable on its own)
+    stages = captured["stages"].hashes
+    assert {"pretrain_baseline_seed0", "pretrain_baseline_seed1", "transfer_seed0", "transfer_seed1"} <= set(stages)
