@@ -39,7 +39,7 @@ QUICK = ["synth.train_per_class=4", "synth.val_per_class=1", "synth.ood_val_per_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default="out/update_scheme", help="the benchmark, its shards and the runs")
+    parser.add_argument("--work", default="out/update_scheme", help="the benchmark, its shards and the runs (cleared first)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--quick", action="store_true", help="a smoke run of the code (tiny benchmark, 2 seeds, 1 epoch)")
     args = parser.parse_args()
