@@ -1,6 +1,6 @@
-"""The loss-weight sweep: search spaces and trial sizing (no cluster), then real Tune sweeps of Ray
-Train runs on a tiny synthetic benchmark: ASHA stops a weak trial, the best trial is picked, an
-interrupted sweep resumes."""
+"""The loss-weight sweep: search spaces and trial sizing (no cluster), then a real Tune sweep of Ray
+Train runs on a tiny synthetic benchmark: ASHA stops a weak trial, a crashed trial ends the sweep, the
+same command resumes it alone, and the best trial is picked."""
 
 import logging
 import time
@@ -151,20 +151,49 @@ def _live_placement_groups() -> list:
 
 
 @pytest.mark.slow
-def test_asha_stops_the_weak_trial_the_next_trial_still_runs_and_the_best_is_picked(tmp_path, shards):
+def test_asha_stops_the_weak_trial_an_interrupted_sweep_resumes_and_the_best_is_picked(tmp_path, shards, caplog):
     """One trial at a time, best by train_loss (min). The mask term of the loss is -lambda_mask x the
     masked clips' entropy (~ -1.7 x lambda_mask here), so the weights order the trials for sure: the
-    lambda_mask=0 trial is worse than the first at the grace rung and ASHA stops it; the third must then
-    get its resources (a stopped trial's Train workers and placement group are released) and wins."""
+    lambda_mask=0 trial is worse than the first at the grace rung and ASHA stops it; the third crashes on
+    its first start (the sweep ends with an error), and the same command again resumes it alone: the
+    finished trials are kept, and it gets the resources a stopped trial released (its Train workers and
+    placement group) and wins."""
+    starts = tmp_path / "starts.txt"
+
+    def flaky(config, base, runs_dir):
+        """The real trial driver, except that the lambda_mask=2.0 trial fails on its first start."""
+        with open(starts, "a") as f:
+            f.write(f"{config['lambda_mask']}\n")
+        if config["lambda_mask"] == 2.0 and starts.read_text().count("2.0") == 1:
+            raise RuntimeError("simulated crash of a trial")
+        trial_driver(config, base, runs_dir)
+
     cfg = load_config(SweepConfig, None, TINY_TRAINING + [
         f"storage={tmp_path}", "lambda_scene.values=[0.0]", "lambda_mask.values=[1.0,0.0,2.0]", "asha.grace_period=1",
         "asha.reduction_factor=2", "metric=train_loss", "allow_in_distribution_metric=true",
         "max_concurrent_trials=1", f"pretrain.shards={shards}"])
-    summary = run_sweep(cfg)
+    first = run_sweep(cfg, flaky)
+    assert len(first.errors) == 1 and "simulated crash" in first.errors[0]
+    assert {t["lambda_mask"]: t["status"] for t in first.trials} == {1.0: "TERMINATED", 0.0: "TERMINATED", 2.0: "ERROR"}
+
+    sweep_log = logging.getLogger("debias.experiments.sweep")  # its own handler: debias.cluster stops propagation
+    sweep_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="debias.experiments.sweep"):
+            summary = run_sweep(cfg, flaky)  # same storage/name: Tuner.restore, errored trials resumed
+    finally:
+        sweep_log.removeHandler(caplog.handler)
+    # the trial that crashed before its Train run started left no run folder
+    assert f"sweep: resuming {tmp_path / 'sweep'} (trial runs there: 2; finished trials are kept" in caplog.text
+    assert summary.errors == []
+    assert sorted(starts.read_text().split()) == ["0.0", "1.0", "2.0", "2.0"]  # the finished trials ran once
     trials = {t["lambda_mask"]: t for t in summary.trials}
     assert all(t["status"] == "TERMINATED" and t["train_loss"] is not None for t in trials.values())
     assert (trials[0.0]["epochs"], trials[0.0]["stopped_early"]) == (1, True)
     assert [(trials[w]["epochs"], trials[w]["stopped_early"]) for w in (1.0, 2.0)] == [(2, False), (2, False)]
+    for w in (1.0, 0.0):  # kept from the first sweep: one metrics line per epoch, none written again
+        lines = (tmp_path / "sweep" / "runs" / trials[w]["trial"] / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == trials[w]["epochs"], w
     assert summary.best["lambda_mask"] == 2.0
     assert summary.best["train_loss"] == min(t["train_loss"] for t in summary.trials)
     assert read_sweep(str(tmp_path / "sweep")) == summary  # the record on disk is the one returned
@@ -178,40 +207,6 @@ def test_asha_stops_the_weak_trial_the_next_trial_still_runs_and_the_best_is_pic
     while _live_placement_groups() and time.time() < deadline:
         time.sleep(1)
     assert not _live_placement_groups()
-
-
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, shards, caplog):
-    starts = tmp_path / "starts.txt"
-
-    def flaky(config, base, runs_dir):
-        """The real trial driver, except that the lambda_scene=0.5 trial fails on its first start."""
-        with open(starts, "a") as f:
-            f.write(f"{config['lambda_scene']}\n")
-        if config["lambda_scene"] == 0.5 and starts.read_text().count("0.5") == 1:
-            raise RuntimeError("simulated crash of a trial")
-        trial_driver(config, base, runs_dir)
-
-    cfg = load_config(SweepConfig, None, TINY_TRAINING + [
-        f"storage={tmp_path}", "lambda_scene.values=[0.0,0.5]", "lambda_mask.values=[0.0]", "asha.enabled=false",
-        f"pretrain.shards={shards}"])
-    first = run_sweep(cfg, flaky)
-    assert len(first.errors) == 1 and "simulated crash" in first.errors[0]
-    assert [t["status"] for t in first.trials] == ["TERMINATED", "ERROR"]
-
-    sweep_log = logging.getLogger("debias.experiments.sweep")  # its own handler: debias.cluster stops propagation
-    sweep_log.addHandler(caplog.handler)
-    try:
-        with caplog.at_level("INFO", logger="debias.experiments.sweep"):
-            second = run_sweep(cfg, flaky)  # same storage/name: Tuner.restore, errored trials resumed
-    finally:
-        sweep_log.removeHandler(caplog.handler)
-    # the trial that crashed before its Train run started left no run folder
-    assert f"sweep: resuming {tmp_path / 'sweep'} (trial runs there: 1; finished trials are kept" in caplog.text
-    assert second.errors == []
-    assert all(t["status"] == "TERMINATED" and t["epochs"] == 2 for t in second.trials)
-    assert sorted(starts.read_text().split()) == ["0.0", "0.5", "0.5"]  # the finished trial ran once
-    finished = next(t for t in first.trials if t["status"] == "TERMINATED")
-    assert len((tmp_path / "sweep" / "runs" / finished["trial"] / "metrics.jsonl").read_text().splitlines()) == 2
 
     changed = load_config(SweepConfig, None, TINY_TRAINING + [
         f"storage={tmp_path}", "lambda_scene.values=[0.1]", f"pretrain.shards={shards}"])
