@@ -214,7 +214,8 @@ def test_a_users_chain_of_submitted_jobs(ray_cluster, tmp_path):
     log = jobs.succeeds("transfer", "ray_jobs.transfer", "--config", "configs/transfer/synth.yaml", f"out={out}",
                         f"pretrained={{best: {sweep.best['run']}, scratch: ''}}", f"source_shards={shards}",
                         f"targets={{target: {{folds: [{{shards: {shards}, train: train, test: val}}]}}}}",
-                        "finetune.optim.epochs=1", *(f"finetune.{o}" for o in TINY_MODEL))
+                        "finetune.optim.epochs=1", *(f"finetune.{o}" for o in TINY_MODEL),
+                        "bias.clip_len=8", "bias.probe_steps=50")
     transfer = read_transfer(str(out))
     assert {r["pretrain"] for r in transfer.transfer} == {"best", "scratch"}
     assert all(0 <= r["top1"] <= 1 and r["epochs"] == 1 for r in transfer.transfer)

@@ -39,10 +39,14 @@ def test_preprocess_work_lands_on_more_than_one_node(cluster, shards):
 
 
 def test_training_survives_losing_its_worker_node(cluster, shards):
+    """The node of the run's Train worker is lost: the worker group restarts (on the node that replaces it)
+    from the last registered checkpoint. decode_on=device: the worker renders its clips itself (ClipCollate,
+    here on CPU), as on GPUs; the alternating update (two optimizer steps a batch) resumes too."""
     root, _summary = shards
     cfg = load_config(PretrainConfig, None, [
         f"shards={root / 'data'}", f"out={root / 'runs'}", "name=fault", "optim.epochs=8", "optim.batch_size=8",
-        "model.width=4", "clip.clip_len=8", "scaling.cpus_per_worker=1", "scaling.max_failures=2"])
+        "model.width=4", "clip.clip_len=8", "scaling.cpus_per_worker=1", "scaling.max_failures=2",
+        "loss.update=alternating", "loader.decode_on=device"])
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(run_pretrain(cfg)))
     thread.start()

@@ -6,7 +6,7 @@ pretraining -> a sweep (Tune storage in the bucket) -> transfer -> summary; the 
 of the whole chain, so its results are checked here too. Every artifact must be in the bucket, nothing
 in a local folder named after the URI, and no process of the job may outlive it; the same command again
 skips every stage. Then a pretraining run on s3:// is killed mid-run and resumed from its checkpoint in
-the bucket.
+the bucket, ending where the same run never stopped ends.
 """
 
 from __future__ import annotations
@@ -156,7 +156,14 @@ def test_pipeline_job_on_s3_then_a_rerun_skips_every_stage(s3, tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrain_on_s3_killed_mid_run_resumes_from_its_checkpoint_in_the_bucket(s3, ray_local):
+def test_pretrain_on_s3_killed_mid_run_resumes_from_its_checkpoint_as_if_never_stopped(s3, ray_local):
+    """A run on s3:// stopped (one Train worker SIGKILLed, no restarts left) after its first registered
+    checkpoint, then started again: it resumes from that checkpoint in the bucket (no epoch up to it trained
+    again), and its model, momentum buffers and loss curve equal those of the same run never stopped."""
+    import dataclasses
+
+    import torch
+
     from debias.training import runs
     from debias.training.clips import write_pattern_shards
     from debias.config import load_config
@@ -170,15 +177,26 @@ def test_pretrain_on_s3_killed_mid_run_resumes_from_its_checkpoint_in_the_bucket
         "loader.clip_cpus=0.25"])
     from test_train import _kill_after_first_checkpoint, _run_in_thread
 
+    reference = run_pretrain(dataclasses.replace(cfg, name="whole"))
     thread, stopped = _run_in_thread(cfg)
     registered, _ = _kill_after_first_checkpoint(f"{s3}/runs/killed", thread)
     thread.join(timeout=300)
     assert "error" in stopped, "the run finished before it could be stopped"
     before = {m["epoch"]: m for m in runs.read_metrics(f"{s3}/runs/killed")}
-    resumed = run_pretrain(cfg)
+    resumed = run_pretrain(cfg)  # the same run, started again
     assert [m["epoch"] for m in resumed["history"]] == [0, 1, 2, 3]
-    assert all(resumed["history"][e] == before[e] for e in range(registered + 1))  # not trained again
+    # nothing up to the checkpoint trained again: those epochs keep their first lines, timings included
+    assert set(range(registered + 1)) <= set(before)
+    assert all(resumed["history"][e] == before[e] for e in range(registered + 1))
     assert resumed["checkpoint"] == f"{s3}/runs/killed/{runs.checkpoint_name(3)}"
+    a, b = runs.load_state(reference["checkpoint"]), runs.load_state(resumed["checkpoint"])
+    assert a["epoch"] == b["epoch"] == 3
+    for key, value in a["model"].items():
+        assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-4), key
+    for i, state in a["optimizer"]["state"].items():
+        assert torch.allclose(state["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"], atol=1e-4)
+    for x, y in zip(reference["history"], resumed["history"], strict=True):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-4)
     model, info = runs.load_model(f"{s3}/runs/killed", "best")
     assert info.classes == [f"class_{k}" for k in range(4)] and info.checkpoint.startswith(f"{s3}/runs/killed/")
     assert any(k.startswith("runs/killed/tensorboard/events.out.tfevents") for k in _keys("runs/killed/"))

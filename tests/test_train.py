@@ -1,4 +1,5 @@
-"""The trainer: DDP equivalence, both update schemes, LR schedules, resume and worker-failure recovery.
+"""The trainer: DDP equivalence, both update schemes, LR schedules, local mode, failed and stopped jobs.
+(Resuming a stopped run: test_s3.py; a lost worker node: test_multinode.py.)
 
 The data are moving-square shards written straight in the shard schema (`write_pattern_shards`).
 """
@@ -10,12 +11,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
-from conftest import epoch_lines
 from debias import storage
 from debias.training import runs
 from debias.training.clips import CLIP_COLUMNS, ClipConfig, make_clip_fn, write_pattern_shards
@@ -206,7 +205,7 @@ def test_init_from_loads_the_backbone_only_and_names_the_key(tmp_path):
         runs.build_model(ModelConfig(init_from=str(tmp_path / "missing.pt")), 7, 2)
 
 
-# -- Ray Train: resume after a stop, recovery after a killed worker --------------------------------
+# -- Ray Train: stopping a run (its resume: test_s3.py; a lost worker node: test_multinode.py) ---------
 
 def _train_workers() -> list[int]:
     """Pids of this test process's Ray Train workers (Ray's processes descend from the driver)."""
@@ -270,10 +269,6 @@ def _run_in_thread(cfg: PretrainConfig) -> tuple[threading.Thread, dict]:
     return thread, result
 
 
-def _final_state(result: dict) -> dict:
-    return torch.load(Path(result["checkpoint"]) / "state.pt", weights_only=True)
-
-
 @pytest.mark.parametrize("cache_rows", [True, False])
 def test_each_split_reads_its_own_rows_cached_or_not(shards, tmp_path, ray_local, cache_rows):
     """cache_rows: one scan for every split, then a filter per split; without: a filtered scan per split."""
@@ -287,35 +282,6 @@ def test_each_split_reads_its_own_rows_cached_or_not(shards, tmp_path, ray_local
     for split, ds in rows.items():
         got = sorted(r["video_id"] for r in ds.select_columns(["video_id"]).take_all())
         assert got == sorted(table.video_id[table.split == split]), split
-
-
-@pytest.mark.slow
-def test_stopped_run_resumes_at_the_right_epoch_with_the_same_optimizer_state(shards, tmp_path, ray_local):
-    from debias.training.pretrain import run_pretrain
-
-    reference = run_pretrain(_cfg(shards, tmp_path, "whole", "eval_splits=[]"))
-    thread, stopped = _run_in_thread(_cfg(shards, tmp_path, "stopped", "eval_splits=[]"))
-    registered, _ = _kill_after_first_checkpoint(tmp_path / "stopped", thread)
-    thread.join(timeout=300)
-    assert "error" in stopped, "the run finished before it could be stopped"
-    before = {m["epoch"]: m for m in runs.read_metrics(str(tmp_path / "stopped"))}
-    resumed = run_pretrain(_cfg(shards, tmp_path, "stopped", "eval_splits=[]"))  # the same run, started again
-
-    after = {m["epoch"]: m for m in resumed["history"]}
-    # nothing up to the checkpoint re-run: those epochs keep their first lines, timings included
-    assert set(range(registered + 1)) <= set(before)
-    assert all(after[e] == before[e] for e in range(registered + 1))
-    assert [m["epoch"] for m in resumed["history"]] == list(range(4))
-    # Model, momentum buffers and the whole loss curve equal the uninterrupted run's.
-    a, b = _final_state(reference), _final_state(resumed)
-    assert a["epoch"] == b["epoch"] == 3
-    for key, value in a["model"].items():
-        assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-4), key
-    for i, state in a["optimizer"]["state"].items():
-        assert torch.allclose(state["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"], atol=1e-4)
-    for x, y in zip(reference["history"], resumed["history"]):
-        assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-4)
-    assert list((tmp_path / "stopped" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.slow
@@ -339,28 +305,6 @@ def test_local_mode_trains_the_same_model_and_keeps_the_checkpoints_ray_keeps(sh
     assert again["history"] == local["history"]  # resumed after its last epoch: nothing trained again
     with pytest.raises(ConfigError, match="max_failures"):
         _cfg(shards, tmp_path, "x", "scaling.num_workers=0", "scaling.max_failures=1")
-
-
-@pytest.mark.slow
-def test_killed_worker_is_recovered_from_the_last_checkpoint(shards, tmp_path, ray_local):
-    # decode_on=device: the workers render their clips themselves (ClipCollate, here on CPU), as on GPUs
-    cfg = _cfg(shards, tmp_path, "killed", "scaling.num_workers=2", "scaling.max_failures=1",
-               "loss.update=alternating", "loader.decode_on=device")
-    thread, result = _run_in_thread(cfg)
-    registered, before = _kill_after_first_checkpoint(tmp_path / "killed", thread)
-    written = epoch_lines(tmp_path / "killed")
-    assert set(range(registered + 1)) <= set(written), written
-    restarted = False
-    while thread.is_alive():  # a new worker group (new pids) is what a recovery looks like
-        restarted = restarted or bool(set(_train_workers()) - before)
-        time.sleep(0.1)
-    assert restarted, "no new worker started after the kill"
-    assert "error" not in result, result.get("error")
-    assert [m["epoch"] for m in result["history"]] == list(range(4))
-    # Resumed from the registered checkpoint, not from epoch 0: the epochs up to it were not trained again.
-    final = epoch_lines(tmp_path / "killed")
-    assert all(final[e] == written[e] for e in range(registered + 1)), (registered, written, final)
-    assert np.isfinite(result["final"]["val_acc"])
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "repro").glob("*.yaml")),
