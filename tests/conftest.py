@@ -40,7 +40,9 @@ PIPELINE_TINY = [
     "transfer.finetune.optim.batch_size=8", "transfer.bias.clip_len=8", "transfer.bias.probe_steps=50",
     # the fine-tuning runs in Ray Train's local mode (the demo's): no worker group to start for a tiny model
     "transfer.finetune.scaling.num_workers=0", "transfer.finetune.scaling.max_failures=0",
-    "scratch=false"]
+    # the sweep's best against scratch, no reference pretraining: a Train run like the sweep's trial (the
+    # references' wiring, per seed: test_transfer.py's fake-stage pipeline)
+    "references={}", "scratch=true"]
 
 
 def job_processes(marker: str) -> dict[int, str]:

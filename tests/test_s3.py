@@ -1,8 +1,8 @@
 """Everything on object storage: a real S3-compatible server (moto's server mode) on 127.0.0.1.
 
 The whole pipeline runs as a job (`python -m ray_jobs.pipeline`, a subprocess) with `out=s3://...`:
-synth -> preprocess (its manifest, videos and annotations read back from the bucket) -> reference
-pretraining -> a sweep (Tune storage in the bucket) -> transfer -> summary; the suite's only run
+synth -> preprocess (its manifest, videos and annotations read back from the bucket) -> a sweep (Tune
+storage in the bucket) -> transfer of its best and of scratch -> summary; the suite's only run
 of the whole chain, so its results are checked here too. Every artifact must be in the bucket, nothing
 in a local folder named after the URI, and no process of the job may outlive it; the same command again
 skips every stage. Then a pretraining run on s3:// is killed mid-run and resumed from its checkpoint in
@@ -92,20 +92,18 @@ def pipeline_job(out: str, cwd: Path, marker: str) -> subprocess.CompletedProces
 @pytest.mark.slow
 def test_pipeline_job_on_s3_then_a_rerun_skips_every_stage(s3, tmp_path):
     """The suite's one run of the whole chain: synth -> preprocess (its manifest, videos and annotations
-    read back from the bucket) -> reference pretraining -> a sweep (Tune storage in the bucket) ->
-    transfer -> summary, all on s3://; then the same command again, every stage skipped."""
+    read back from the bucket) -> a sweep (Tune storage in the bucket) -> transfer of its best and of
+    scratch -> summary, all on s3://; then the same command again, every stage skipped."""
     out = f"{s3}/pipe"
     job = pipeline_job(out, tmp_path, "pipeline-s3")
     assert job.returncode == 0, job.stderr[-4000:]
     keys = _keys("pipe/")
     for key in ("pipe/summary.json", "pipe/report.md", "pipe/transfer.png", "pipe/pretrain_curves.png",
                 "pipe/transfer_curves.png", "pipe/synth/source/manifest.csv", "pipe/data_source/_committed.json",
-                "pipe/pretrain_baseline_seed0/baseline/config.json", "pipe/pretrain_baseline_seed0/baseline/metrics.jsonl",
                 "pipe/sweep/summary.json", "pipe/sweep/sweep_config.json", "pipe/transfer_seed0/summary.json",
-                "pipe/transfer_seed0/report.md", "pipe/transfer_seed0/runs/baseline__target__split1/config.json"):
+                "pipe/transfer_seed0/report.md", "pipe/transfer_seed0/runs/scratch__target__split1/config.json"):
         assert key in keys, key
     assert any(k.startswith("pipe/data_source/runs/") and k.endswith(".parquet") for k in keys)
-    assert any(k.startswith("pipe/pretrain_baseline_seed0/baseline/checkpoint_epoch_") for k in keys)
     assert any(k.startswith("pipe/transfer_seed0/runs/sweep_best__target__split1/checkpoint_epoch_") for k in keys)
     assert sum(k.startswith("pipe/sweep/runs/") and k.endswith("/config.json") for k in keys) == 1  # its trial
     assert any(k.startswith("pipe/sweep/runs/") and "/tensorboard/events.out.tfevents" in k for k in keys)
@@ -121,15 +119,18 @@ def test_pipeline_job_on_s3_then_a_rerun_skips_every_stage(s3, tmp_path):
     assert summary.sweep["best"][metric] == max(t[metric] for t in trials)
     assert summary.sweep["best"]["run"].startswith(f"{out}/sweep/runs/")
     rows = summary.transfer
-    assert {(r["pretrain"], r["target"], r["split"], r["seed"]) for r in rows} == {("baseline", "target", 1, 0),
+    assert {(r["pretrain"], r["target"], r["split"], r["seed"]) for r in rows} == {("scratch", "target", 1, 0),
                                                                                     ("sweep_best", "target", 1, 0)}
     test_videos = read_summary(f"{out}/data_target_split1")["ok_by_split"]["test"]
     assert all(r["epochs"] == 2 and r["top1"] * test_videos == pytest.approx(round(r["top1"] * test_videos))
                for r in rows)  # a share of the test videos, after both epochs
-    # the fine-tuning started from the pretrained backbone
-    run_cfg = storage.read_json(f"{out}/transfer_seed0/runs/baseline__target__split1/config.json")["config"]
-    assert run_cfg["model"]["init_from"].startswith(f"{out}/pretrain_baseline_seed0/baseline/checkpoint_epoch_")
-    assert sorted((b["pretrain"], b["seed"]) for b in summary.bias) == [("baseline", 0), ("sweep_best", 0)]
+    # the fine-tuning started from the sweep's best trial's backbone; scratch from none
+    run_cfg = storage.read_json(f"{out}/transfer_seed0/runs/sweep_best__target__split1/config.json")["config"]
+    assert run_cfg["model"]["init_from"].startswith(f"{summary.sweep['best']['run']}/checkpoint_epoch_")
+    scratch_cfg = storage.read_json(f"{out}/transfer_seed0/runs/scratch__target__split1/config.json")["config"]
+    assert scratch_cfg["model"]["init_from"] == ""
+    assert [c["comparison"] for c in summary.comparisons] == ["sweep_best - scratch"]
+    assert [(b["pretrain"], b["seed"]) for b in summary.bias] == [("sweep_best", 0)]  # pretrained models only
     for bias in summary.bias:
         # the measures are the ones their definitions give from the reported parts (docs/pipeline.md)
         chance = bias["action_chance"]
@@ -151,7 +152,7 @@ def test_pipeline_job_on_s3_then_a_rerun_skips_every_stage(s3, tmp_path):
     again = pipeline_job(out, tmp_path, "pipeline-s3-again")
     assert again.returncode == 0, again.stderr[-4000:]
     rerun = read_pipeline(out)
-    assert set(rerun.skipped) == {"synth", "data_source", "data_target_split1", "pretrain_baseline_seed0", "sweep", "transfer_seed0"}
+    assert set(rerun.skipped) == {"synth", "data_source", "data_target_split1", "sweep", "transfer_seed0"}
     assert rerun.transfer == summary.transfer and rerun.sweep == summary.sweep
 
 
