@@ -208,7 +208,8 @@ def test_asha_stops_the_weak_trial_an_interrupted_sweep_resumes_and_the_best_is_
         time.sleep(1)
     assert not _live_placement_groups()
 
-    changed = load_config(SweepConfig, None, TINY_TRAINING + [
-        f"storage={tmp_path}", "lambda_scene.values=[0.1]", f"pretrain.shards={shards}"])
+    # through the job's own command line (`debias sweep`, the driver): another config in that folder is refused
+    from ray_jobs.sweep import main
+
     with pytest.raises(SystemExit, match="holds a sweep with another config"):
-        run_sweep(changed)
+        main([*TINY_TRAINING, f"storage={tmp_path}", "lambda_scene.values=[0.1]", f"pretrain.shards={shards}"])
