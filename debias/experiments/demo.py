@@ -30,6 +30,7 @@ from debias.training.runs import load_model
 from debias.curation.shards import num_scenes, read_classes
 from debias.experiments.sweep import concurrent_runs, run_task_cpus
 from debias.curation.synth import SynthConfig, run_synth
+from debias.training.clips import ClipConfig
 from debias.training.train import OptimConfig, PretrainConfig, ScalingConfig
 
 MEASURES = {**MEASURES, **FIELD_MEASURES}  # the project's scene-bias measures and the field's (SCUBA, HAT)
@@ -42,15 +43,18 @@ class DemoConfig:
 
     out: PathStr = "out/demo"
     synth: SynthConfig = field(default_factory=SynthConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    # 8 of each video's 16 frames, spread over it (every second frame): each action's whole movement at
+    # half the frame rate, for half the training cost of all 16 (the demo's time: docs/benchmarks.md).
+    decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(num_frames=8))
     # 8 epochs, evaluated every 2nd (the cosine schedule anneals over them; curves.png). Ray Train's
     # local mode (num_workers 0): each run trains in the task that fits it, since a worker group's
     # start-up (a dozen fresh actor processes, each importing torch) costs more than a tiny model's
     # training. Runs at once rather than threads a run (debias.experiments.sweep.concurrent_runs): tiny
     # convolutions use the cores better so. Where the time goes: docs/benchmarks.md.
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
-        eval_every_epochs=2, optim=OptimConfig(epochs=8), scaling=ScalingConfig(num_workers=0, cpus_per_worker=0.5)))
-    bias: BiasConfig = field(default_factory=BiasConfig)
+        eval_every_epochs=2, optim=OptimConfig(epochs=8), clip=ClipConfig(clip_len=8),
+        scaling=ScalingConfig(num_workers=0, cpus_per_worker=0.5)))
+    bias: BiasConfig = field(default_factory=lambda: BiasConfig(clip_len=8))
     # The field's measures (SCUBA, SCUFO, HAT; debias/evaluation/field_bias.py) on `val`. The synthetic
     # figure covers a few percent of the frame, below the Kinetics SCUBA rule's 10 % and HAT's 5 % swap
     # band, which would drop every clip: the gates keep figures of 1 % and 0.5 %.
