@@ -288,12 +288,15 @@ def test_each_split_reads_its_own_rows_cached_or_not(shards, tmp_path, ray_local
 def test_local_mode_trains_the_same_model_and_keeps_the_checkpoints_ray_keeps(shards, tmp_path, ray_local):
     """scaling.num_workers=0 (Ray Train's local mode, the demo's): the loop runs in this process, the same
     numbers as one worker; Ray keeps no checkpoint there, so the run folder keeps what Ray's
-    CheckpointConfig keeps with workers (the best by val_acc and the latest), and a rerun resumes from it."""
+    CheckpointConfig keeps with workers (the best by val_acc and the latest), and a rerun resumes from it.
+    The local runs evaluate clips rendered once (loader.cache_eval_clips, the demo's): every epoch's
+    val_acc equals the worker's, which renders them anew each epoch."""
     from debias.training.pretrain import run_pretrain
 
     extra = ("optim.epochs=3", "checkpoint_keep=1", "scaling.cpus_per_worker=1")
     group = run_pretrain(_cfg(shards, tmp_path, "group", *extra))
-    local = run_pretrain(_cfg(shards, tmp_path, "local", *extra, "scaling.num_workers=0"))
+    local_mode = ("scaling.num_workers=0", "loader.cache_eval_clips=true")
+    local = run_pretrain(_cfg(shards, tmp_path, "local", *extra, *local_mode))
     for a, b in zip(group["history"], local["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4) and a["val_acc"] == b["val_acc"]
     kept = {storage.name(c) for c in runs.checkpoints(local["run"])}
@@ -301,7 +304,7 @@ def test_local_mode_trains_the_same_model_and_keeps_the_checkpoints_ray_keeps(sh
     accs = {m["checkpoint"]: m["val_acc"] for m in local["history"]}
     assert kept == {max(accs), max(accs, key=lambda c: (accs[c], c))}  # the latest and a best (ties: later)
     assert runs.checkpoint_path(local["run"], "best") in runs.checkpoints(local["run"])
-    again = run_pretrain(_cfg(shards, tmp_path, "local", *extra, "scaling.num_workers=0"))
+    again = run_pretrain(_cfg(shards, tmp_path, "local", *extra, *local_mode))
     assert again["history"] == local["history"]  # resumed after its last epoch: nothing trained again
     with pytest.raises(ConfigError, match="max_failures"):
         _cfg(shards, tmp_path, "x", "scaling.num_workers=0", "scaling.max_failures=1")

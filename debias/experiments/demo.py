@@ -31,7 +31,7 @@ from debias.curation.shards import num_scenes, read_classes
 from debias.experiments.sweep import concurrent_runs, run_task_cpus
 from debias.curation.synth import SynthConfig, run_synth
 from debias.training.clips import ClipConfig
-from debias.training.train import OptimConfig, PretrainConfig, ScalingConfig
+from debias.training.train import LoaderConfig, OptimConfig, PretrainConfig, ScalingConfig
 
 MEASURES = {**MEASURES, **FIELD_MEASURES}  # the project's scene-bias measures and the field's (SCUBA, HAT)
 
@@ -53,7 +53,7 @@ class DemoConfig:
     # convolutions use the cores better so. Where the time goes: docs/benchmarks.md.
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
         eval_every_epochs=2, optim=OptimConfig(epochs=8), clip=ClipConfig(clip_len=8),
-        scaling=ScalingConfig(num_workers=0, cpus_per_worker=0.5)))
+        loader=LoaderConfig(cache_eval_clips=True), scaling=ScalingConfig(num_workers=0, cpus_per_worker=0.5)))
     bias: BiasConfig = field(default_factory=lambda: BiasConfig(clip_len=8))
     # The field's measures (SCUBA, SCUFO, HAT; debias/evaluation/field_bias.py) on `val`. The synthetic
     # figure covers a few percent of the frame, below the Kinetics SCUBA rule's 10 % and HAT's 5 % swap

@@ -116,7 +116,9 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict:
     counts.update({s: rows[s].count() * cfg.clip.eval_clips for s in cfg.eval_splits})
     steps = {s: math.ceil(n / max(1, sc.num_workers) / cfg.optim.batch_size) for s, n in counts.items()}  # local mode: 1
     datasets = {cfg.train_split: clip_dataset(cfg, rows[cfg.train_split], train=True)}
-    datasets.update({s: clip_dataset(cfg, rows[s], train=False) for s in cfg.eval_splits})
+    for split in cfg.eval_splits:
+        clips = clip_dataset(cfg, rows[split], train=False)
+        datasets[split] = clips.materialize() if cfg.loader.cache_eval_clips else clips
     metric = runs.best_metric(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -121,6 +121,10 @@ class ScalingConfig:
 class LoaderConfig:
     cache_rows: bool = True  # hold each split's shard rows (JPEG bytes) in Ray's object store after the
     #                          first read; for datasets that fit in memory: saves a Parquet scan per epoch
+    # Render the evaluation clips once per run and hold them in the object store, rather than once per
+    # evaluated epoch: they are the same every time (centre windows, seeded fills). Decoded clips and
+    # their masked twins take ~20x the JPEG rows' memory: for small data (the demo's), not Kinetics.
+    cache_eval_clips: bool = False
     # Where JPEGs become clips: tasks = Ray Data CPU tasks (OpenCV); device = the training worker's
     # device, in Ray's prefetch threads (nvJPEG + crops + masked twin on the GPU; CPU tasks only draw
     # windows). auto = device when training on GPUs (CPU rendering needs ~25 cores per H200), else tasks.
