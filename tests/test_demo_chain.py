@@ -2,6 +2,7 @@
 (as many runs at a time as the CPUs hold) -> bias measures -> report. (Resuming a run: tests/test_train.py.)"""
 
 import json
+import time
 
 import pytest
 
@@ -11,7 +12,9 @@ from debias import storage
 from debias.config import load_config
 from debias.training.pretrain import run_pretrain
 from debias.training.runs import checkpoint_path, read_metrics, read_run
+from debias.experiments import demo
 from debias.experiments.demo import VARIANTS, DemoConfig, read_demo, run_configs, run_demo
+from debias.report import provenance
 
 pytestmark = pytest.mark.slow  # the whole demo, 8 training runs
 
@@ -22,13 +25,17 @@ TINY = ["synth.train_per_class=4", "synth.val_per_class=2", "synth.ood_val_per_c
         "seeds=[0,1]"]
 
 
-def test_demo_runs_every_variant_and_seed_and_reports_means_and_bias(tmp_path, ray_local):
+def test_demo_runs_every_variant_and_seed_and_reports_means_and_bias(tmp_path, ray_local, monkeypatch):
+    taken = []  # when the demo takes its provenance (commit, machine, load)
+    monkeypatch.setattr(demo, "provenance", lambda: taken.append(time.time()) or provenance())
     cfg = load_config(DemoConfig, None, TINY + [f"out={tmp_path / 'demo'}"])
     summary = run_demo(cfg)
     out = tmp_path / "demo"
     on_disk = json.loads((out / "summary.json").read_text())
     assert read_demo(str(out)) == summary and on_disk["claim"]["gain"]["seeds"] == 2  # the record on disk is the one returned
     assert {"date", "commit", "machine", "command"} <= set(on_disk)
+    # taken once, before any run: a commit made while a long demo runs is not the code that ran
+    assert len(taken) == 1 and taken[0] < min((out / "runs" / n / "config.json").stat().st_mtime for n in on_disk["runs"])
     assert on_disk["data"]["ok_by_split"] == {"train": 24, "val": 12, "ood_val": 12, "ood_test": 12}
     # claims on ood_test with paired intervals over the 2 seeds; the choice made on ood_val
     assert [e["comparison"] for e in on_disk["ablation"]][:3] == ["scene_only - baseline", "mask_only - baseline",

@@ -129,6 +129,7 @@ def train_runs(cfg: DemoConfig, configs: dict[K, PretrainConfig], what: str) -> 
 def run_demo(cfg: DemoConfig) -> DemoResult:
     out = storage.absolute(cfg.out)
     storage.delete(out)  # a demo is always a fresh, complete run
+    started = provenance()  # the commit, machine and load as the demo starts, not as it ends
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     curated, shards = curate_benchmark(cfg, out, timings)
@@ -159,8 +160,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     timings["runs_train_s"] = sum(m["train_time_s"] for r in results.values() for m in r["history"])
     timings["runs_eval_s"] = sum(m["eval_time_s"] for r in results.values() for m in r["history"])
     timings["total_s"] = time.perf_counter() - t0
-    return write_report(cfg, out, curated, results, dataset_bias(bias_data, num_actions), num_actions, scenes,
-                        timings)
+    return write_report(cfg, out, started, curated, results, dataset_bias(bias_data, num_actions), num_actions,
+                        scenes, timings)
 
 
 @dataclass
@@ -203,12 +204,14 @@ def read_demo(path: str) -> DemoResult:
                       variants={v: data[v] for v in VARIANTS}, **{k: data[k] for k in parts})
 
 
-def summarize(cfg: DemoConfig, curated: dict, results: dict, data_bias: dict, timings: dict) -> DemoResult:
-    """The ablation's statistics over the finished runs (debias/experiments/ablation.py)."""
+def summarize(cfg: DemoConfig, started: dict, curated: dict, results: dict, data_bias: dict,
+              timings: dict) -> DemoResult:
+    """The ablation's statistics over the finished runs (debias/experiments/ablation.py); `started`: the
+    provenance taken as the demo started (debias.report.provenance)."""
     rows = per_model(results, variants(cfg.pretrain.loss.lambda_scene, cfg.pretrain.loss.lambda_mask))
     means = aggregate(rows, [*TRAINER_FIGURES, *MEASURES])
     return DemoResult(
-        provenance=provenance(), variants=means,
+        provenance=started, variants=means,
         claim=claim(rows, "ood_acc", "val_acc", cfg.min_ood_gain, cfg.max_val_drop),
         ablation=paired_ablation(rows, "ood_acc", cfg.min_ood_gain),
         splits={"reported_on": "ood_test", "weights_chosen_on": "ood_val (a sweep on it); the last epoch's model"},
@@ -276,10 +279,10 @@ def report_markdown(cfg: DemoConfig, result: DemoResult, num_actions: int, scene
     ])
 
 
-def write_report(cfg: DemoConfig, out: str, curated: dict, results: dict, data_bias: dict, num_actions: int,
-                 scenes: int, timings: dict) -> DemoResult:
+def write_report(cfg: DemoConfig, out: str, started: dict, curated: dict, results: dict, data_bias: dict,
+                 num_actions: int, scenes: int, timings: dict) -> DemoResult:
     """summary.json, report.md, bias.png and curves.png; the tables and the claim on the console."""
-    result = summarize(cfg, curated, results, data_bias, timings)
+    result = summarize(cfg, started, curated, results, data_bias, timings)
     write_demo(out, result)
     plot_seeds(result.runs, "variant", list(VARIANTS), ["val_acc", "ood_acc", *MEASURES], storage.join(out, "bias.png"),
                chance={"ood_acc": 1 / num_actions, "val_acc": 1 / num_actions, "masked_action_acc": 1 / num_actions,
