@@ -123,7 +123,7 @@ class LoaderConfig:
     #                          first read; for datasets that fit in memory: saves a Parquet scan per epoch
     # Render the evaluation clips once per run and hold them in the object store, rather than once per
     # evaluated epoch: they are the same every time (centre windows, seeded fills). Decoded clips and
-    # their masked twins take ~20x the JPEG rows' memory: for small data (the demo's), not Kinetics.
+    # their masked twins take several times the JPEG rows' memory: for small data (the demo's).
     cache_eval_clips: bool = False
     # Where JPEGs become clips: tasks = Ray Data CPU tasks (OpenCV); device = the training worker's
     # device, in Ray's prefetch threads (nvJPEG + crops + masked twin on the GPU; CPU tasks only draw
